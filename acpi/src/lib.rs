@@ -1,0 +1,2 @@
+//! ACPI tables for minivmm.
+#![forbid(unsafe_code)]

@@ -1,0 +1,8 @@
+//! Device models for minivmm. Every model is a synchronous state machine behind the narrow
+//! [`bus::BusDevice`] trait; side effects leave through small injected traits
+//! ([`interrupt::MsiTrigger`], [`interrupt::IrqLine`]) so tests can watch them.
+
+pub mod bus;
+pub mod interrupt;
+
+pub use iommu::Bdf;

@@ -1,0 +1,2 @@
+//! Kernel loading and boot protocols for minivmm.
+#![forbid(unsafe_code)]

@@ -1,0 +1,10 @@
+//! A model of an Intel VT-d DMA and interrupt remapping unit (VT-d specification rev. 4.x).
+//!
+//! The model is pure: it reads guest structures through `vm-memory`, and reports translations,
+//! faults, interrupt remappings and map/unmap notifications through plain types and traits. It
+//! never touches KVM or VFIO.
+#![forbid(unsafe_code)]
+
+mod types;
+
+pub use types::{Bdf, BdfParseError, Iova};

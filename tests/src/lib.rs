@@ -1,0 +1,1 @@
+//! Helpers for minivmm integration tests.
