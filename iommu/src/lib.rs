@@ -5,6 +5,8 @@
 //! never touches KVM or VFIO.
 #![forbid(unsafe_code)]
 
+mod fault_reason;
 mod types;
 
+pub use fault_reason::FaultReason;
 pub use types::{Bdf, BdfParseError, Iova};
