@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The project's whole test suite, as CI runs it: formatting, lints, unit and integration tests on
+# this host's /dev/kvm, then the nested-KVM scenarios (minivmm inside a simulated L0 host).
+# Usage: scripts/test.sh [--no-nested]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+nested=1
+[ "${1:-}" = "--no-nested" ] && nested=0
+
+step() { printf '\n=== %s\n' "$*"; }
+
+step "Installing test prerequisites (apt; skipped when present)"
+scripts/install-deps.sh
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo build --release"
+cargo build --release --workspace
+
+step "cargo test (unit tests, /dev/kvm payload tests)"
+cargo test --release --workspace
+
+if [ "$nested" = 1 ]; then
+    step "Nested-KVM scenarios (L0 = QEMU TCG host, minivmm inside it)"
+    MINIVMM="$PWD/target/release/minivmm" tests/nested/run-all.sh
+fi
