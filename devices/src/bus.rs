@@ -141,11 +141,17 @@ mod tests {
         bus.insert(0x100, 0x10, d()).unwrap();
         assert_eq!(
             bus.insert(0x10f, 1, d()),
-            Err(BusError::Overlap { base: 0x10f, len: 1 })
+            Err(BusError::Overlap {
+                base: 0x10f,
+                len: 1
+            })
         );
         assert_eq!(
             bus.insert(0xf0, 0x11, d()),
-            Err(BusError::Overlap { base: 0xf0, len: 0x11 })
+            Err(BusError::Overlap {
+                base: 0xf0,
+                len: 0x11
+            })
         );
         assert!(bus.insert(0x110, 1, d()).is_ok());
         assert!(bus.insert(u64::MAX, 2, d()).is_err());

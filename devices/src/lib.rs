@@ -3,6 +3,8 @@
 //! ([`interrupt::MsiTrigger`], [`interrupt::IrqLine`]) so tests can watch them.
 
 pub mod bus;
+pub mod dma;
+pub mod edu;
 pub mod interrupt;
 
 pub use iommu::Bdf;

@@ -1,0 +1,209 @@
+use std::sync::{Arc, Mutex};
+
+use iommu::{Bdf, Iova};
+
+use super::registers::*;
+use crate::dma::{DmaAccess, DmaError};
+
+/// Flat fake memory; IOVAs at or above `limit` are blocked as an IOMMU would block them.
+struct FakeDma {
+    mem: Mutex<Vec<u8>>,
+    limit: u64,
+    requesters: Mutex<Vec<Bdf>>,
+}
+
+impl FakeDma {
+    fn new(size: usize, limit: u64) -> Arc<Self> {
+        Arc::new(FakeDma {
+            mem: Mutex::new(vec![0; size]),
+            limit,
+            requesters: Mutex::new(Vec::new()),
+        })
+    }
+    fn check(&self, source: Bdf, iova: Iova, len: usize) -> Result<usize, DmaError> {
+        self.requesters.lock().unwrap().push(source);
+        if iova.0 + len as u64 > self.limit {
+            return Err(DmaError::Blocked {
+                requester: source,
+                iova,
+            });
+        }
+        Ok(iova.0 as usize)
+    }
+}
+
+impl DmaAccess for FakeDma {
+    fn dma_read(&self, source: Bdf, iova: Iova, buf: &mut [u8]) -> Result<(), DmaError> {
+        let a = self.check(source, iova, buf.len())?;
+        buf.copy_from_slice(&self.mem.lock().unwrap()[a..a + buf.len()]);
+        Ok(())
+    }
+    fn dma_write(&self, source: Bdf, iova: Iova, buf: &[u8]) -> Result<(), DmaError> {
+        let a = self.check(source, iova, buf.len())?;
+        self.mem.lock().unwrap()[a..a + buf.len()].copy_from_slice(buf);
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct FakeIrq {
+    raised: u32,
+    pending: bool,
+}
+
+impl EduInterrupt for FakeIrq {
+    fn update(&mut self, pending: bool, raised: bool) {
+        self.pending = pending;
+        if raised {
+            self.raised += 1;
+        }
+    }
+}
+
+const SRC: Bdf = Bdf::new(0, 3, 0);
+
+fn setup() -> (EduRegisters, Arc<FakeDma>, FakeIrq) {
+    let dma = FakeDma::new(0x10000, 0x8000);
+    (EduRegisters::new(SRC, dma.clone()), dma, FakeIrq::default())
+}
+
+fn rd32(e: &mut EduRegisters, off: u64) -> u32 {
+    let mut b = [0u8; 4];
+    e.read(off, &mut b);
+    u32::from_le_bytes(b)
+}
+
+fn wr32(e: &mut EduRegisters, irq: &mut FakeIrq, off: u64, v: u32) {
+    e.write(off, &v.to_le_bytes(), irq);
+}
+
+fn wr64(e: &mut EduRegisters, irq: &mut FakeIrq, off: u64, v: u64) {
+    e.write(off, &v.to_le_bytes(), irq);
+}
+
+fn start_dma(e: &mut EduRegisters, irq: &mut FakeIrq, src: u64, dst: u64, len: u64, cmd: u64) {
+    wr64(e, irq, REG_DMA_SRC, src);
+    wr64(e, irq, REG_DMA_DST, dst);
+    wr64(e, irq, REG_DMA_COUNT, len);
+    wr64(e, irq, REG_DMA_CMD, cmd | DMA_CMD_START);
+}
+
+#[test]
+fn edu_ident_reads_magic() {
+    let (mut e, _, _) = setup();
+    assert_eq!(rd32(&mut e, REG_IDENT), IDENT_VALUE);
+}
+
+#[test]
+fn edu_liveness_reads_inverse_of_written_value() {
+    let (mut e, _, mut irq) = setup();
+    wr32(&mut e, &mut irq, REG_LIVENESS, 0x1234_5678);
+    assert_eq!(rd32(&mut e, REG_LIVENESS), !0x1234_5678);
+}
+
+#[test]
+fn edu_factorial_computes_and_raises_when_asked() {
+    let (mut e, _, mut irq) = setup();
+    wr32(&mut e, &mut irq, REG_FACTORIAL, 5);
+    assert_eq!(rd32(&mut e, REG_FACTORIAL), 120);
+    assert_eq!(irq.raised, 0);
+    wr32(&mut e, &mut irq, REG_STATUS, STATUS_IRQ_FACTORIAL);
+    wr32(&mut e, &mut irq, REG_FACTORIAL, 10);
+    assert_eq!(rd32(&mut e, REG_FACTORIAL), 3_628_800);
+    assert_eq!(rd32(&mut e, REG_IRQ_STATUS), IRQ_FACTORIAL);
+    assert_eq!(irq.raised, 1);
+}
+
+#[test]
+fn edu_irq_raise_and_ack_track_status() {
+    let (mut e, _, mut irq) = setup();
+    wr32(&mut e, &mut irq, REG_IRQ_RAISE, 0x5);
+    assert!(irq.pending);
+    assert_eq!(rd32(&mut e, REG_IRQ_STATUS), 0x5);
+    wr32(&mut e, &mut irq, REG_IRQ_ACK, 0x1);
+    assert!(irq.pending);
+    wr32(&mut e, &mut irq, REG_IRQ_ACK, 0x4);
+    assert!(!irq.pending);
+    assert_eq!(rd32(&mut e, REG_IRQ_STATUS), 0);
+}
+
+#[test]
+fn edu_dma_round_trip_through_buffer() {
+    let (mut e, dma, mut irq) = setup();
+    dma.mem.lock().unwrap()[0x1000..0x1010].copy_from_slice(&[7u8; 16]);
+    start_dma(&mut e, &mut irq, 0x1000, DMA_BUFFER_ADDR + 0x10, 16, 0);
+    assert_eq!(rd32(&mut e, REG_DMA_CMD) as u64 & DMA_CMD_START, 0);
+    start_dma(
+        &mut e,
+        &mut irq,
+        DMA_BUFFER_ADDR + 0x10,
+        0x2000,
+        16,
+        DMA_CMD_TO_RAM | DMA_CMD_IRQ,
+    );
+    assert_eq!(&dma.mem.lock().unwrap()[0x2000..0x2010], &[7u8; 16]);
+    assert_eq!(rd32(&mut e, REG_IRQ_STATUS), IRQ_DMA);
+    assert_eq!(*dma.requesters.lock().unwrap(), vec![SRC, SRC]);
+}
+
+#[test]
+fn edu_dma_blocked_by_iommu_leaves_memory_untouched() {
+    let (mut e, dma, mut irq) = setup();
+    start_dma(
+        &mut e,
+        &mut irq,
+        DMA_BUFFER_ADDR,
+        0x9000,
+        16,
+        DMA_CMD_TO_RAM,
+    );
+    assert_eq!(e.dma_errors, 1);
+    assert!(dma.mem.lock().unwrap().iter().all(|&b| b == 0));
+    assert_eq!(rd32(&mut e, REG_DMA_CMD) as u64 & DMA_CMD_START, 0);
+}
+
+#[test]
+fn edu_dma_outside_device_buffer_is_dropped() {
+    let (mut e, dma, mut irq) = setup();
+    dma.mem.lock().unwrap()[..16].fill(9);
+    // Ends one byte past the buffer.
+    start_dma(&mut e, &mut irq, 0, DMA_BUFFER_ADDR + 0xff0, 17, 0);
+    assert_eq!(e.dma_errors, 1);
+    start_dma(&mut e, &mut irq, 0, u64::MAX, 16, 0);
+    assert_eq!(e.dma_errors, 2);
+    assert!(dma.requesters.lock().unwrap().is_empty());
+}
+
+#[test]
+fn edu_dma_address_is_masked_to_28_bits() {
+    let (mut e, dma, mut irq) = setup();
+    dma.mem.lock().unwrap()[0x100..0x104].copy_from_slice(&[1, 2, 3, 4]);
+    start_dma(&mut e, &mut irq, 0x1000_0100, DMA_BUFFER_ADDR, 4, 0);
+    start_dma(&mut e, &mut irq, DMA_BUFFER_ADDR, 0x200, 4, DMA_CMD_TO_RAM);
+    assert_eq!(&dma.mem.lock().unwrap()[0x200..0x204], &[1, 2, 3, 4]);
+}
+
+#[test]
+fn edu_dma_registers_split_32bit_halves() {
+    let (mut e, _, mut irq) = setup();
+    wr32(&mut e, &mut irq, REG_DMA_SRC, 0xdead_beef);
+    wr32(&mut e, &mut irq, REG_DMA_SRC + 4, 0x1);
+    let mut b = [0u8; 8];
+    e.read(REG_DMA_SRC, &mut b);
+    assert_eq!(u64::from_le_bytes(b), 0x1_dead_beef);
+    assert_eq!(rd32(&mut e, REG_DMA_SRC + 4), 1);
+}
+
+#[test]
+fn edu_bad_access_sizes_are_ignored() {
+    let (mut e, _, mut irq) = setup();
+    e.write(REG_LIVENESS, &[1, 2], &mut irq);
+    e.write(REG_LIVENESS, &1u64.to_le_bytes(), &mut irq);
+    assert_eq!(rd32(&mut e, REG_LIVENESS), !0);
+    let mut b = [0u8; 2];
+    e.read(REG_IDENT, &mut b);
+    assert_eq!(b, [0xff, 0xff]);
+    let mut b = [0u8; 4];
+    e.read(REG_IDENT + 1, &mut b);
+    assert_eq!(b, [0xff; 4]);
+}
