@@ -22,6 +22,11 @@ pub enum InterruptError {
 /// interrupt remapping first if enabled, then KVM.
 pub trait MsiTrigger: Send + Sync {
     fn send_msi(&self, msg: MsiMessage) -> Result<(), InterruptError>;
+
+    /// The IOAPIC tells the VMM what message pin `pin` would send now (None: masked or edge).
+    /// With KVM's split irqchip this lets the kernel know which vectors need an EOI exit
+    /// (level-triggered ones). Other senders never call it.
+    fn ioapic_route_changed(&self, _pin: usize, _msg: Option<MsiMessage>) {}
 }
 
 /// A wired interrupt line (ISA IRQ or PCI INTx) into an interrupt controller pin.

@@ -2,9 +2,15 @@
 //! [`bus::BusDevice`] trait; side effects leave through small injected traits
 //! ([`interrupt::MsiTrigger`], [`interrupt::IrqLine`]) so tests can watch them.
 
+pub mod acpi_pm;
 pub mod bus;
+pub mod debug_exit;
 pub mod dma;
 pub mod edu;
 pub mod interrupt;
+pub mod ioapic;
+pub mod pvpanic;
+pub mod serial;
+pub mod vm_control;
 
 pub use iommu::Bdf;
