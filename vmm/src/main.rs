@@ -1,1 +1,33 @@
-fn main() {}
+//! minivmm: a small VMM for KVM guests with an emulated VT-d IOMMU and VFIO passthrough.
+
+mod cli;
+mod control;
+mod cpuid;
+mod event_loop;
+mod exit;
+mod interrupts;
+#[allow(dead_code)]
+mod layout;
+mod memory;
+mod terminal;
+mod vcpu;
+mod vm;
+
+use clap::Parser;
+
+fn main() {
+    let cli = cli::Cli::parse();
+    let code = match vm::Vm::build(&cli).and_then(vm::Vm::run) {
+        Ok(reason) => {
+            if let Some(msg) = reason.message() {
+                eprintln!("minivmm: {msg}");
+            }
+            reason.exit_status()
+        }
+        Err(e) => {
+            eprintln!("minivmm: error: {e}");
+            1
+        }
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,108 @@
+//! Guest RAM: the ranges for a RAM size, their anonymous host mappings, and KVM memory slots.
+
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::VmFd;
+use vm_memory::{
+    GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress,
+};
+
+use crate::layout::{MMIO32_START, RAM_HIGH_START};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    #[error(
+        "--memory {requested} MiB is more than this host can give ({available} MiB available)"
+    )]
+    TooLarge { requested: u64, available: u64 },
+    #[error("Cannot allocate guest RAM: {0}")]
+    Allocate(String),
+    #[error("Cannot register guest RAM with KVM: {0}")]
+    Register(kvm_ioctls::Error),
+}
+
+/// RAM ranges (start, size): below the 32-bit PCI hole, the rest from 4 GiB.
+pub fn ram_ranges(size: u64) -> Vec<(u64, u64)> {
+    if size <= MMIO32_START {
+        vec![(0, size)]
+    } else {
+        vec![(0, MMIO32_START), (RAM_HIGH_START, size - MMIO32_START)]
+    }
+}
+
+/// MemAvailable + SwapFree from /proc/meminfo, in bytes (None if unreadable).
+fn host_available() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = info.lines().find(|l| l.starts_with(name))?;
+        line.split_whitespace()
+            .nth(1)?
+            .parse::<u64>()
+            .ok()
+            .map(|kib| kib * 1024)
+    };
+    Some(field("MemAvailable:")? + field("SwapFree:").unwrap_or(0))
+}
+
+/// Maps guest RAM in this process.
+pub fn create(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
+    if let Some(avail) = host_available() {
+        if size > avail {
+            return Err(MemoryError::TooLarge {
+                requested: size >> 20,
+                available: avail >> 20,
+            });
+        }
+    }
+    let ranges: Vec<(GuestAddress, usize)> = ram_ranges(size)
+        .into_iter()
+        .map(|(s, l)| (GuestAddress(s), l as usize))
+        .collect();
+    GuestMemoryMmap::from_ranges(&ranges).map_err(|e| MemoryError::Allocate(format!("{e:?}")))
+}
+
+/// Registers every RAM region as a KVM memory slot.
+pub fn register(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), MemoryError> {
+    for (slot, region) in mem.iter().enumerate() {
+        let r = kvm_userspace_memory_region {
+            slot: slot as u32,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: region
+                .get_host_address(MemoryRegionAddress(0))
+                .map_err(|e| MemoryError::Allocate(e.to_string()))?
+                as u64,
+            flags: 0,
+        };
+        // SAFETY: the host range is a live mapping owned by `mem`, which the VM outlives only
+        // after all vCPUs have stopped (the VMM drops the VM before the memory).
+        unsafe { vm.set_user_memory_region(r) }.map_err(MemoryError::Register)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ram_below_hole_is_one_range() {
+        assert_eq!(ram_ranges(512 << 20), vec![(0, 512 << 20)]);
+        assert_eq!(ram_ranges(MMIO32_START), vec![(0, MMIO32_START)]);
+    }
+
+    #[test]
+    fn ram_above_hole_continues_at_4g() {
+        assert_eq!(
+            ram_ranges(4 << 30),
+            vec![
+                (0, MMIO32_START),
+                (RAM_HIGH_START, (4 << 30) - MMIO32_START)
+            ]
+        );
+    }
+
+    #[test]
+    fn memory_larger_than_host_is_refused() {
+        assert!(matches!(create(1 << 50), Err(MemoryError::TooLarge { .. })));
+    }
+}

@@ -1,0 +1,241 @@
+//! vCPU threads: configuration from the boot state, and the run loop as a small state machine
+//! (running -> stopping) driven by KVM exits and a kick from the main thread.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+
+use devices::bus::Bus;
+use firmware::{BootCpuState, CpuMode, Segment};
+use kvm_bindings::{
+    kvm_fpu, kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_segment, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES,
+};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use log::warn;
+
+use crate::cpuid;
+use crate::exit::{handle_exit, Action, EoiHandler, Exit, StopReason};
+
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    #[error("Cannot set up vCPU {0}: {1} failed: {2}")]
+    Setup(u32, &'static str, kvm_ioctls::Error),
+    #[error("Cannot build CPUID for vCPU {0}")]
+    Cpuid(u32),
+}
+
+/// IA32_MISC_ENABLE (Intel SDM vol. 4, table 2-2) and its fast-strings bit.
+const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
+const MISC_ENABLE_FAST_STRING: u64 = 1;
+/// IA32_MTRR_DEF_TYPE: MTRRs enabled, default type write-back (SDM vol. 3 section 12.11.2.1).
+const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;
+const MTRR_ENABLE_WB: u64 = (1 << 11) | 6;
+/// Local APIC register offsets and LVT delivery modes (SDM vol. 3 section 11.5.1).
+const APIC_LVT_LINT0: usize = 0x350;
+const APIC_LVT_LINT1: usize = 0x360;
+const APIC_MODE_EXTINT: u32 = 0x7;
+const APIC_MODE_NMI: u32 = 0x4;
+/// x87 control word and MXCSR reset values (SDM vol. 1 sections 8.1.5, 10.2.3).
+const FPU_CONTROL_WORD: u16 = 0x37f;
+const MXCSR_DEFAULT: u32 = 0x1f80;
+/// RFLAGS bit 1 is reserved and always set.
+const RFLAGS_RESERVED: u64 = 0x2;
+
+fn kvm_segment(s: &Segment) -> kvm_segment {
+    kvm_segment {
+        base: s.base,
+        limit: s.limit,
+        selector: s.selector,
+        type_: s.type_,
+        present: s.present,
+        dpl: s.dpl,
+        db: s.db,
+        s: s.s,
+        l: s.l,
+        g: s.g,
+        avl: s.avl,
+        unusable: u8::from(s.present == 0),
+        padding: 0,
+    }
+}
+
+/// Sets CPUID, MSRs, LAPIC LVTs and FPU for every vCPU; registers only for the boot vCPU.
+/// Application processors stay in KVM's wait-for-SIPI state.
+pub fn configure(
+    vcpu: &VcpuFd,
+    id: u32,
+    cpus: u32,
+    supported: &CpuId,
+    boot: Option<&BootCpuState>,
+) -> Result<(), VcpuError> {
+    let setup = |what, e| VcpuError::Setup(id, what, e);
+    let mut entries = supported.as_slice().to_vec();
+    cpuid::patch(&mut entries, id, cpus);
+    let cpuid = CpuId::from_entries(&entries).map_err(|_| VcpuError::Cpuid(id))?;
+    if entries.len() > KVM_MAX_CPUID_ENTRIES {
+        return Err(VcpuError::Cpuid(id));
+    }
+    vcpu.set_cpuid2(&cpuid)
+        .map_err(|e| setup("KVM_SET_CPUID2", e))?;
+
+    let msrs = Msrs::from_entries(&[
+        kvm_msr_entry {
+            index: MSR_IA32_MISC_ENABLE,
+            data: MISC_ENABLE_FAST_STRING,
+            ..Default::default()
+        },
+        kvm_msr_entry {
+            index: MSR_MTRR_DEF_TYPE,
+            data: MTRR_ENABLE_WB,
+            ..Default::default()
+        },
+    ])
+    .map_err(|_| VcpuError::Cpuid(id))?;
+    vcpu.set_msrs(&msrs).map_err(|e| setup("KVM_SET_MSRS", e))?;
+
+    let mut lapic = vcpu.get_lapic().map_err(|e| setup("KVM_GET_LAPIC", e))?;
+    set_lvt_mode(&mut lapic.regs, APIC_LVT_LINT0, APIC_MODE_EXTINT);
+    set_lvt_mode(&mut lapic.regs, APIC_LVT_LINT1, APIC_MODE_NMI);
+    vcpu.set_lapic(&lapic)
+        .map_err(|e| setup("KVM_SET_LAPIC", e))?;
+
+    let fpu = kvm_fpu {
+        fcw: FPU_CONTROL_WORD,
+        mxcsr: MXCSR_DEFAULT,
+        ..Default::default()
+    };
+    vcpu.set_fpu(&fpu).map_err(|e| setup("KVM_SET_FPU", e))?;
+
+    if let Some(b) = boot {
+        let mut sregs = vcpu.get_sregs().map_err(|e| setup("KVM_GET_SREGS", e))?;
+        let code = kvm_segment(&b.code);
+        let data = kvm_segment(&b.data);
+        sregs.cs = code;
+        sregs.ds = data;
+        sregs.es = data;
+        sregs.fs = data;
+        sregs.gs = data;
+        sregs.ss = data;
+        sregs.tr = kvm_segment(&b.tss);
+        sregs.gdt.base = b.gdt_base;
+        sregs.gdt.limit = b.gdt_limit;
+        sregs.idt.base = b.idt_base;
+        sregs.idt.limit = b.idt_limit;
+        sregs.cr0 = b.cr0;
+        sregs.cr3 = b.cr3;
+        sregs.cr4 = b.cr4;
+        sregs.efer = b.efer;
+        vcpu.set_sregs(&sregs)
+            .map_err(|e| setup("KVM_SET_SREGS", e))?;
+        let regs = kvm_regs {
+            rip: b.rip,
+            rsp: b.rsp,
+            rbp: b.rsp,
+            rax: b.rax,
+            rbx: b.rbx,
+            rsi: b.rsi,
+            rflags: RFLAGS_RESERVED,
+            ..Default::default()
+        };
+        vcpu.set_regs(&regs).map_err(|e| setup("KVM_SET_REGS", e))?;
+        debug_assert!(b.mode == CpuMode::Long64 || b.cr0 & firmware::cpu_state::X86_CR0_PG == 0);
+    } else {
+        // KVM_MP_STATE_UNINITIALIZED: an AP waiting for INIT/SIPI from the boot CPU.
+        vcpu.set_mp_state(kvm_mp_state { mp_state: 1 })
+            .map_err(|e| setup("KVM_SET_MP_STATE", e))?;
+    }
+    Ok(())
+}
+
+/// Sets the delivery mode (bits 10:8) of an LVT entry in a kvm_lapic_state register page.
+fn set_lvt_mode(regs: &mut [std::os::raw::c_char], offset: usize, mode: u32) {
+    let Some(b) = regs.get_mut(offset..offset + 4) else {
+        return;
+    };
+    let old = u32::from_le_bytes([b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8]);
+    let new = (old & !0x700) | (mode << 8);
+    for (d, s) in b.iter_mut().zip(new.to_le_bytes()) {
+        *d = s as std::os::raw::c_char;
+    }
+}
+
+/// What a vCPU thread shares with the rest of the VMM.
+pub struct VcpuContext {
+    pub pio: Bus,
+    pub mmio: Bus,
+    pub eoi: Arc<dyn EoiHandler + Send + Sync>,
+    pub stop: Arc<AtomicBool>,
+    pub stopped: Sender<StopReason>,
+}
+
+/// Runs a vCPU until the VM stops. A stop is reported on `ctx.stopped` (by whichever thread
+/// sees it first; the main thread keeps only the first).
+pub fn run(mut vcpu: VcpuFd, id: u32, ctx: &VcpuContext) {
+    while !ctx.stop.load(Ordering::Acquire) {
+        let exit = match vcpu.run() {
+            Ok(VcpuExit::IoIn(port, data)) => Exit::IoIn(port, data),
+            Ok(VcpuExit::IoOut(port, data)) => Exit::IoOut(port, data),
+            Ok(VcpuExit::MmioRead(addr, data)) => Exit::MmioRead(addr, data),
+            Ok(VcpuExit::MmioWrite(addr, data)) => Exit::MmioWrite(addr, data),
+            Ok(VcpuExit::IoapicEoi(vector)) => Exit::IoapicEoi(vector),
+            Ok(VcpuExit::Shutdown) => Exit::Shutdown,
+            Ok(VcpuExit::SystemEvent(kind, _)) => Exit::SystemEvent(kind),
+            Ok(VcpuExit::Hlt) => Exit::Hlt,
+            Ok(VcpuExit::Intr) => Exit::Interrupted,
+            Ok(VcpuExit::FailEntry(reason, cpu)) => {
+                let msg = format!("vCPU {id}: KVM entry failed (reason {reason:#x}, cpu {cpu})");
+                let _ = ctx.stopped.send(StopReason::Error(msg));
+                return;
+            }
+            Ok(VcpuExit::InternalError) => {
+                let msg = format!("vCPU {id}: KVM internal error (emulation failure)");
+                let _ = ctx.stopped.send(StopReason::Error(msg));
+                return;
+            }
+            Ok(other) => {
+                warn!("vCPU {id}: unhandled KVM exit {other:?}");
+                continue;
+            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Exit::Interrupted,
+            Err(e) => {
+                let _ = ctx
+                    .stopped
+                    .send(StopReason::Error(format!("vCPU {id}: KVM_RUN failed: {e}")));
+                return;
+            }
+        };
+        if let Action::Stop(reason) = handle_exit(exit, &ctx.pio, &ctx.mmio, ctx.eoi.as_ref()) {
+            let _ = ctx.stopped.send(reason);
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lvt_mode_is_set_in_bits_10_8() {
+        let mut regs = [0 as std::os::raw::c_char; 1024];
+        regs[APIC_LVT_LINT0] = 0x30;
+        regs[APIC_LVT_LINT0 + 1] = 0x01; // mask bits and vector elsewhere survive
+        set_lvt_mode(&mut regs, APIC_LVT_LINT0, APIC_MODE_EXTINT);
+        assert_eq!(regs[APIC_LVT_LINT0] as u8, 0x30);
+        assert_eq!(regs[APIC_LVT_LINT0 + 1] as u8, 0x07);
+        set_lvt_mode(&mut regs, APIC_LVT_LINT1, APIC_MODE_NMI);
+        assert_eq!(regs[APIC_LVT_LINT1 + 1] as u8, 0x04);
+    }
+
+    #[test]
+    fn segment_conversion_marks_absent_as_unusable() {
+        let s = kvm_segment(&Segment::default());
+        assert_eq!(s.unusable, 1);
+        let s = kvm_segment(&Segment {
+            present: 1,
+            selector: 8,
+            ..Default::default()
+        });
+        assert_eq!((s.unusable, s.selector), (0, 8));
+    }
+}

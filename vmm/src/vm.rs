@@ -1,0 +1,325 @@
+//! Building and running a VM: KVM with a split irqchip, guest RAM, devices on the buses, the
+//! boot vCPU state, vCPU threads, and an orderly stop.
+
+use std::fs::File;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use devices::acpi_pm::{AcpiPm, ACPI_PM_SIZE};
+use devices::bus::{lock, Bus, BusError};
+use devices::debug_exit::DebugExit;
+use devices::interrupt::MsiTrigger;
+use devices::ioapic::{Ioapic, IoapicPin};
+use devices::pvpanic::{PvPanic, PVPANIC_PORT};
+use devices::serial::{SerialDevice, SERIAL_PORT_SIZE};
+use devices::Bdf;
+use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use firmware::{BootConfig, BootLayout, BootStructures};
+use kvm_bindings::{
+    kvm_enable_cap, KVM_CAP_SPLIT_IRQCHIP, KVM_CAP_X2APIC_API, KVM_MAX_CPUID_ENTRIES,
+};
+use kvm_ioctls::{Kvm, VmFd};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use crate::cli::{Cli, SerialMode};
+use crate::control::VmControl;
+use crate::event_loop::{StdinHandler, StopHandler};
+use crate::exit::{EoiHandler, StopReason};
+use crate::interrupts::KvmMsi;
+use crate::layout::*;
+use crate::memory::{self, MemoryError};
+use crate::terminal::RawTerminal;
+use crate::vcpu::{self, VcpuContext, VcpuError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("Cannot open /dev/kvm: {0} (is KVM available, and may this user use it?)")]
+    KvmOpen(kvm_ioctls::Error),
+    #[error("KVM lacks {0}, which minivmm needs")]
+    KvmCapability(&'static str),
+    #[error("KVM: {0} failed: {1}")]
+    Kvm(&'static str, kvm_ioctls::Error),
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Firmware(#[from] firmware::FirmwareError),
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    #[error("Device layout: {0}")]
+    Bus(#[from] BusError),
+    #[error("Cannot open serial output {0}: {1}")]
+    SerialFile(std::path::PathBuf, std::io::Error),
+    #[error("Event loop: {0}")]
+    EventLoop(String),
+    #[error("Cannot start a thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// KVM_X2APIC_API flags (Documentation/virt/kvm/api.rst 7.13).
+const KVM_X2APIC_API_USE_32BIT_IDS: u64 = 1 << 0;
+const KVM_X2APIC_API_DISABLE_BROADCAST_QUIRK: u64 = 1 << 1;
+/// Where KVM puts its TSS and identity-map pages on Intel (must not overlap RAM or MMIO).
+const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
+const KVM_IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
+/// The IOAPIC's APIC ID and its requester id (device 0x1e of bus 0, as in the DMAR scope).
+pub const IOAPIC_ID: u8 = 0;
+pub const IOAPIC_SOURCE: Bdf = Bdf::new(0, 0x1e, 0);
+
+/// The IOAPIC as the vCPUs' EOI target.
+struct IoapicEoi(Arc<Mutex<Ioapic>>);
+
+impl EoiHandler for IoapicEoi {
+    fn end_of_interrupt(&self, vector: u8) {
+        lock(&self.0).end_of_interrupt(vector);
+    }
+}
+
+/// Stdout, flushed after every write so the console streams.
+struct Console;
+
+impl Write for Console {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut out = std::io::stdout().lock();
+        out.write_all(buf)?;
+        out.flush()?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stdout().flush()
+    }
+}
+
+/// A built VM, ready to run.
+pub struct Vm {
+    vm: Arc<VmFd>,
+    vcpus: Vec<kvm_ioctls::VcpuFd>,
+    _mem: GuestMemoryMmap,
+    pio: Bus,
+    mmio: Bus,
+    ioapic: Arc<Mutex<Ioapic>>,
+    serial: Option<Arc<Mutex<SerialDevice>>>,
+    stdin: bool,
+    control: Arc<VmControl>,
+    stopped: Receiver<StopReason>,
+}
+
+fn boot_layout(ram: Vec<(u64, u64)>) -> BootLayout {
+    BootLayout {
+        structures: BootStructures {
+            gdt: GuestAddress(BOOT_GDT_START),
+            idt: GuestAddress(BOOT_IDT_START),
+            pml4: GuestAddress(PML4_START),
+            pdpte: GuestAddress(PDPTE_START),
+            pde: GuestAddress(PDE_START),
+            stack_pointer: BOOT_STACK_POINTER,
+        },
+        boot_info: GuestAddress(ZERO_PAGE_START),
+        cmdline: GuestAddress(CMDLINE_START),
+        cmdline_max: CMDLINE_MAX_SIZE,
+        high_mem_start: GuestAddress(HIGH_MEM_START),
+        ram,
+        reserved: vec![
+            (LOW_MEM_END, HIGH_MEM_START - LOW_MEM_END),
+            (ECAM_START, ECAM_SIZE),
+        ],
+    }
+}
+
+impl Vm {
+    pub fn build(cli: &Cli) -> Result<Vm, VmError> {
+        let kvm = Kvm::new().map_err(VmError::KvmOpen)?;
+        if !kvm.check_extension(kvm_ioctls::Cap::SplitIrqchip) {
+            return Err(VmError::KvmCapability("KVM_CAP_SPLIT_IRQCHIP"));
+        }
+        let vm = Arc::new(
+            kvm.create_vm()
+                .map_err(|e| VmError::Kvm("KVM_CREATE_VM", e))?,
+        );
+        vm.set_tss_address(KVM_TSS_ADDRESS)
+            .map_err(|e| VmError::Kvm("KVM_SET_TSS_ADDR", e))?;
+        vm.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
+            .map_err(|e| VmError::Kvm("KVM_SET_IDENTITY_MAP_ADDR", e))?;
+        let mut cap = kvm_enable_cap {
+            cap: KVM_CAP_SPLIT_IRQCHIP,
+            ..Default::default()
+        };
+        cap.args[0] = IOAPIC_NUM_PINS as u64;
+        vm.enable_cap(&cap)
+            .map_err(|e| VmError::Kvm("KVM_ENABLE_CAP(SPLIT_IRQCHIP)", e))?;
+        let mut cap = kvm_enable_cap {
+            cap: KVM_CAP_X2APIC_API,
+            ..Default::default()
+        };
+        cap.args[0] = KVM_X2APIC_API_USE_32BIT_IDS | KVM_X2APIC_API_DISABLE_BROADCAST_QUIRK;
+        vm.enable_cap(&cap)
+            .map_err(|e| VmError::Kvm("KVM_ENABLE_CAP(X2APIC_API)", e))?;
+
+        let mem = memory::create(cli.memory)?;
+        memory::register(&vm, &mem)?;
+
+        let (control, stopped) = VmControl::new().map_err(|e| VmError::EventLoop(e.to_string()))?;
+        let control = Arc::new(control);
+        let msi: Arc<dyn MsiTrigger> = Arc::new(KvmMsi::new(vm.clone()));
+        let ioapic = Arc::new(Mutex::new(Ioapic::new(
+            IOAPIC_ID,
+            IOAPIC_SOURCE,
+            msi.clone(),
+        )));
+
+        let mut pio = Bus::new();
+        let mut mmio = Bus::new();
+        mmio.insert(IOAPIC_START, IOAPIC_SIZE, ioapic.clone())?;
+        let serial = match &cli.serial {
+            SerialMode::Off => None,
+            mode => {
+                let out: Box<dyn Write + Send> = match mode {
+                    SerialMode::File(p) => {
+                        Box::new(File::create(p).map_err(|e| VmError::SerialFile(p.clone(), e))?)
+                    }
+                    _ => Box::new(Console),
+                };
+                let irq = Arc::new(IoapicPin {
+                    ioapic: ioapic.clone(),
+                    pin: COM1_IRQ as usize,
+                });
+                let s = Arc::new(Mutex::new(SerialDevice::new(irq, out)));
+                pio.insert(COM1_PORT.into(), SERIAL_PORT_SIZE, s.clone())?;
+                Some(s)
+            }
+        };
+        pio.insert(
+            ACPI_PM_PORT.into(),
+            ACPI_PM_SIZE,
+            Arc::new(Mutex::new(AcpiPm::new(control.clone()))),
+        )?;
+        pio.insert(
+            PVPANIC_PORT.into(),
+            1,
+            Arc::new(Mutex::new(PvPanic::new(control.clone()))),
+        )?;
+        if let Some(d) = cli.debug_exit {
+            pio.insert(
+                d.iobase.into(),
+                d.iosize.into(),
+                Arc::new(Mutex::new(DebugExit::new(control.clone()))),
+            )?;
+        }
+
+        let ram = memory::ram_ranges(cli.memory);
+        let layout = boot_layout(ram);
+        let boot = firmware::load(
+            &mem,
+            &BootConfig {
+                kernel: &cli.kernel,
+                initramfs: cli.initramfs.as_deref(),
+                cmdline: &cli.cmdline,
+                layout: &layout,
+                rsdp: None,
+            },
+        )?;
+
+        let supported = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(|e| VmError::Kvm("KVM_GET_SUPPORTED_CPUID", e))?;
+        let mut vcpus = Vec::new();
+        for id in 0..cli.cpus {
+            let fd = vm
+                .create_vcpu(id.into())
+                .map_err(|e| VmError::Kvm("KVM_CREATE_VCPU", e))?;
+            vcpu::configure(&fd, id, cli.cpus, &supported, (id == 0).then_some(&boot))?;
+            vcpus.push(fd);
+        }
+        Ok(Vm {
+            vm,
+            vcpus,
+            _mem: mem,
+            pio,
+            mmio,
+            ioapic,
+            stdin: matches!(cli.serial, SerialMode::Stdio),
+            serial,
+            control,
+            stopped,
+        })
+    }
+
+    /// Runs the VM until it stops, and returns why.
+    pub fn run(self) -> Result<StopReason, VmError> {
+        extern "C" fn kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+        register_signal_handler(SIGRTMIN(), kick)
+            .map_err(|e| VmError::EventLoop(format!("signal handler: {e}")))?;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let ctx = Arc::new(VcpuContext {
+            pio: self.pio.clone(),
+            mmio: self.mmio.clone(),
+            eoi: Arc::new(IoapicEoi(self.ioapic.clone())),
+            stop: stop.clone(),
+            stopped: self.control.sender(),
+        });
+        let mut threads: Vec<JoinHandle<()>> = Vec::new();
+        for (id, fd) in self.vcpus.into_iter().enumerate() {
+            let ctx = ctx.clone();
+            let control = self.control.clone();
+            let t = std::thread::Builder::new()
+                .name(format!("vcpu{id}"))
+                .spawn(move || {
+                    vcpu::run(fd, id as u32, &ctx);
+                    control.notify();
+                })
+                .map_err(VmError::Thread)?;
+            threads.push(t);
+        }
+
+        let stopping = Arc::new(AtomicBool::new(false));
+        let mut em = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new()
+            .map_err(|e| VmError::EventLoop(format!("{e:?}")))?;
+        let wake = self
+            .control
+            .wake
+            .try_clone()
+            .map_err(|e| VmError::EventLoop(e.to_string()))?;
+        em.add_subscriber(Arc::new(Mutex::new(StopHandler {
+            fd: wake,
+            stopping: stopping.clone(),
+        })));
+        let _raw = self.stdin.then(RawTerminal::enable);
+        let stdin = match (&self.serial, self.stdin) {
+            (Some(s), true) => {
+                let h = Arc::new(Mutex::new(StdinHandler::new(s.clone())));
+                em.add_subscriber(h.clone());
+                Some(h)
+            }
+            _ => None,
+        };
+        while !stopping.load(Ordering::Acquire) {
+            em.run_with_timeout(50)
+                .map_err(|e| VmError::EventLoop(format!("{e:?}")))?;
+            if let Some(h) = &stdin {
+                lock(h).flush_pending();
+            }
+        }
+        let reason = self
+            .stopped
+            .try_recv()
+            .unwrap_or_else(|_| StopReason::Error("all vCPUs stopped unexpectedly".into()));
+
+        stop.store(true, Ordering::Release);
+        for t in &threads {
+            while !t.is_finished() {
+                let _ = t.kill(SIGRTMIN());
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        for t in threads {
+            let _ = t.join();
+        }
+        drop(self.vm);
+        Ok(reason)
+    }
+}

@@ -1,0 +1,209 @@
+//! End-to-end tests of the `minivmm` binary on this host's /dev/kvm with tiny payloads from
+//! tests/payloads/ (assembled here with binutils). They need /dev/kvm and fail, saying so,
+//! without it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn minivmm() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_minivmm"))
+}
+
+fn require_kvm() {
+    assert!(
+        Path::new("/dev/kvm").exists(),
+        "these tests boot real VMs and need /dev/kvm (not present on this host)"
+    );
+}
+
+fn run(cmd: &str, args: &[&str]) {
+    let st = Command::new(cmd)
+        .args(args)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {cmd} (install binutils): {e}"));
+    assert!(st.success(), "{cmd} {args:?} failed");
+}
+
+/// The hello payload, assembled once for all tests.
+fn payload(name: &str) -> PathBuf {
+    static HELLO: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    assert_eq!(name, "hello");
+    HELLO.get_or_init(|| assemble(name)).clone()
+}
+
+/// Assembles tests/payloads/NAME.S into a Multiboot ELF32 image and returns its path.
+fn assemble(name: &str) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../tests/payloads/{name}.S"));
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let obj = dir.join(format!("{name}.o"));
+    let elf64 = dir.join(format!("{name}64.elf"));
+    let elf = dir.join(format!("{name}.elf"));
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    run("as", &["--64", "-o", &s(&obj), &s(&src)]);
+    run(
+        "ld",
+        &[
+            "-m",
+            "elf_x86_64",
+            "-Ttext=0x100000",
+            "-z",
+            "noseparate-code",
+            "-nostdlib",
+            "-o",
+            &s(&elf64),
+            &s(&obj),
+        ],
+    );
+    run(
+        "objcopy",
+        &[
+            "-I",
+            "elf64-x86-64",
+            "-O",
+            "elf32-i386",
+            &s(&elf64),
+            &s(&elf),
+        ],
+    );
+    elf
+}
+
+fn output(args: &[&str]) -> Output {
+    minivmm().args(args).output().expect("minivmm runs")
+}
+
+#[test]
+fn payload_long_mode_serial_and_ioapic_interrupt() {
+    require_kvm();
+    let elf = payload("hello");
+    let out = output(&[
+        "--kernel",
+        elf.to_str().unwrap(),
+        "--memory",
+        "64M",
+        "--debug-exit",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("minivmm-payload: hello from long mode"),
+        "stdout: {stdout}"
+    );
+    assert!(
+        stdout.contains("minivmm-payload: IOAPIC interrupt on vector 0x40"),
+        "stdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // isa-debug-exit: the payload writes 0x21 -> status (0x21 << 1) | 1.
+    assert_eq!(out.status.code(), Some(0x43));
+}
+
+#[test]
+fn payload_debug_exit_port_is_configurable() {
+    require_kvm();
+    let elf = payload("hello");
+    // The payload writes to port 0xf4; a device at 0xf0 with 8 ports covers it (offset 4).
+    let out = output(&[
+        "--kernel",
+        elf.to_str().unwrap(),
+        "--memory",
+        "64M",
+        "--debug-exit",
+        "iobase=0xf0,iosize=8",
+    ]);
+    assert_eq!(out.status.code(), Some(0x43), "0xf4 is inside 0xf0..0xf8");
+}
+
+#[test]
+fn serial_file_mode_writes_console_to_file() {
+    require_kvm();
+    let elf = payload("hello");
+    let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join("serial.log");
+    let arg = format!("file={}", log.display());
+    let out = output(&[
+        "--kernel",
+        elf.to_str().unwrap(),
+        "--memory",
+        "64M",
+        "--debug-exit",
+        "--serial",
+        &arg,
+    ]);
+    assert_eq!(out.status.code(), Some(0x43));
+    assert!(
+        out.stdout.is_empty(),
+        "console went to the file, not stdout"
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("hello from long mode"));
+}
+
+fn assert_one_line_error(out: &Output, needle: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "must fail");
+    assert!(err.starts_with("minivmm: error: "), "stderr: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    assert!(err.contains(needle), "stderr {err:?} lacks {needle:?}");
+    assert!(!err.contains("panicked"), "no panic: {err}");
+}
+
+#[test]
+fn missing_kernel_is_one_clear_line() {
+    let out = output(&["--kernel", "/nonexistent/bzImage"]);
+    assert_one_line_error(&out, "/nonexistent/bzImage");
+}
+
+#[test]
+fn kernel_of_unknown_format_is_one_clear_line() {
+    require_kvm();
+    let junk = Path::new(env!("CARGO_TARGET_TMPDIR")).join("junk.bin");
+    std::fs::write(&junk, vec![0x90u8; 20000]).unwrap();
+    let out = output(&["--kernel", junk.to_str().unwrap()]);
+    assert_one_line_error(&out, "not a bzImage");
+}
+
+#[test]
+fn missing_initramfs_is_one_clear_line() {
+    require_kvm();
+    let elf = payload("hello");
+    let out = output(&[
+        "--kernel",
+        elf.to_str().unwrap(),
+        "--initramfs",
+        "/nonexistent/initrd",
+    ]);
+    assert_one_line_error(&out, "/nonexistent/initrd");
+}
+
+#[test]
+fn memory_beyond_host_is_one_clear_line() {
+    require_kvm();
+    let elf = payload("hello");
+    let out = output(&["--kernel", elf.to_str().unwrap(), "--memory", "100000G"]);
+    assert_one_line_error(&out, "more than this host can give");
+}
+
+#[test]
+fn bad_flag_value_fails_without_panic() {
+    let out = output(&["--kernel", "k", "--cpus", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = output(&["--kernel", "k", "--no-such-flag"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+}
+
+#[test]
+fn help_documents_every_flag() {
+    let out = output(&["--help"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--kernel",
+        "--initramfs",
+        "--cmdline",
+        "--cpus",
+        "--memory",
+        "--serial",
+        "--debug-exit",
+    ] {
+        assert!(text.contains(flag), "--help lacks {flag}");
+    }
+}
