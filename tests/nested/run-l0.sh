@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Boots the simulated host L0 (QEMU TCG, -cpu max with nested SVM, intel-iommu, edu) and runs
+# SCRIPT inside it, in a chroot of this machine's root, with the work dir mounted read-write at
+# the same path. Streams all output; exits with SCRIPT's status. SCRIPT is copied into the
+# work dir first (the chroot's /tmp is private), so it may live anywhere.
+# Usage: run-l0.sh [--timeout SECS] SCRIPT [ARGS...]
+# Inside, SCRIPT sees: EDU_BDF (the edu device, bound to vfio-pci), NESTED_WORKDIR, and the
+# variables of $NESTED_WORKDIR/env.sh (KVER, BZIMAGE, VMLINUX, MODDIR), plus any MINIVMM.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+timeout=1200
+if [ "${1:-}" = --timeout ]; then timeout="$2"; shift 2; fi
+[ $# -ge 1 ] || { echo "usage: run-l0.sh [--timeout SECS] SCRIPT [ARGS...]" >&2; exit 2; }
+script="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"; shift
+"$here/setup.sh" >&2
+work="${NESTED_WORKDIR:-$here/work}"
+work="$(cd "$work" && pwd)"
+# shellcheck disable=SC1091
+. "$work/env.sh"
+
+mkdir -p "$work/job"
+cp "$script" "$work/job/script.sh"
+{
+    echo "set -e"
+    echo ". '$work/env.sh'"
+    echo "export KVER BZIMAGE VMLINUX MODDIR NESTED_WORKDIR='$work' NESTED_DIR='$here'"
+    [ -n "${MINIVMM:-}" ] && echo "export MINIVMM='$MINIVMM'"
+    printf 'cd %q\n' "$PWD"
+    printf 'exec bash %q' "$work/job/script.sh"
+    for a in "$@"; do printf ' %q' "$a"; done
+    echo
+} > "$work/job/run.sh"
+rm -f "$work/status"
+
+start=$(date +%s)
+set +e
+timeout -k 10 "$((timeout + 60))" qemu-system-x86_64 \
+    -machine q35,accel=tcg -cpu max -m 3072 -smp 2 \
+    -display none -nodefaults -serial stdio -no-reboot \
+    -kernel "$VMLINUX" -initrd "$work/l0-initrd.img" \
+    -append "console=ttyS0 quiet intel_iommu=on panic=-1 nested.work=$work nested.timeout=$timeout" \
+    -device intel-iommu,intremap=on \
+    -device edu \
+    -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
+    -virtfs "local,path=$work,mount_tag=w,security_model=none,multidevs=remap" < /dev/null
+qemu_rc=$?
+set -e
+elapsed=$(( $(date +%s) - start ))
+if [ ! -s "$work/status" ]; then
+    echo "run-l0: L0 ended without a status after ${elapsed}s (QEMU exit $qemu_rc; timeout ${timeout}s)" >&2
+    exit 124
+fi
+rc=$(cat "$work/status")
+echo "run-l0: inner script exited $rc after ${elapsed}s" >&2
+exit "$rc"
