@@ -9,6 +9,7 @@ pub mod dma;
 pub mod edu;
 pub mod interrupt;
 pub mod ioapic;
+pub mod pci;
 pub mod pvpanic;
 pub mod serial;
 pub mod vm_control;

@@ -1,0 +1,21 @@
+//! PCI(e) for a single root bus: the device trait, a type-0 configuration space helper, the
+//! host bridge, and the root that dispatches configuration cycles (0xCF8/0xCFC and ECAM) and
+//! BAR accesses.
+
+pub mod configuration;
+pub mod host_bridge;
+pub mod msi;
+pub mod root;
+
+pub use configuration::{BarKind, BarSpec, PciConfiguration, PciIds};
+pub use root::{intx_gsi, PciConfigIo, PciConfigMmio, PciRoot, PciWindow, PrtRoute};
+
+/// A PCI function as the root bus sees it: configuration by dword index, BARs by (index,
+/// offset). Implemented by every PCI device model (host bridge, edu, VFIO passthrough).
+pub trait PciDevice: Send {
+    fn read_config_register(&mut self, reg_idx: usize) -> u32;
+    /// A write of `data` at byte `offset` (0..4) within dword `reg_idx`.
+    fn write_config_register(&mut self, reg_idx: usize, offset: u64, data: &[u8]);
+    fn read_bar(&mut self, bar: usize, offset: u64, data: &mut [u8]);
+    fn write_bar(&mut self, bar: usize, offset: u64, data: &[u8]);
+}

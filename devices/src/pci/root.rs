@@ -1,0 +1,473 @@
+//! The root bus: configuration cycles from the 0xCF8/0xCFC mechanism (PCI local bus spec
+//! 3.2.2.3.2) and from ECAM (PCIe base spec 7.2.2), BAR dispatch for the MMIO and I/O
+//! windows, firmware-style resource assignment and INTx routing.
+
+use std::sync::{Arc, Mutex};
+
+use iommu::Bdf;
+
+use super::configuration::{
+    BarKind, COMMAND_IO, COMMAND_MASTER, COMMAND_MEMORY, NUM_BARS, REG_BAR0, REG_COMMAND_STATUS,
+    REG_INTERRUPT,
+};
+use super::PciDevice;
+use crate::bus::{lock, BusDevice};
+
+/// Devices on the root bus.
+pub const NUM_DEVICES: usize = 32;
+/// CONFIG_ADDRESS enable bit (bit 31).
+const CONFIG_ADDRESS_ENABLE: u32 = 1 << 31;
+/// ECAM: function config space is 4 KiB; bus number at bits 27:20.
+const ECAM_FUNCTION_SHIFT: u64 = 12;
+const ECAM_DEVICE_SHIFT: u64 = 15;
+const ECAM_BUS_SHIFT: u64 = 20;
+/// First IOAPIC pin used for PCI INTx and the number of such pins.
+const INTX_FIRST_GSI: u32 = 16;
+const INTX_GSIS: u32 = 8;
+
+/// The IOAPIC GSI of INTx `pin` (1 = INTA .. 4 = INTD) of `device`: the same swizzle the
+/// DSDT's _PRT lists.
+pub fn intx_gsi(device: u8, pin: u8) -> u32 {
+    INTX_FIRST_GSI + (u32::from(device) + u32::from(pin.max(1)) - 1) % INTX_GSIS
+}
+
+/// One _PRT route: `pin` is 0-based (0 = INTA) as ACPI wants it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrtRoute {
+    pub device: u8,
+    pub pin: u8,
+    pub gsi: u32,
+}
+
+/// A BAR the guest has enabled, for dispatch.
+#[derive(Clone, Copy, Debug)]
+struct Decoded {
+    base: u64,
+    size: u64,
+    device: usize,
+    bar: usize,
+}
+
+struct Slot {
+    dev: Arc<Mutex<dyn PciDevice>>,
+    bar_sizes: [Option<(u64, BarKind)>; NUM_BARS],
+}
+
+/// The root bus with its devices.
+#[derive(Default)]
+pub struct PciRoot {
+    slots: Vec<Option<Slot>>,
+    mmio: Vec<Decoded>,
+    io: Vec<Decoded>,
+}
+
+/// Why a device could not be added.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PciError {
+    #[error("No free device number on bus 0")]
+    BusFull,
+    #[error("Device number {0} is taken or out of range")]
+    SlotTaken(u8),
+    #[error("No room for BAR {bar} of {device} ({size:#x} bytes) in the {window} window")]
+    NoSpace {
+        device: Bdf,
+        bar: usize,
+        size: u64,
+        window: &'static str,
+    },
+}
+
+/// Where BARs may go.
+#[derive(Clone, Copy, Debug)]
+pub struct Windows {
+    pub io: (u64, u64),
+    pub mmio32: (u64, u64),
+    pub mmio64: (u64, u64),
+}
+
+fn probe_bars(dev: &mut dyn PciDevice) -> [Option<(u64, BarKind)>; NUM_BARS] {
+    let mut out = [None; NUM_BARS];
+    let mut i = 0;
+    while i < NUM_BARS {
+        let reg = REG_BAR0 + i;
+        let orig = dev.read_config_register(reg);
+        dev.write_config_register(reg, 0, &u32::MAX.to_le_bytes());
+        let low = dev.read_config_register(reg);
+        dev.write_config_register(reg, 0, &orig.to_le_bytes());
+        if low == 0 {
+            i += 1;
+            continue;
+        }
+        if low & 1 == 1 {
+            let size = u64::from(!(low & !0x3)).wrapping_add(1) & 0xffff_ffff;
+            out[i] = Some((size, BarKind::Io));
+            i += 1;
+        } else if low & 0x6 == 0x4 && i + 1 < NUM_BARS {
+            let hreg = reg + 1;
+            let horig = dev.read_config_register(hreg);
+            dev.write_config_register(hreg, 0, &u32::MAX.to_le_bytes());
+            let high = dev.read_config_register(hreg);
+            dev.write_config_register(hreg, 0, &horig.to_le_bytes());
+            let mask = (u64::from(high) << 32) | u64::from(low & !0xf);
+            out[i] = Some((
+                (!mask).wrapping_add(1),
+                BarKind::Mem64 {
+                    prefetchable: low & 0x8 != 0,
+                },
+            ));
+            i += 2;
+        } else {
+            let size = u64::from(!(low & !0xf)).wrapping_add(1) & 0xffff_ffff;
+            out[i] = Some((size, BarKind::Mem32));
+            i += 1;
+        }
+    }
+    out
+}
+
+impl PciRoot {
+    pub fn new() -> Self {
+        PciRoot {
+            slots: (0..NUM_DEVICES).map(|_| None).collect(),
+            mmio: Vec::new(),
+            io: Vec::new(),
+        }
+    }
+
+    /// Adds a device at `device` (or the first free number) and returns its address. Its BAR
+    /// sizes are probed as firmware does (all-ones writes).
+    pub fn add_device(
+        &mut self,
+        dev: Arc<Mutex<dyn PciDevice>>,
+        device: Option<u8>,
+    ) -> Result<Bdf, PciError> {
+        let n = match device {
+            Some(d) if (d as usize) < NUM_DEVICES && self.slots[d as usize].is_none() => d as usize,
+            Some(d) => return Err(PciError::SlotTaken(d)),
+            None => self
+                .slots
+                .iter()
+                .position(Option::is_none)
+                .ok_or(PciError::BusFull)?,
+        };
+        let bar_sizes = probe_bars(&mut *lock(&dev));
+        self.slots[n] = Some(Slot { dev, bar_sizes });
+        Ok(Bdf::new(0, n as u8, 0))
+    }
+
+    fn slot(&self, bus: u8, device: u8, function: u8) -> Option<&Slot> {
+        if bus != 0 || function != 0 {
+            return None;
+        }
+        self.slots.get(device as usize)?.as_ref()
+    }
+
+    /// A configuration read; absent functions read all-ones.
+    pub fn config_read(&self, bus: u8, device: u8, function: u8, reg: usize) -> u32 {
+        match self.slot(bus, device, function) {
+            Some(s) => lock(&s.dev).read_config_register(reg),
+            None => 0xffff_ffff,
+        }
+    }
+
+    /// A configuration write; absent functions drop it. BAR and command writes refresh the
+    /// dispatch tables.
+    pub fn config_write(
+        &mut self,
+        bus: u8,
+        device: u8,
+        function: u8,
+        reg: usize,
+        offset: u64,
+        data: &[u8],
+    ) {
+        let Some(s) = self.slot(bus, device, function) else {
+            return;
+        };
+        lock(&s.dev).write_config_register(reg, offset, data);
+        if reg == REG_COMMAND_STATUS || (REG_BAR0..REG_BAR0 + NUM_BARS).contains(&reg) {
+            self.refresh(device as usize);
+        }
+    }
+
+    /// Recomputes the decoded BARs of device `n` from its registers.
+    fn refresh(&mut self, n: usize) {
+        self.mmio.retain(|d| d.device != n);
+        self.io.retain(|d| d.device != n);
+        let Some(Some(slot)) = self.slots.get(n) else {
+            return;
+        };
+        let mut dev = lock(&slot.dev);
+        let command = dev.read_config_register(REG_COMMAND_STATUS) as u16;
+        for (bar, spec) in slot.bar_sizes.iter().enumerate() {
+            let Some((size, kind)) = *spec else { continue };
+            let low = u64::from(dev.read_config_register(REG_BAR0 + bar));
+            let (base, enabled, table) = match kind {
+                BarKind::Io => (low & !0x3, command & COMMAND_IO != 0, &mut self.io),
+                BarKind::Mem32 => (low & !0xf, command & COMMAND_MEMORY != 0, &mut self.mmio),
+                BarKind::Mem64 { .. } => {
+                    let high = u64::from(dev.read_config_register(REG_BAR0 + bar + 1));
+                    (
+                        (high << 32) | (low & !0xf),
+                        command & COMMAND_MEMORY != 0,
+                        &mut self.mmio,
+                    )
+                }
+            };
+            if enabled && base != 0 {
+                table.push(Decoded {
+                    base,
+                    size,
+                    device: n,
+                    bar,
+                });
+            }
+        }
+        drop(dev);
+        self.mmio.sort_by_key(|d| d.base);
+        self.io.sort_by_key(|d| d.base);
+    }
+
+    fn find(table: &[Decoded], addr: u64) -> Option<Decoded> {
+        let i = table.partition_point(|d| d.base <= addr);
+        let d = *table.get(i.checked_sub(1)?)?;
+        (addr - d.base < d.size).then_some(d)
+    }
+
+    fn dispatch(
+        &self,
+        io: bool,
+        addr: u64,
+        f: impl FnOnce(&mut dyn PciDevice, usize, u64),
+    ) -> bool {
+        let table = if io { &self.io } else { &self.mmio };
+        let Some(d) = Self::find(table, addr) else {
+            return false;
+        };
+        if let Some(Some(slot)) = self.slots.get(d.device) {
+            f(&mut *lock(&slot.dev), d.bar, addr - d.base);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// A read at absolute bus address `addr`; false if no BAR decodes it.
+    pub fn bar_read(&self, io: bool, addr: u64, data: &mut [u8]) -> bool {
+        self.dispatch(io, addr, |dev, bar, off| dev.read_bar(bar, off, data))
+    }
+
+    pub fn bar_write(&self, io: bool, addr: u64, data: &[u8]) -> bool {
+        self.dispatch(io, addr, |dev, bar, off| dev.write_bar(bar, off, data))
+    }
+
+    /// Assigns every BAR an address in `windows` (naturally aligned, 64-bit prefetchable BARs
+    /// above 4 GiB), enables decoding and bus mastering, and fills Interrupt Line with the
+    /// INTx GSI: what firmware does before booting an OS that does not enumerate PCI.
+    pub fn assign_resources(&mut self, windows: &Windows) -> Result<(), PciError> {
+        let mut next = [windows.io.0, windows.mmio32.0, windows.mmio64.0];
+        let ends = [
+            windows.io.0 + windows.io.1,
+            windows.mmio32.0 + windows.mmio32.1,
+            windows.mmio64.0 + windows.mmio64.1,
+        ];
+        for n in 0..NUM_DEVICES {
+            let Some(slot) = &self.slots[n] else { continue };
+            let mut bars: Vec<(usize, u64, BarKind)> = slot
+                .bar_sizes
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| s.map(|(size, kind)| (i, size, kind)))
+                .collect();
+            // Largest first keeps natural alignment cheap.
+            bars.sort_by_key(|b| std::cmp::Reverse(b.1));
+            let mut dev = lock(&slot.dev);
+            let mut command = COMMAND_MASTER;
+            for (bar, size, kind) in bars {
+                let (w, name) = match kind {
+                    BarKind::Io => (0, "I/O"),
+                    BarKind::Mem32 => (1, "32-bit MMIO"),
+                    BarKind::Mem64 { prefetchable: true } => (2, "64-bit MMIO"),
+                    BarKind::Mem64 {
+                        prefetchable: false,
+                    } => (1, "32-bit MMIO"),
+                };
+                let base = next[w].next_multiple_of(size.max(1));
+                if base.checked_add(size).is_none_or(|end| end > ends[w]) {
+                    return Err(PciError::NoSpace {
+                        device: Bdf::new(0, n as u8, 0),
+                        bar,
+                        size,
+                        window: name,
+                    });
+                }
+                next[w] = base + size;
+                dev.write_config_register(REG_BAR0 + bar, 0, &(base as u32).to_le_bytes());
+                if matches!(kind, BarKind::Mem64 { .. }) {
+                    dev.write_config_register(
+                        REG_BAR0 + bar + 1,
+                        0,
+                        &((base >> 32) as u32).to_le_bytes(),
+                    );
+                }
+                command |= if kind == BarKind::Io {
+                    COMMAND_IO
+                } else {
+                    COMMAND_MEMORY
+                };
+            }
+            let old = dev.read_config_register(REG_COMMAND_STATUS) as u16;
+            dev.write_config_register(REG_COMMAND_STATUS, 0, &(old | command).to_le_bytes());
+            let pin = (dev.read_config_register(REG_INTERRUPT) >> 8) as u8;
+            if pin != 0 {
+                dev.write_config_register(REG_INTERRUPT, 0, &[intx_gsi(n as u8, pin) as u8]);
+            }
+            drop(dev);
+            self.refresh(n);
+        }
+        Ok(())
+    }
+
+    /// INTx routes of every populated device, for the DSDT's _PRT (all four pins, as a
+    /// firmware would list them).
+    pub fn prt_routes(&self) -> Vec<PrtRoute> {
+        (0..NUM_DEVICES as u8)
+            .filter(|&d| d != 0 && self.slots[d as usize].is_some())
+            .flat_map(|d| {
+                (1..=4u8).map(move |pin| PrtRoute {
+                    device: d,
+                    pin: pin - 1,
+                    gsi: intx_gsi(d, pin),
+                })
+            })
+            .collect()
+    }
+}
+
+/// The 0xCF8/0xCFC configuration mechanism (8 ports at 0xCF8).
+pub struct PciConfigIo {
+    root: Arc<Mutex<PciRoot>>,
+    address: u32,
+}
+
+impl PciConfigIo {
+    pub fn new(root: Arc<Mutex<PciRoot>>) -> Self {
+        PciConfigIo { root, address: 0 }
+    }
+
+    /// (bus, device, function, register) selected by CONFIG_ADDRESS, if enabled.
+    fn target(&self) -> Option<(u8, u8, u8, usize)> {
+        let a = self.address;
+        (a & CONFIG_ADDRESS_ENABLE != 0).then_some((
+            (a >> 16) as u8,
+            ((a >> 11) & 0x1f) as u8,
+            ((a >> 8) & 0x7) as u8,
+            ((a >> 2) & 0x3f) as usize,
+        ))
+    }
+}
+
+impl BusDevice for PciConfigIo {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        data.fill(0xff);
+        match offset {
+            0 if data.len() == 4 => data.copy_from_slice(&self.address.to_le_bytes()),
+            4..=7 => {
+                let Some((b, d, f, r)) = self.target() else {
+                    return;
+                };
+                let v = lock(&self.root).config_read(b, d, f, r).to_le_bytes();
+                let start = (offset - 4) as usize;
+                for (i, out) in data.iter_mut().enumerate() {
+                    *out = v.get(start + i).copied().unwrap_or(0xff);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        match offset {
+            0 if data.len() == 4 => {
+                self.address =
+                    u32::from_le_bytes([data[0], data[1], data[2], data[3]]) & 0x80ff_fffc
+            }
+            4..=7 => {
+                let Some((b, d, f, r)) = self.target() else {
+                    return;
+                };
+                let off = offset - 4;
+                if off as usize + data.len() <= 4 {
+                    lock(&self.root).config_write(b, d, f, r, off, data);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// ECAM: memory-mapped configuration space, 4 KiB per function.
+pub struct PciConfigMmio {
+    root: Arc<Mutex<PciRoot>>,
+}
+
+impl PciConfigMmio {
+    pub fn new(root: Arc<Mutex<PciRoot>>) -> Self {
+        PciConfigMmio { root }
+    }
+
+    fn decode(offset: u64) -> (u8, u8, u8, usize, u64) {
+        (
+            (offset >> ECAM_BUS_SHIFT) as u8,
+            ((offset >> ECAM_DEVICE_SHIFT) & 0x1f) as u8,
+            ((offset >> ECAM_FUNCTION_SHIFT) & 0x7) as u8,
+            ((offset & 0xfff) >> 2) as usize,
+            offset & 0x3,
+        )
+    }
+}
+
+impl BusDevice for PciConfigMmio {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        let (b, d, f, r, off) = Self::decode(offset);
+        let v = lock(&self.root).config_read(b, d, f, r).to_le_bytes();
+        for (i, out) in data.iter_mut().enumerate() {
+            *out = v.get(off as usize + i).copied().unwrap_or(0xff);
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        let (b, d, f, r, off) = Self::decode(offset);
+        if off as usize + data.len() <= 4 {
+            lock(&self.root).config_write(b, d, f, r, off, data);
+        }
+    }
+}
+
+/// A BAR window on the MMIO or port bus: accesses go to whichever BAR decodes the address.
+pub struct PciWindow {
+    root: Arc<Mutex<PciRoot>>,
+    base: u64,
+    io: bool,
+}
+
+impl PciWindow {
+    pub fn new(root: Arc<Mutex<PciRoot>>, base: u64, io: bool) -> Self {
+        PciWindow { root, base, io }
+    }
+}
+
+impl BusDevice for PciWindow {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if !lock(&self.root).bar_read(self.io, self.base + offset, data) {
+            data.fill(0xff);
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        lock(&self.root).bar_write(self.io, self.base + offset, data);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,250 @@
+use super::*;
+use crate::pci::configuration::{BarSpec, PciConfiguration, PciIds, REG_ID};
+use crate::pci::host_bridge::HostBridge;
+
+/// A device with a 4 KiB MMIO BAR 0, a 64-bit prefetchable BAR 2 and an I/O BAR 4 that
+/// records accesses.
+struct Fake {
+    config: PciConfiguration,
+    log: Vec<(usize, u64, bool)>,
+}
+
+impl Fake {
+    fn new() -> Self {
+        let mut config = PciConfiguration::new(
+            PciIds {
+                vendor: 0x1234,
+                device: 0x5678,
+                class: 0xff,
+                subclass: 0,
+                prog_if: 0,
+                revision: 0,
+                subsystem_vendor: 0,
+                subsystem: 0,
+            },
+            1,
+        );
+        config
+            .add_bar(BarSpec {
+                index: 0,
+                size: 0x1000,
+                kind: BarKind::Mem32,
+            })
+            .unwrap();
+        config
+            .add_bar(BarSpec {
+                index: 2,
+                size: 0x20_0000,
+                kind: BarKind::Mem64 { prefetchable: true },
+            })
+            .unwrap();
+        config
+            .add_bar(BarSpec {
+                index: 4,
+                size: 0x20,
+                kind: BarKind::Io,
+            })
+            .unwrap();
+        Fake {
+            config,
+            log: Vec::new(),
+        }
+    }
+}
+
+impl PciDevice for Fake {
+    fn read_config_register(&mut self, reg_idx: usize) -> u32 {
+        self.config.read_register(reg_idx)
+    }
+    fn write_config_register(&mut self, reg_idx: usize, offset: u64, data: &[u8]) {
+        self.config.write_register(reg_idx, offset, data);
+    }
+    fn read_bar(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
+        self.log.push((bar, offset, false));
+        data.fill(bar as u8);
+    }
+    fn write_bar(&mut self, bar: usize, offset: u64, _data: &[u8]) {
+        self.log.push((bar, offset, true));
+    }
+}
+
+const WINDOWS: Windows = Windows {
+    io: (0xc000, 0x4000),
+    mmio32: (0xc000_0000, 0x2000_0000),
+    mmio64: (0x10_0000_0000, 0x10_0000_0000),
+};
+
+fn setup() -> (Arc<Mutex<PciRoot>>, Arc<Mutex<Fake>>) {
+    let root = Arc::new(Mutex::new(PciRoot::new()));
+    let fake = Arc::new(Mutex::new(Fake::new()));
+    {
+        let mut r = root.lock().unwrap();
+        assert_eq!(
+            r.add_device(Arc::new(Mutex::new(HostBridge::new())), Some(0)),
+            Ok(Bdf::new(0, 0, 0))
+        );
+        assert_eq!(r.add_device(fake.clone(), None), Ok(Bdf::new(0, 1, 0)));
+    }
+    (root, fake)
+}
+
+fn cf8(io: &mut PciConfigIo, dev: u32, reg: u32) {
+    io.write(0, &(0x8000_0000 | (dev << 11) | (reg << 2)).to_le_bytes());
+}
+
+#[test]
+fn cf8_reads_vendor_device_of_host_bridge_and_fake() {
+    let (root, _) = setup();
+    let mut io = PciConfigIo::new(root);
+    cf8(&mut io, 0, 0);
+    let mut b = [0u8; 4];
+    io.read(4, &mut b);
+    assert_eq!(u32::from_le_bytes(b), 0x0008_1b36);
+    cf8(&mut io, 1, 0);
+    let mut w = [0u8; 2];
+    io.read(6, &mut w);
+    assert_eq!(
+        u16::from_le_bytes(w),
+        0x5678,
+        "word read at offset 2 of the data port"
+    );
+    let mut one = [0u8; 1];
+    io.read(5, &mut one);
+    assert_eq!(one[0], 0x12);
+}
+
+#[test]
+fn cf8_absent_device_and_disabled_address_read_all_ones() {
+    let (root, _) = setup();
+    let mut io = PciConfigIo::new(root);
+    cf8(&mut io, 7, 0);
+    let mut b = [0u8; 4];
+    io.read(4, &mut b);
+    assert_eq!(b, [0xff; 4]);
+    io.write(0, &(1u32 << 11).to_le_bytes()); // enable bit clear
+    io.read(4, &mut b);
+    assert_eq!(b, [0xff; 4]);
+    let mut a = [0u8; 4];
+    io.read(0, &mut a);
+    assert_eq!(u32::from_le_bytes(a), 1 << 11, "CONFIG_ADDRESS reads back");
+}
+
+#[test]
+fn ecam_reads_and_writes_config() {
+    let (root, fake) = setup();
+    let mut ecam = PciConfigMmio::new(root);
+    let mut b = [0u8; 4];
+    ecam.read(1 << 15, &mut b);
+    assert_eq!(u32::from_le_bytes(b), 0x5678_1234);
+    ecam.write((1 << 15) | 0x3c, &[0x2a]);
+    assert_eq!(
+        fake.lock().unwrap().config.read_register(REG_INTERRUPT) & 0xff,
+        0x2a
+    );
+    ecam.read((1 << 15) | (1 << 12), &mut b);
+    assert_eq!(b, [0xff; 4], "function 1 absent");
+    ecam.read(1 << 20, &mut b);
+    assert_eq!(b, [0xff; 4], "bus 1 absent");
+}
+
+#[test]
+fn probe_finds_bar_sizes_and_kinds() {
+    let mut f = Fake::new();
+    let bars = probe_bars(&mut f);
+    assert_eq!(bars[0], Some((0x1000, BarKind::Mem32)));
+    assert_eq!(
+        bars[2],
+        Some((0x20_0000, BarKind::Mem64 { prefetchable: true }))
+    );
+    assert_eq!(bars[3], None);
+    assert_eq!(bars[4], Some((0x20, BarKind::Io)));
+    assert_eq!(
+        f.config.read_register(REG_BAR0),
+        0,
+        "restored after probing"
+    );
+}
+
+#[test]
+fn assign_resources_places_bars_and_enables_decoding() {
+    let (root, fake) = setup();
+    root.lock().unwrap().assign_resources(&WINDOWS).unwrap();
+    let f = fake.lock().unwrap();
+    assert_eq!(f.config.bar_address(0), Some(0xc000_0000));
+    assert_eq!(f.config.bar_address(2), Some(0x10_0000_0000));
+    assert_eq!(f.config.bar_address(4), Some(0xc000));
+    let cmd = f.config.command();
+    assert_eq!(cmd & (COMMAND_IO | COMMAND_MEMORY | COMMAND_MASTER), 0x7);
+    assert_eq!(f.config.read_register(REG_INTERRUPT) & 0xff, intx_gsi(1, 1));
+}
+
+#[test]
+fn bar_dispatch_follows_relocation_and_memory_enable() {
+    let (root, fake) = setup();
+    root.lock().unwrap().assign_resources(&WINDOWS).unwrap();
+    let mut win = PciWindow::new(root.clone(), 0xc000_0000, false);
+    let mut b = [0u8; 4];
+    win.read(0x10, &mut b);
+    assert_eq!(b, [0; 4], "BAR 0 answered");
+    // Move BAR 0 to 0xd000_0000 through ECAM.
+    let mut ecam = PciConfigMmio::new(root.clone());
+    ecam.write((1 << 15) | 0x10, &0xd000_0000u32.to_le_bytes());
+    win.read(0x10, &mut b);
+    assert_eq!(b, [0xff; 4], "old address no longer decodes");
+    win.read(0x1000_0010, &mut b);
+    assert_eq!(b, [0; 4]);
+    // Memory decode off: nothing answers.
+    ecam.write((1 << 15) | 0x4, &[0x5, 0]);
+    win.read(0x1000_0010, &mut b);
+    assert_eq!(b, [0xff; 4]);
+    let log = &fake.lock().unwrap().log;
+    assert_eq!(log, &vec![(0, 0x10, false), (0, 0x10, false)]);
+}
+
+#[test]
+fn io_window_dispatches_io_bar() {
+    let (root, fake) = setup();
+    root.lock().unwrap().assign_resources(&WINDOWS).unwrap();
+    let mut win = PciWindow::new(root, 0xc000, true);
+    win.write(0x4, &[1]);
+    assert_eq!(fake.lock().unwrap().log, vec![(4, 4, true)]);
+}
+
+#[test]
+fn intx_swizzle_and_prt_agree() {
+    assert_eq!(intx_gsi(1, 1), 17);
+    assert_eq!(intx_gsi(7, 2), 16);
+    let (root, _) = setup();
+    let routes = root.lock().unwrap().prt_routes();
+    assert_eq!(
+        routes.len(),
+        4,
+        "host bridge has no INTx; device 1 has four pins"
+    );
+    for r in routes {
+        assert_eq!(r.gsi, intx_gsi(r.device, r.pin + 1));
+    }
+}
+
+#[test]
+fn add_device_rejects_taken_slot() {
+    let (root, _) = setup();
+    let mut r = root.lock().unwrap();
+    assert_eq!(
+        r.add_device(Arc::new(Mutex::new(Fake::new())), Some(1)),
+        Err(PciError::SlotTaken(1))
+    );
+    assert_eq!(
+        r.add_device(Arc::new(Mutex::new(Fake::new())), Some(40)),
+        Err(PciError::SlotTaken(40))
+    );
+}
+
+#[test]
+fn config_registers_read_through_root() {
+    let (root, _) = setup();
+    assert_eq!(
+        root.lock().unwrap().config_read(0, 1, 0, REG_ID),
+        0x5678_1234
+    );
+}
