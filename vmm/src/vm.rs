@@ -14,6 +14,9 @@ use devices::bus::{lock, Bus, BusError};
 use devices::debug_exit::DebugExit;
 use devices::interrupt::MsiTrigger;
 use devices::ioapic::{Ioapic, IoapicPin};
+use devices::pci::host_bridge::HostBridge;
+use devices::pci::root::{PciError, Windows};
+use devices::pci::{PciConfigIo, PciConfigMmio, PciRoot, PciWindow};
 use devices::pvpanic::{PvPanic, PVPANIC_PORT};
 use devices::serial::{SerialDevice, SERIAL_PORT_SIZE};
 use devices::Bdf;
@@ -52,6 +55,10 @@ pub enum VmError {
     Vcpu(#[from] VcpuError),
     #[error("Device layout: {0}")]
     Bus(#[from] BusError),
+    #[error("PCI: {0}")]
+    Pci(#[from] PciError),
+    #[error("ACPI: {0}")]
+    Acpi(#[from] acpi::AcpiError),
     #[error("Cannot open serial output {0}: {1}")]
     SerialFile(std::path::PathBuf, std::io::Error),
     #[error("Event loop: {0}")]
@@ -127,6 +134,61 @@ fn boot_layout(ram: Vec<(u64, u64)>) -> BootLayout {
             (LOW_MEM_END, HIGH_MEM_START - LOW_MEM_END),
             (ECAM_START, ECAM_SIZE),
         ],
+    }
+}
+
+fn pci_windows() -> Windows {
+    Windows {
+        io: (PCI_IO_START.into(), PCI_IO_SIZE.into()),
+        mmio32: (MMIO32_START, MMIO32_SIZE),
+        mmio64: (MMIO64_START, MMIO64_SIZE),
+    }
+}
+
+fn acpi_config(cli: &Cli, prt: &[devices::pci::PrtRoute]) -> acpi::AcpiConfig {
+    use devices::acpi_pm::{
+        RESET_OFFSET, RESET_VALUE, S5_SLEEP_TYPE, SLEEP_CONTROL_OFFSET, SLEEP_STATUS_OFFSET,
+    };
+    let port = |off: u64| ACPI_PM_PORT + off as u16;
+    acpi::AcpiConfig {
+        cpus: cli.cpus,
+        ioapic: acpi::IoApicInfo {
+            id: IOAPIC_ID,
+            address: IOAPIC_START as u32,
+            gsi_base: 0,
+        },
+        pm: acpi::PmRegisters {
+            sleep_control_port: port(SLEEP_CONTROL_OFFSET),
+            sleep_status_port: port(SLEEP_STATUS_OFFSET),
+            reset_port: port(RESET_OFFSET),
+            reset_value: RESET_VALUE,
+        },
+        dsdt: acpi::DsdtConfig {
+            pci: acpi::PciHostInfo {
+                ecam_base: ECAM_START,
+                ecam_size: ECAM_SIZE,
+                end_bus: 0,
+                io_base: PCI_IO_START,
+                io_size: PCI_IO_SIZE,
+                mmio32_base: MMIO32_START as u32,
+                mmio32_size: MMIO32_SIZE as u32,
+                mmio64_base: MMIO64_START,
+                mmio64_size: MMIO64_SIZE,
+                prt: prt
+                    .iter()
+                    .map(|r| acpi::PrtEntry {
+                        device: r.device,
+                        pin: r.pin,
+                        gsi: r.gsi,
+                    })
+                    .collect(),
+            },
+            serial: (cli.serial != SerialMode::Off).then_some((COM1_PORT, COM1_IRQ)),
+            pvpanic: Some(PVPANIC_PORT),
+            pm_ports: (ACPI_PM_PORT, ACPI_PM_SIZE as u8),
+            s5_sleep_type: S5_SLEEP_TYPE,
+        },
+        dmar: None,
     }
 }
 
@@ -210,6 +272,41 @@ impl Vm {
             )?;
         }
 
+        let pci = Arc::new(Mutex::new(PciRoot::new()));
+        lock(&pci).add_device(Arc::new(Mutex::new(HostBridge::new())), Some(0))?;
+        pio.insert(
+            PCI_CONFIG_PORT.into(),
+            8,
+            Arc::new(Mutex::new(PciConfigIo::new(pci.clone()))),
+        )?;
+        mmio.insert(
+            ECAM_START,
+            ECAM_SIZE,
+            Arc::new(Mutex::new(PciConfigMmio::new(pci.clone()))),
+        )?;
+        let windows = pci_windows();
+        for (base, size, io) in [
+            (windows.io.0, windows.io.1, true),
+            (windows.mmio32.0, windows.mmio32.1, false),
+            (windows.mmio64.0, windows.mmio64.1, false),
+        ] {
+            let bus = if io { &mut pio } else { &mut mmio };
+            bus.insert(
+                base,
+                size,
+                Arc::new(Mutex::new(PciWindow::new(pci.clone(), base, io))),
+            )?;
+        }
+        lock(&pci).assign_resources(&windows)?;
+        let prt = lock(&pci).prt_routes();
+
+        let rsdp = acpi::create_acpi_tables(
+            &mem,
+            GuestAddress(ACPI_START),
+            ACPI_SIZE,
+            &acpi_config(cli, &prt),
+        )?;
+
         let ram = memory::ram_ranges(cli.memory);
         let layout = boot_layout(ram);
         let boot = firmware::load(
@@ -219,7 +316,7 @@ impl Vm {
                 initramfs: cli.initramfs.as_deref(),
                 cmdline: &cli.cmdline,
                 layout: &layout,
-                rsdp: None,
+                rsdp: Some(rsdp),
             },
         )?;
 
