@@ -44,6 +44,7 @@ impl VmControl {
 
 impl ExitHandler for VmControl {
     fn request_exit(&self, req: VmExitRequest) {
+        log::info!("guest requested {req:?}");
         self.stop(match req {
             VmExitRequest::PowerOff => StopReason::PowerOff,
             VmExitRequest::Reset => StopReason::Reset,

@@ -12,6 +12,7 @@ use std::time::Duration;
 use devices::acpi_pm::{AcpiPm, ACPI_PM_SIZE};
 use devices::bus::{lock, Bus, BusError};
 use devices::debug_exit::DebugExit;
+use devices::i8042::{I8042Reset, I8042_BASE, I8042_SIZE};
 use devices::interrupt::MsiTrigger;
 use devices::ioapic::{Ioapic, IoapicPin};
 use devices::pci::host_bridge::HostBridge;
@@ -258,6 +259,11 @@ impl Vm {
             ACPI_PM_PORT.into(),
             ACPI_PM_SIZE,
             Arc::new(Mutex::new(AcpiPm::new(control.clone()))),
+        )?;
+        pio.insert(
+            I8042_BASE.into(),
+            I8042_SIZE,
+            Arc::new(Mutex::new(I8042Reset::new(control.clone()))),
         )?;
         pio.insert(
             PVPANIC_PORT.into(),

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Host side of the nested suite: sets up the lab if needed, boots L0 once and runs every
+# scenario in it. MINIVMM (default target/release/minivmm) is the binary under test;
+# SCENARIOS="boot reboot" runs a subset.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+export MINIVMM="${MINIVMM:-$(cd "$here/../.." && pwd)/target/release/minivmm}"
+[ -x "$MINIVMM" ] || { echo "run-all: $MINIVMM not built (cargo build --release)" >&2; exit 1; }
+exec "$here/run-l0.sh" --timeout "${NESTED_TIMEOUT:-1500}" "$here/inner-all.sh"

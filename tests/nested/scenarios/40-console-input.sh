@@ -1,0 +1,27 @@
+# Typing into minivmm's stdin reaches the guest through the UART's interrupt (IRQ 4 through
+# the userspace IOAPIC). The line is sent once the guest says it is reading.
+img="$NESTED_WORKDIR/l1-echo.img"
+l1_initramfs "$img" "$NESTED_DIR/guest/init-echo"
+log="$LOGDIR/40-console-input.log"
+fifo=$(mktemp -u /tmp/stdin.XXXXXX); mkfifo "$fifo"
+(
+    exec 3> "$fifo"
+    for _ in $(seq 1 200); do
+        grep -q "MINIVMM-L1-READY" "$log" 2>/dev/null && break
+        sleep 1
+    done
+    sleep 1
+    echo "hello-from-stdin" >&3
+    sleep 60
+) &
+writer=$!
+set +e
+timeout -k 5 240 "$MINIVMM" --kernel "$BZIMAGE" --initramfs "$img" --memory 256M \
+    --cmdline "console=ttyS0 panic=-1" < "$fifo" > "$log" 2>&1
+rc=$?
+set -e
+kill "$writer" 2>/dev/null || true
+rm -f "$fifo"
+[ $rc -eq 0 ] || { echo "minivmm exited $rc"; exit 1; }
+expect "$log" "MINIVMM-L1-GOT <hello-from-stdin>" "the echoed input"
+echo "console input echoed back; $(grep -m1 -E 'ttyS0|serial' "$log" | tr -s ' ' | cut -c1-70)"
