@@ -56,7 +56,10 @@ mod tests {
         let mut d = I8042Reset::new(rec.clone());
         d.write(0, &[CMD_RESET]);
         d.write(STATUS_OFFSET, &[0xd1]);
-        assert!(rec.0.lock().unwrap().is_empty(), "only 0xFE on the command port resets");
+        assert!(
+            rec.0.lock().unwrap().is_empty(),
+            "only 0xFE on the command port resets"
+        );
         d.write(STATUS_OFFSET, &[CMD_RESET]);
         assert_eq!(*rec.0.lock().unwrap(), vec![VmExitRequest::Reset]);
     }

@@ -43,7 +43,13 @@ impl Bdf {
 
 impl fmt::Display for Bdf {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:02x}:{:02x}.{}", self.bus(), self.device(), self.function())
+        write!(
+            f,
+            "{:02x}:{:02x}.{}",
+            self.bus(),
+            self.device(),
+            self.function()
+        )
     }
 }
 
@@ -110,7 +116,16 @@ mod tests {
 
     #[test]
     fn bdf_parse_rejects_garbage() {
-        for s in ["", "b3", "b3:00", "b3:20.0", "b3:00.8", "0001:00:00.0", "zz:00.0", "1:2:3:4"] {
+        for s in [
+            "",
+            "b3",
+            "b3:00",
+            "b3:20.0",
+            "b3:00.8",
+            "0001:00:00.0",
+            "zz:00.0",
+            "1:2:3:4",
+        ] {
             assert!(s.parse::<Bdf>().is_err(), "{s}");
         }
     }
