@@ -7,6 +7,7 @@ pub mod bus;
 pub mod debug_exit;
 pub mod dma;
 pub mod edu;
+pub mod fw_cfg;
 pub mod i8042;
 pub mod interrupt;
 pub mod ioapic;

@@ -10,7 +10,7 @@ pub mod multiboot;
 pub mod pvh;
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
@@ -143,6 +143,8 @@ pub fn load<M: GuestMemoryBackend>(
         .take(HEADER_PROBE as u64)
         .read_to_end(&mut header)
         .map_err(open_err)?;
+    // The loaders read the image from its start.
+    kernel.seek(SeekFrom::Start(0)).map_err(open_err)?;
     let e820 = build_e820(&cfg.layout.ram, &cfg.layout.reserved);
     let l = cfg.layout;
 

@@ -4,10 +4,13 @@
  * interrupt (ISA IRQ 4) through the IOAPIC to vector 0x40, takes it, writes a second line,
  * and ends the VM through the isa-debug-exit port with value 0x21 (exit status 0x43).
  *
- * Assembled with `as --64`, linked at 1 MiB and converted to ELF32 (objcopy) so that the
- * Multiboot loader takes it.
+ * Built with `cc -c` (so the preprocessor runs) and linked at 1 MiB. As Multiboot: converted
+ * to ELF32 (objcopy). With -DPVH: an ELF64 with a XEN_ELFNOTE_PHYS32_ENTRY note and no Multiboot
+ * header, entered through PVH with EBX = hvm_start_info.
  */
         .set MB_MAGIC, 0x1badb002
+        .set PVH_START_MAGIC, 0x336ec578
+        .set FW_CFG, 0x510
         .set MB_FLAGS, 0x3
         .set COM1, 0x3f8
         .set DEBUG_EXIT, 0xf4
@@ -19,13 +22,28 @@
         .code32
         .globl _start
         .align 4
+#ifndef PVH
 mb_header:
         .long MB_MAGIC
         .long MB_FLAGS
         .long -(MB_MAGIC + MB_FLAGS)
+#else
+        .pushsection .note.pvh, "a"
+        .align 4
+        .long 4                         /* name size: "Xen\0" */
+        .long 4                         /* descriptor size */
+        .long 18                        /* XEN_ELFNOTE_PHYS32_ENTRY */
+        .asciz "Xen"
+        .long _start
+        .popsection
+#endif
 
 _start:
+#ifdef PVH
+        cmpl $PVH_START_MAGIC, (%ebx)   /* PVH: EBX points at hvm_start_info */
+#else
         cmpl $0x2badb002, %eax          /* Multiboot handshake */
+#endif
         jne fail32
         movl $stack_top, %esp
 
@@ -72,6 +90,21 @@ long_mode:
         movw %ax, %ss
         leaq msg_hello(%rip), %rsi
         call puts
+
+        /* fw_cfg: select the signature item and copy its 4 bytes to COM1 */
+        leaq msg_fwcfg(%rip), %rsi
+        call puts
+        movw $FW_CFG, %dx
+        xorw %ax, %ax
+        outw %ax, %dx
+        movl $4, %ecx
+5:      movw $FW_CFG + 1, %dx
+        inb %dx, %al
+        movw $COM1, %dx
+        outb %al, %dx
+        loop 5b
+        movb $'\n', %al
+        outb %al, %dx
 
         /* IDT entry for VECTOR: 64-bit interrupt gate to irq_handler */
         leaq irq_handler(%rip), %rax
@@ -142,6 +175,8 @@ idt_ptr:
         .quad idt
 msg_hello:
         .asciz "minivmm-payload: hello from long mode\n"
+msg_fwcfg:
+        .asciz "minivmm-payload: fw_cfg signature "
 msg_irq:
         .asciz "\nminivmm-payload: IOAPIC interrupt on vector 0x40\n"
 

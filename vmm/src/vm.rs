@@ -12,6 +12,7 @@ use std::time::Duration;
 use devices::acpi_pm::{AcpiPm, ACPI_PM_SIZE};
 use devices::bus::{lock, Bus, BusError};
 use devices::debug_exit::DebugExit;
+use devices::fw_cfg::{FwCfg, FW_CFG_PORT_SIZE};
 use devices::i8042::{I8042Reset, I8042_BASE, I8042_SIZE};
 use devices::interrupt::MsiTrigger;
 use devices::ioapic::{Ioapic, IoapicPin};
@@ -259,6 +260,11 @@ impl Vm {
             ACPI_PM_PORT.into(),
             ACPI_PM_SIZE,
             Arc::new(Mutex::new(AcpiPm::new(control.clone()))),
+        )?;
+        pio.insert(
+            FW_CFG_PORT.into(),
+            FW_CFG_PORT_SIZE,
+            Arc::new(Mutex::new(FwCfg::new(cli.memory, cli.cpus as u16))),
         )?;
         pio.insert(
             I8042_BASE.into(),

@@ -24,22 +24,34 @@ fn run(cmd: &str, args: &[&str]) {
     assert!(st.success(), "{cmd} {args:?} failed");
 }
 
-/// The hello payload, assembled once for all tests.
+/// The hello payload as a Multiboot image ("hello") or a PVH ELF ("hello-pvh"), built once.
 fn payload(name: &str) -> PathBuf {
     static HELLO: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    assert_eq!(name, "hello");
-    HELLO.get_or_init(|| assemble(name)).clone()
+    static HELLO_PVH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    match name {
+        "hello" => HELLO.get_or_init(|| assemble("hello", false)).clone(),
+        "hello-pvh" => HELLO_PVH.get_or_init(|| assemble("hello", true)).clone(),
+        _ => panic!("unknown payload {name}"),
+    }
 }
 
-/// Assembles tests/payloads/NAME.S into a Multiboot ELF32 image and returns its path.
-fn assemble(name: &str) -> PathBuf {
+/// Builds tests/payloads/NAME.S: a Multiboot ELF32 image, or with `pvh` an ELF64 with a PVH
+/// note. Returns its path.
+fn assemble(name: &str, pvh: bool) -> PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../tests/payloads/{name}.S"));
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let obj = dir.join(format!("{name}.o"));
-    let elf64 = dir.join(format!("{name}64.elf"));
-    let elf = dir.join(format!("{name}.elf"));
+    let tag = if pvh { "-pvh" } else { "" };
+    let obj = dir.join(format!("{name}{tag}.o"));
+    let elf64 = dir.join(format!("{name}{tag}64.elf"));
+    let elf = dir.join(format!("{name}{tag}.elf"));
     let s = |p: &Path| p.to_str().unwrap().to_string();
-    run("as", &["--64", "-o", &s(&obj), &s(&src)]);
+    let mut cc = vec!["-c", "-o"];
+    let (o, sr) = (s(&obj), s(&src));
+    cc.extend([o.as_str(), sr.as_str()]);
+    if pvh {
+        cc.push("-DPVH");
+    }
+    run("cc", &cc);
     run(
         "ld",
         &[
@@ -54,6 +66,9 @@ fn assemble(name: &str) -> PathBuf {
             &s(&obj),
         ],
     );
+    if pvh {
+        return elf64;
+    }
     run(
         "objcopy",
         &[
@@ -93,8 +108,36 @@ fn payload_long_mode_serial_and_ioapic_interrupt() {
         "stdout: {stdout}\nstderr: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    assert!(
+        stdout.contains("minivmm-payload: fw_cfg signature QEMU"),
+        "stdout: {stdout}"
+    );
     // isa-debug-exit: the payload writes 0x21 -> status (0x21 << 1) | 1.
     assert_eq!(out.status.code(), Some(0x43));
+}
+
+#[test]
+fn payload_boots_through_pvh() {
+    require_kvm();
+    let elf = payload("hello-pvh");
+    let out = output(&[
+        "--kernel",
+        elf.to_str().unwrap(),
+        "--memory",
+        "64M",
+        "--debug-exit",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("IOAPIC interrupt on vector 0x40"),
+        "stdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0x43),
+        "the PVH start_info magic was found in EBX"
+    );
 }
 
 #[test]
