@@ -6,6 +6,10 @@
 #![forbid(unsafe_code)]
 
 mod fault_reason;
+pub mod registers;
+#[cfg(test)]
+pub(crate) mod test_utils;
+pub mod translation;
 mod types;
 
 pub use fault_reason::FaultReason;
