@@ -5,6 +5,7 @@
 //! never touches KVM or VFIO.
 #![forbid(unsafe_code)]
 
+pub mod config;
 mod fault_reason;
 pub mod registers;
 #[cfg(test)]
@@ -12,5 +13,6 @@ pub(crate) mod test_utils;
 pub mod translation;
 mod types;
 
+pub use config::IommuConfig;
 pub use fault_reason::FaultReason;
 pub use types::{Bdf, BdfParseError, Iova};

@@ -93,18 +93,4 @@ impl Tables {
             }
         }
     }
-
-    /// Clears the leaf entry of `iova` (4 KiB mapping).
-    pub fn unmap_4k(&mut self, slpt: u64, levels: u8, iova: u64) {
-        let mut table = slpt;
-        for level in (1..=u64::from(levels)).rev() {
-            let shift = 12 + 9 * (level - 1);
-            let slot = table + ((iova >> shift) & 0x1ff) * 8;
-            if level == 1 {
-                self.w64(slot, 0);
-                return;
-            }
-            table = self.r64(slot) & !0xfff;
-        }
-    }
 }

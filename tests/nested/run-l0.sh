@@ -5,7 +5,8 @@
 # work dir first (the chroot's /tmp is private), so it may live anywhere.
 # Usage: run-l0.sh [--timeout SECS] SCRIPT [ARGS...]
 # Inside, SCRIPT sees: EDU_BDF (the edu device, bound to vfio-pci), NESTED_WORKDIR, and the
-# variables of $NESTED_WORKDIR/env.sh (KVER, BZIMAGE, VMLINUX, MODDIR), plus any MINIVMM.
+# variables of $NESTED_WORKDIR/env.sh (KVER, BZIMAGE, VMLINUX, MODDIR), plus MINIVMM,
+# SCENARIOS and RUST_LOG when set.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 timeout=1200
@@ -24,7 +25,9 @@ cp "$script" "$work/job/script.sh"
     echo "set -e"
     echo ". '$work/env.sh'"
     echo "export KVER BZIMAGE VMLINUX MODDIR NESTED_WORKDIR='$work' NESTED_DIR='$here'"
-    [ -n "${MINIVMM:-}" ] && echo "export MINIVMM='$MINIVMM'"
+    for v in MINIVMM SCENARIOS RUST_LOG; do
+        [ -n "${!v:-}" ] && printf 'export %s=%q\n' "$v" "${!v}"
+    done
     printf 'cd %q\n' "$PWD"
     printf 'exec bash %q' "$work/job/script.sh"
     for a in "$@"; do printf ' %q' "$a"; done

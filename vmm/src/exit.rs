@@ -1,7 +1,7 @@
 //! What a vCPU does with a KVM exit: a free function over the buses, testable without a VM.
 
 use devices::bus::Bus;
-use log::debug;
+use log::{debug, trace};
 
 /// The subset of KVM exits minivmm handles, with their data, independent of kvm-ioctls types.
 #[derive(Debug)]
@@ -75,6 +75,7 @@ pub trait EoiHandler {
 /// Handles one exit against the port-I/O and MMIO buses. Unclaimed reads return all-ones and
 /// unclaimed writes are dropped, as on a PC with nothing decoding the address.
 pub fn handle_exit(exit: Exit<'_>, pio: &Bus, mmio: &Bus, eoi: &dyn EoiHandler) -> Action {
+    trace!("exit {exit:?}");
     match exit {
         Exit::IoIn(port, data) => {
             if !pio.read(port.into(), data) {
