@@ -8,6 +8,7 @@ pub mod e820;
 pub mod linux;
 pub mod multiboot;
 pub mod pvh;
+pub mod reset_vector;
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};

@@ -21,7 +21,9 @@ pub const LOW_MEM_END: u64 = 0x9_f000;
 pub const HIGH_MEM_START: u64 = 0x10_0000;
 /// ACPI tables live in the BIOS area so that the RSDP scan (ACPI 6.5 section 5.2.5.1) finds them.
 pub const ACPI_START: u64 = 0xe_0000;
-pub const ACPI_SIZE: u64 = 0x2_0000;
+pub const ACPI_SIZE: u64 = 0x1_f000;
+/// The last page below 1 MiB holds the reset-vector stub (firmware::reset_vector).
+pub const RESET_STUB_PAGE: u64 = 0xf_f000;
 
 /// Page-table, GDT and boot-info scratch area used by the boot protocols (all below 640 KiB).
 pub const BOOT_GDT_START: u64 = 0x500;
@@ -68,3 +70,4 @@ pub const PCI_IO_SIZE: u16 = 0x4000;
 
 /// IOAPIC pins; PCI INTx use 16..=23 (see devices::pci for the swizzle).
 pub const IOAPIC_NUM_PINS: usize = 24;
+const _: () = assert!(ACPI_START + ACPI_SIZE <= RESET_STUB_PAGE);

@@ -332,6 +332,12 @@ impl Vm {
             },
         )?;
 
+        firmware::reset_vector::write(
+            &mem,
+            ACPI_PM_PORT + devices::acpi_pm::RESET_OFFSET as u16,
+            devices::acpi_pm::RESET_VALUE,
+        )?;
+
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(|e| VmError::Kvm("KVM_GET_SUPPORTED_CPUID", e))?;
