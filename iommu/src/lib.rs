@@ -7,12 +7,16 @@
 
 pub mod config;
 mod fault_reason;
+pub mod faults;
+pub mod invalidation_queue;
 pub mod registers;
 #[cfg(test)]
 pub(crate) mod test_utils;
 pub mod translation;
 mod types;
+pub mod unit;
 
 pub use config::IommuConfig;
 pub use fault_reason::FaultReason;
 pub use types::{Bdf, BdfParseError, Iova};
+pub use unit::{DmaOutcome, InterruptSink, RemappingUnit};
