@@ -35,10 +35,11 @@ cp "$script" "$work/job/script.sh"
 } > "$work/job/run.sh"
 rm -f "$work/status"
 
-start=$(date +%s)
-set +e
+# Single-threaded TCG: with multi-threaded TCG, L0's kernel occasionally dies on an int3 left
+# by cross-CPU code patching (text_poke) that another vCPU's translated code still holds.
+boot_l0() {
 timeout -k 10 "$((timeout + 60))" qemu-system-x86_64 \
-    -machine q35,accel=tcg -cpu max -m 3072 -smp 2 \
+    -machine q35 -accel tcg,thread=single -cpu max -m 3072 -smp 2 \
     -display none -nodefaults -serial stdio -no-reboot \
     -kernel "$VMLINUX" -initrd "$work/l0-initrd.img" \
     -append "console=ttyS0 quiet intel_iommu=on panic=-1 nested.work=$work nested.timeout=$timeout" \
@@ -46,7 +47,16 @@ timeout -k 10 "$((timeout + 60))" qemu-system-x86_64 \
     -device edu \
     -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
     -virtfs "local,path=$work,mount_tag=w,security_model=none,multidevs=remap" < /dev/null
+}
+start=$(date +%s)
+set +e
+boot_l0
 qemu_rc=$?
+if [ ! -s "$work/status" ] && [ "${NESTED_RETRY:-1}" = 1 ]; then
+    echo "run-l0: L0 died without a status (QEMU exit $qemu_rc); booting it once more" >&2
+    boot_l0
+    qemu_rc=$?
+fi
 set -e
 elapsed=$(( $(date +%s) - start ))
 if [ ! -s "$work/status" ]; then
