@@ -6,4 +6,4 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 export MINIVMM="${MINIVMM:-$(cd "$here/../.." && pwd)/target/release/minivmm}"
 [ -x "$MINIVMM" ] || { echo "run-all: $MINIVMM not built (cargo build --release)" >&2; exit 1; }
-exec "$here/run-l0.sh" --timeout "${NESTED_TIMEOUT:-1500}" "$here/inner-all.sh"
+exec "$here/run-l0.sh" --timeout "${NESTED_TIMEOUT:-2400}" "$here/inner-all.sh"

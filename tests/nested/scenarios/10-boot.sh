@@ -3,7 +3,7 @@ img="$NESTED_WORKDIR/l1-boot.img"
 l1_initramfs "$img" "$NESTED_DIR/guest/init-boot"
 log="$LOGDIR/10-boot.log"
 start=$(date +%s.%N)
-run_l1 "$log" 300 --kernel "$BZIMAGE" --initramfs "$img" --cpus 2 --memory 512M \
+run_l1 "$log" 480 --kernel "$BZIMAGE" --initramfs "$img" --cpus 2 --memory 512M \
     --cmdline "console=ttyS0 panic=-1" || { echo "minivmm exited $? (want 0)"; exit 1; }
 expect "$log" "^MINIVMM-L1-UP" "the init marker"
 expect "$log" "^MINIVMM-L1-CPUS 2 online=0-1" "2 online CPUs"

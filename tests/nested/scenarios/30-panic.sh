@@ -3,7 +3,7 @@ img="$NESTED_WORKDIR/l1-panic.img"
 l1_initramfs "$img" "$NESTED_DIR/guest/init-panic" --module pvpanic --module pvpanic-mmio
 log="$LOGDIR/30-panic.log"
 rc=0
-run_l1 "$log" 300 --kernel "$BZIMAGE" --initramfs "$img" --memory 256M \
+run_l1 "$log" 480 --kernel "$BZIMAGE" --initramfs "$img" --memory 256M \
     --cmdline "console=ttyS0 panic=-1" || rc=$?
 [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] || { echo "minivmm exited $rc (want a non-zero status, not a timeout)"; exit 1; }
 expect "$log" "^MINIVMM-L1-UP" "the init marker"

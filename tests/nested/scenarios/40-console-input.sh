@@ -6,7 +6,7 @@ log="$LOGDIR/40-console-input.log"
 fifo=$(mktemp -u /tmp/stdin.XXXXXX); mkfifo "$fifo"
 (
     exec 3> "$fifo"
-    for _ in $(seq 1 200); do
+    for _ in $(seq 1 460); do
         grep -q "MINIVMM-L1-READY" "$log" 2>/dev/null && break
         sleep 1
     done
@@ -16,7 +16,7 @@ fifo=$(mktemp -u /tmp/stdin.XXXXXX); mkfifo "$fifo"
 ) &
 writer=$!
 set +e
-timeout -k 5 240 "$MINIVMM" --kernel "$BZIMAGE" --initramfs "$img" --memory 256M \
+timeout -k 5 480 "$MINIVMM" --kernel "$BZIMAGE" --initramfs "$img" --memory 256M \
     --cmdline "console=ttyS0 panic=-1" < "$fifo" > "$log" 2>&1
 rc=$?
 set -e
