@@ -24,4 +24,5 @@ kill "$writer" 2>/dev/null || true
 rm -f "$fifo"
 [ $rc -eq 0 ] || { echo "minivmm exited $rc"; exit 1; }
 expect "$log" "MINIVMM-L1-GOT <hello-from-stdin>" "the echoed input"
-echo "console input echoed back; $(grep -m1 -E 'ttyS0|serial' "$log" | tr -s ' ' | cut -c1-70)"
+expect "$log" "IO-APIC.*4-edge.*ttyS0" "the UART's interrupt on IOAPIC pin 4 in /proc/interrupts"
+echo "console input echoed back; $(grep -m1 -E 'IO-APIC.*ttyS0' "$log" | tr -s ' ')"
