@@ -3,7 +3,7 @@
 img="$NESTED_WORKDIR/l1-echo.img"
 l1_initramfs "$img" "$NESTED_DIR/guest/init-echo"
 log="$LOGDIR/40-console-input.log"
-fifo=$(mktemp -u /tmp/stdin.XXXXXX); mkfifo "$fifo"
+fifo=$(mktemp -u "${TMPDIR:-/tmp}/stdin.XXXXXX"); mkfifo "$fifo"
 (
     exec 3> "$fifo"
     for _ in $(seq 1 460); do
