@@ -46,8 +46,6 @@ pub enum FaultReason {
     IrCompatBlocked = 0x25,
     /// 26h: source-id verification (SID/SQ/SVT) failed.
     IrSourceIdInvalid = 0x26,
-    /// 27h: IRTE mode not supported (e.g. posted interrupts).
-    IrteModeUnsupported = 0x27,
 }
 
 impl FaultReason {

@@ -5,9 +5,11 @@
 //! never touches KVM or VFIO.
 #![forbid(unsafe_code)]
 
+pub mod caching_mode;
 pub mod config;
 mod fault_reason;
 pub mod faults;
+pub mod interrupt_remapping;
 pub mod invalidation_queue;
 pub mod registers;
 #[cfg(test)]
@@ -16,7 +18,9 @@ pub mod translation;
 mod types;
 pub mod unit;
 
+pub use caching_mode::{MapEvent, Mapping};
 pub use config::IommuConfig;
 pub use fault_reason::FaultReason;
+pub use interrupt_remapping::InterruptRequest;
 pub use types::{Bdf, BdfParseError, Iova};
-pub use unit::{DmaOutcome, InterruptSink, RemappingUnit};
+pub use unit::{DmaOutcome, InterruptOutcome, InterruptSink, RemappingUnit};

@@ -9,8 +9,10 @@ use std::collections::HashMap;
 use log::warn;
 use vm_memory::GuestMemoryBackend;
 
+use crate::caching_mode::{MapEvent, MapTracker};
 use crate::config::IommuConfig;
 use crate::faults::{FaultLog, FaultRecord};
+use crate::interrupt_remapping::Irte;
 use crate::invalidation_queue::{self, Descriptor, QueueError};
 use crate::registers::*;
 use crate::translation::{self, ContextEntry, DmaFault, Translation, WalkConfig};
@@ -90,6 +92,12 @@ pub struct RemappingUnit {
     iotlb_reg: u64,
     context_cache: HashMap<Bdf, ContextEntry>,
     iotlb: HashMap<(u16, u64), Translation>,
+    /// Interrupt entry cache: decoded IRTEs by index.
+    iec: HashMap<u32, Irte>,
+    /// Set when the guest invalidated interrupt entries (or moved the table).
+    interrupt_entries_changed: bool,
+    tracker: MapTracker,
+    map_events: Vec<(Bdf, MapEvent)>,
     sink: Box<dyn InterruptSink>,
 }
 
@@ -129,6 +137,10 @@ impl RemappingUnit {
             iotlb_reg: 0,
             context_cache: HashMap::new(),
             iotlb: HashMap::new(),
+            iec: HashMap::new(),
+            interrupt_entries_changed: false,
+            tracker: MapTracker::default(),
+            map_events: Vec::new(),
             sink,
         }
     }
@@ -227,7 +239,7 @@ impl RemappingUnit {
         let q = offset & !7;
         let half = offset & 4;
         match offset {
-            GCMD_REG => self.write_gcmd(v),
+            GCMD_REG => self.write_gcmd(mem, v),
             FSTS_REG => {
                 if v & FSTS_PFO != 0 {
                     self.faults.clear_overflow();
@@ -256,13 +268,13 @@ impl RemappingUnit {
             _ if q == CCMD_REG => {
                 self.ccmd = whole.unwrap_or_else(|| merge32(self.ccmd, half, v));
                 if half == 4 && self.ccmd & CCMD_ICC != 0 {
-                    self.register_context_invalidation();
+                    self.register_context_invalidation(mem);
                 }
             }
             _ if q == IOTLB_REG => {
                 self.iotlb_reg = whole.unwrap_or_else(|| merge32(self.iotlb_reg, half, v));
                 if half == 4 && self.iotlb_reg & IOTLB_IVT != 0 {
-                    self.register_iotlb_invalidation();
+                    self.register_iotlb_invalidation(mem);
                 }
             }
             o if (FRCD_REG..frcd_end).contains(&o) && (o - FRCD_REG) % 16 == 12 => self
@@ -272,7 +284,8 @@ impl RemappingUnit {
         }
     }
 
-    fn write_gcmd(&mut self, v: u32) {
+    fn write_gcmd<M: GuestMemoryBackend>(&mut self, mem: &M, v: u32) {
+        let was_translating = self.translation_enabled();
         // Persistent enables follow the written value; one-shot commands act when set.
         for bit in [GCMD_TE, GCMD_QIE, GCMD_IRE, GCMD_CFI] {
             let on = v & bit != 0;
@@ -308,6 +321,10 @@ impl RemappingUnit {
         if v & GCMD_SIRTP != 0 && self.cfg.interrupt_remapping {
             self.active_irta = self.irta;
             self.gsts |= GSTS_IRTPS;
+            self.invalidate_interrupt_entries(None);
+        }
+        if was_translating != self.translation_enabled() || v & GCMD_SRTP != 0 {
+            self.resync_tracked(mem, |_| true, None);
         }
     }
 
@@ -318,53 +335,77 @@ impl RemappingUnit {
 
     /// CCMD with ICC: global (1), domain (2) or device (3) context-cache invalidation. The
     /// actual granularity reported (CAIG) equals the request.
-    fn register_context_invalidation(&mut self) {
+    fn register_context_invalidation<M: GuestMemoryBackend>(&mut self, mem: &M) {
         let cirg = (self.ccmd >> CCMD_CIRG_SHIFT) & 3;
         let did = self.ccmd as u16;
         let sid = Bdf::from_raw((self.ccmd >> 16) as u16);
         let fm = (self.ccmd >> 32) & 3;
-        self.invalidate_context(cirg, did, sid, fm);
+        self.invalidate_context(mem, cirg, did, sid, fm);
         self.ccmd = (self.ccmd & !(CCMD_ICC | (3 << CCMD_CAIG_SHIFT))) | (cirg << CCMD_CAIG_SHIFT);
     }
 
-    fn invalidate_context(&mut self, granularity: u64, did: u16, sid: Bdf, fm: u64) {
-        match granularity {
-            2 => self.context_cache.retain(|_, c| c.did != did),
-            3 => {
-                // FM masks the function bits of the source id (VT-d 11.4.7).
-                let mask: u16 = match fm {
-                    1 => !0x4,
-                    2 => !0x6,
-                    3 => !0x7,
-                    _ => !0,
-                };
-                self.context_cache
-                    .retain(|b, _| b.raw() & mask != sid.raw() & mask)
-            }
-            _ => self.context_cache.clear(),
-        }
+    fn invalidate_context<M: GuestMemoryBackend>(
+        &mut self,
+        mem: &M,
+        granularity: u64,
+        did: u16,
+        sid: Bdf,
+        fm: u64,
+    ) {
+        // FM masks the function bits of the source id (VT-d 11.4.7).
+        let mask: u16 = match fm {
+            1 => !0x4,
+            2 => !0x6,
+            3 => !0x7,
+            _ => !0,
+        };
+        let hit = |b: Bdf, d: Option<u16>| match granularity {
+            2 => d == Some(did),
+            3 => b.raw() & mask == sid.raw() & mask,
+            _ => true,
+        };
+        self.context_cache.retain(|b, c| !hit(*b, Some(c.did)));
+        // A context change may move a tracked device between domains or modes; devices whose
+        // last known domain was `did` are re-read, and so is any device that had none.
+        self.resync_tracked(mem, |(b, d)| hit(b, d) || d.is_none(), None);
     }
 
     /// IOTLB register with IVT: global (1), domain (2) or page-selective (3, IVA.ADDR/AM).
-    fn register_iotlb_invalidation(&mut self) {
+    fn register_iotlb_invalidation<M: GuestMemoryBackend>(&mut self, mem: &M) {
         let iirg = (self.iotlb_reg >> IOTLB_IIRG_SHIFT) & 3;
         let did = (self.iotlb_reg >> IOTLB_DID_SHIFT) as u16;
-        self.invalidate_iotlb(iirg, did, self.iva & IVA_ADDR_MASK, self.iva & IVA_AM_MASK);
+        let (addr, am) = (self.iva & IVA_ADDR_MASK, self.iva & IVA_AM_MASK);
+        self.invalidate_iotlb(mem, iirg, did, addr, am);
         self.iotlb_reg =
             (self.iotlb_reg & !(IOTLB_IVT | (3 << IOTLB_IAIG_SHIFT))) | (iirg << IOTLB_IAIG_SHIFT);
     }
 
-    fn invalidate_iotlb(&mut self, granularity: u64, did: u16, addr: u64, am: u64) {
+    fn invalidate_iotlb<M: GuestMemoryBackend>(
+        &mut self,
+        mem: &M,
+        granularity: u64,
+        did: u16,
+        addr: u64,
+        am: u64,
+    ) {
         match granularity {
-            2 => self.iotlb.retain(|(d, _), _| *d != did),
+            2 => {
+                self.iotlb.retain(|(d, _), _| *d != did);
+                self.resync_tracked(mem, |(_, d)| d == Some(did), None);
+            }
             3 => {
                 let span = 1u64 << (12 + am.min(63 - 12));
                 let base = addr & !(span - 1);
                 self.iotlb.retain(|(d, page), t| {
                     *d != did || t.iova_base + t.page_size <= base || *page >= base + span
-                })
+                });
+                let end = base.saturating_add(span);
+                self.resync_tracked(mem, |(_, d)| d == Some(did), Some((base, end)));
             }
-            _ => self.iotlb.clear(),
+            _ => {
+                self.iotlb.clear();
+                self.resync_tracked(mem, |_| true, None);
+            }
         }
     }
 
@@ -402,15 +443,16 @@ impl RemappingUnit {
                 did,
                 sid,
                 fm,
-            } => self.invalidate_context(granularity, did, sid, fm),
+            } => self.invalidate_context(mem, granularity, did, sid, fm),
             Descriptor::Iotlb {
                 granularity,
                 did,
                 addr,
                 am,
-            } => self.invalidate_iotlb(granularity, did, addr, am),
-            // Nothing is cached per device-IOTLB or (yet) per interrupt entry here.
-            Descriptor::DeviceIotlb | Descriptor::InterruptEntryCache { .. } => {}
+            } => self.invalidate_iotlb(mem, granularity, did, addr, am),
+            // Devices here have no device-TLB: nothing to invalidate.
+            Descriptor::DeviceIotlb => {}
+            Descriptor::InterruptEntryCache { index } => self.invalidate_interrupt_entries(index),
             Descriptor::Wait {
                 status_write,
                 interrupt,
@@ -516,5 +558,13 @@ impl RemappingUnit {
     }
 }
 
+mod interrupts;
+pub use interrupts::InterruptOutcome;
+mod tracking;
+
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_interrupts;
+#[cfg(test)]
+mod tests_tracking;

@@ -5,7 +5,7 @@ use crate::test_utils::{Tables, ROOT_TABLE};
 use vm_memory::Bytes;
 
 #[derive(Clone, Default)]
-struct Sink(Arc<Mutex<Vec<(u64, u32)>>>);
+pub(super) struct Sink(Arc<Mutex<Vec<(u64, u32)>>>);
 
 impl InterruptSink for Sink {
     fn send(&self, address: u64, data: u32) {
@@ -14,16 +14,16 @@ impl InterruptSink for Sink {
 }
 
 impl Sink {
-    fn sent(&self) -> Vec<(u64, u32)> {
+    pub(super) fn sent(&self) -> Vec<(u64, u32)> {
         self.0.lock().unwrap().clone()
     }
 }
 
-const DEV: Bdf = Bdf::new(0, 3, 0);
-const QUEUE: u64 = 0x20_0000;
-const STATUS: u64 = 0x30_0000;
+pub(super) const DEV: Bdf = Bdf::new(0, 3, 0);
+pub(super) const QUEUE: u64 = 0x20_0000;
+pub(super) const STATUS: u64 = 0x30_0000;
 
-fn unit() -> (RemappingUnit, Sink, Tables) {
+pub(super) fn unit() -> (RemappingUnit, Sink, Tables) {
     let sink = Sink::default();
     (
         RemappingUnit::new(IommuConfig::default(), Box::new(sink.clone())),
@@ -32,28 +32,28 @@ fn unit() -> (RemappingUnit, Sink, Tables) {
     )
 }
 
-fn rd32(u: &RemappingUnit, off: u64) -> u32 {
+pub(super) fn rd32(u: &RemappingUnit, off: u64) -> u32 {
     let mut b = [0u8; 4];
     u.read(off, &mut b);
     u32::from_le_bytes(b)
 }
 
-fn rd64(u: &RemappingUnit, off: u64) -> u64 {
+pub(super) fn rd64(u: &RemappingUnit, off: u64) -> u64 {
     let mut b = [0u8; 8];
     u.read(off, &mut b);
     u64::from_le_bytes(b)
 }
 
-fn wr32(u: &mut RemappingUnit, t: &Tables, off: u64, v: u32) {
+pub(super) fn wr32(u: &mut RemappingUnit, t: &Tables, off: u64, v: u32) {
     u.write(&t.mem, off, &v.to_le_bytes());
 }
 
-fn wr64(u: &mut RemappingUnit, t: &Tables, off: u64, v: u64) {
+pub(super) fn wr64(u: &mut RemappingUnit, t: &Tables, off: u64, v: u64) {
     u.write(&t.mem, off, &v.to_le_bytes());
 }
 
 /// What Linux does to turn on translation: root table, then TE.
-fn enable(u: &mut RemappingUnit, t: &Tables) {
+pub(super) fn enable(u: &mut RemappingUnit, t: &Tables) {
     wr64(u, t, RTADDR_REG, ROOT_TABLE);
     wr32(u, t, GCMD_REG, GCMD_SRTP);
     assert_ne!(rd32(u, GSTS_REG) & GSTS_RTPS, 0);
@@ -61,7 +61,7 @@ fn enable(u: &mut RemappingUnit, t: &Tables) {
     assert_ne!(rd32(u, GSTS_REG) & GSTS_TES, 0);
 }
 
-fn enable_qi(u: &mut RemappingUnit, t: &Tables) {
+pub(super) fn enable_qi(u: &mut RemappingUnit, t: &Tables) {
     wr64(u, t, IQA_REG, QUEUE); // QS 0: 256 entries
     wr64(u, t, IQT_REG, 0);
     let g = rd32(u, GSTS_REG);
@@ -70,12 +70,12 @@ fn enable_qi(u: &mut RemappingUnit, t: &Tables) {
 }
 
 /// Puts descriptor `i` in the queue.
-fn desc(t: &Tables, i: u64, lo: u64, hi: u64) {
+pub(super) fn desc(t: &Tables, i: u64, lo: u64, hi: u64) {
     t.w64(QUEUE + i * 16, lo);
     t.w64(QUEUE + i * 16 + 8, hi);
 }
 
-fn wait_desc(data: u32) -> (u64, u64) {
+pub(super) fn wait_desc(data: u32) -> (u64, u64) {
     (0x5 | (1 << 5) | (1 << 4) | (u64::from(data) << 32), STATUS)
 }
 
@@ -414,8 +414,11 @@ mod fuzz {
             writes in proptest::collection::vec((0u64..0x1100, any::<u64>(), prop::bool::ANY), 0..64),
             table_bytes in proptest::collection::vec((0u64..0x1_0000, any::<u64>()), 0..64),
             dmas in proptest::collection::vec((any::<u16>(), any::<u64>(), prop::bool::ANY), 0..16),
+            irqs in proptest::collection::vec((any::<u16>(), any::<u32>(), any::<u32>()), 0..16),
         ) {
             let (mut u, _, t) = unit();
+            // A tracked device makes every invalidation walk the (random) tables.
+            u.track(&t.mem, DEV);
             for (addr, v) in table_bytes {
                 t.w64(ROOT_TABLE + (addr & !7), v);
             }
@@ -431,6 +434,15 @@ mod fuzz {
             for (sid, iova, write) in dmas {
                 u.translate(&t.mem, Bdf::from_raw(sid), Iova(iova), write);
             }
+            for (sid, addr, data) in irqs {
+                let req = crate::InterruptRequest {
+                    address: 0xfee0_0000 | u64::from(addr & 0xfffff),
+                    data,
+                    source: Bdf::from_raw(sid),
+                };
+                u.remap_interrupt(&t.mem, req);
+            }
+            let _ = u.take_map_events();
             let _ = u.state_dump();
         }
     }
