@@ -76,6 +76,8 @@ pub struct EduRegisters {
     dma_count: u64,
     dma_cmd: u64,
     buffer: Box<[u8; DMA_BUFFER_SIZE]>,
+    /// PCI command bus master enable: without it the device issues no DMA.
+    bus_master: bool,
     /// Transfers blocked by the IOMMU or out of range, for tests and state dumps.
     pub dma_errors: u64,
 }
@@ -94,6 +96,7 @@ impl EduRegisters {
             dma_count: 0,
             dma_cmd: 0,
             buffer: Box::new([0; DMA_BUFFER_SIZE]),
+            bus_master: true,
             dma_errors: 0,
         }
     }
@@ -101,6 +104,16 @@ impl EduRegisters {
     /// The requester id the device's DMA carries.
     pub fn set_source(&mut self, source: Bdf) {
         self.source = source;
+    }
+
+    /// The interrupt status register.
+    pub fn interrupt_status(&self) -> u32 {
+        self.irq_status
+    }
+
+    /// Follows the PCI command register's bus master enable bit.
+    pub fn set_bus_master(&mut self, on: bool) {
+        self.bus_master = on;
     }
 
     fn access_ok(offset: u64, len: usize) -> bool {
@@ -226,6 +239,10 @@ impl EduRegisters {
         };
         let iova = Iova(ram_addr & DMA_ADDR_MASK);
         match Self::buffer_range(dev_addr, self.dma_count) {
+            _ if !self.bus_master => {
+                self.dma_errors += 1;
+                warn!("edu: DMA with bus mastering disabled; dropped");
+            }
             None => {
                 self.dma_errors += 1;
                 warn!(

@@ -207,3 +207,140 @@ fn edu_bad_access_sizes_are_ignored() {
     e.read(REG_IDENT + 1, &mut b);
     assert_eq!(b, [0xff; 4]);
 }
+
+mod pci {
+    use super::*;
+    use crate::edu::pci::{EduDevice, EDU_BAR0_SIZE};
+    use crate::interrupt::{InterruptError, IrqLine, MsiMessage, MsiTrigger};
+    use crate::pci::configuration::{COMMAND_INTX_DISABLE, COMMAND_MASTER, COMMAND_MEMORY};
+    use crate::pci::PciDevice;
+
+    #[derive(Default)]
+    struct Msis(Mutex<Vec<MsiMessage>>);
+    impl MsiTrigger for Msis {
+        fn send_msi(&self, msg: MsiMessage) -> Result<(), InterruptError> {
+            self.0.lock().unwrap().push(msg);
+            Ok(())
+        }
+    }
+
+    #[derive(Default)]
+    struct Line(Mutex<Vec<bool>>);
+    impl IrqLine for Line {
+        fn set_level(&self, level: bool) {
+            self.0.lock().unwrap().push(level);
+        }
+    }
+
+    struct Rig {
+        dev: EduDevice,
+        dma: Arc<FakeDma>,
+        msis: Arc<Msis>,
+        line: Arc<Line>,
+    }
+
+    fn rig() -> Rig {
+        let dma = FakeDma::new(0x10000, 0x8000);
+        let msis = Arc::new(Msis::default());
+        let line = Arc::new(Line::default());
+        let dev = EduDevice::new(SRC, dma.clone(), msis.clone(), line.clone());
+        Rig {
+            dev,
+            dma,
+            msis,
+            line,
+        }
+    }
+
+    fn cfg_write(d: &mut EduDevice, off: usize, data: &[u8]) {
+        d.write_config_register(off / 4, (off % 4) as u64, data);
+    }
+
+    fn command(d: &mut EduDevice, bits: u16) {
+        cfg_write(d, 4, &bits.to_le_bytes());
+    }
+
+    fn bar_wr64(d: &mut EduDevice, off: u64, v: u64) {
+        d.write_bar(0, off, &v.to_le_bytes());
+    }
+
+    fn msi_offset(d: &mut EduDevice) -> usize {
+        (d.read_config_register(13) & 0xff) as usize
+    }
+
+    fn enable_msi(d: &mut EduDevice, address: u64, data: u16) {
+        let cap = msi_offset(d);
+        cfg_write(d, cap + 4, &(address as u32).to_le_bytes());
+        cfg_write(d, cap + 8, &((address >> 32) as u32).to_le_bytes());
+        cfg_write(d, cap + 12, &data.to_le_bytes());
+        cfg_write(d, cap + 2, &[1]);
+    }
+
+    #[test]
+    fn edu_pci_identity_bar_and_msi_capability() {
+        let mut r = rig();
+        let d = &mut r.dev;
+        assert_eq!(d.read_config_register(0), 0x11e8_1234);
+        assert_eq!(d.read_config_register(2) >> 8, 0x00ff_00, "class 00ff");
+        assert_eq!((d.read_config_register(15) >> 8) & 0xff, 1, "INTA");
+        d.write_config_register(4, 0, &u32::MAX.to_le_bytes());
+        let size = !(d.read_config_register(4) & !0xf) as u64 + 1;
+        assert_eq!(size, EDU_BAR0_SIZE);
+        let cap = msi_offset(d);
+        assert_eq!(d.read_config_register(cap / 4) & 0xff, 0x05, "MSI capability");
+        assert_ne!((d.read_config_register(cap / 4) >> 16) & 0x80, 0, "64-bit");
+    }
+
+    #[test]
+    fn edu_pci_msi_carries_programmed_message_and_requester() {
+        let mut r = rig();
+        command(&mut r.dev, COMMAND_MEMORY | COMMAND_MASTER);
+        enable_msi(&mut r.dev, 0xfee0_0010, 0x1234);
+        r.dev.write_bar(0, REG_IRQ_RAISE, &1u32.to_le_bytes());
+        let sent = r.msis.0.lock().unwrap().clone();
+        assert_eq!(
+            sent,
+            vec![MsiMessage {
+                address: 0xfee0_0010,
+                data: 0x1234,
+                source: SRC
+            }]
+        );
+        assert!(r.line.0.lock().unwrap().iter().all(|l| !l), "INTx stays low");
+    }
+
+    #[test]
+    fn edu_pci_intx_follows_status_and_interrupt_disable() {
+        let mut r = rig();
+        command(&mut r.dev, COMMAND_MEMORY | COMMAND_MASTER);
+        r.dev.write_bar(0, REG_IRQ_RAISE, &1u32.to_le_bytes());
+        assert_eq!(r.line.0.lock().unwrap().last(), Some(&true));
+        command(&mut r.dev, COMMAND_MEMORY | COMMAND_INTX_DISABLE);
+        assert_eq!(r.line.0.lock().unwrap().last(), Some(&false), "masked");
+        command(&mut r.dev, COMMAND_MEMORY);
+        assert_eq!(r.line.0.lock().unwrap().last(), Some(&true), "unmasked");
+        r.dev.write_bar(0, REG_IRQ_ACK, &1u32.to_le_bytes());
+        assert_eq!(r.line.0.lock().unwrap().last(), Some(&false), "acked");
+        assert!(r.msis.0.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn edu_pci_without_bus_master_no_dma_and_no_msi() {
+        let mut r = rig();
+        command(&mut r.dev, COMMAND_MEMORY);
+        enable_msi(&mut r.dev, 0xfee0_0000, 0x30);
+        r.dma.mem.lock().unwrap()[0x100] = 0x77;
+        bar_wr64(&mut r.dev, REG_DMA_SRC, 0x100);
+        bar_wr64(&mut r.dev, REG_DMA_DST, DMA_BUFFER_ADDR);
+        bar_wr64(&mut r.dev, REG_DMA_COUNT, 4);
+        bar_wr64(&mut r.dev, REG_DMA_CMD, DMA_CMD_START | DMA_CMD_IRQ);
+        assert_eq!(r.dev.dma_errors(), 1);
+        assert!(r.dma.requesters.lock().unwrap().is_empty(), "no bus cycle");
+        assert!(r.msis.0.lock().unwrap().is_empty(), "MSI is a DMA write too");
+        command(&mut r.dev, COMMAND_MEMORY | COMMAND_MASTER);
+        bar_wr64(&mut r.dev, REG_DMA_CMD, DMA_CMD_START | DMA_CMD_IRQ);
+        assert_eq!(r.dev.dma_errors(), 1);
+        assert_eq!(r.dma.requesters.lock().unwrap().as_slice(), &[SRC]);
+        assert_eq!(r.msis.0.lock().unwrap().len(), 1);
+    }
+}
