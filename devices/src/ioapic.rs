@@ -140,6 +140,14 @@ impl Ioapic {
         }
     }
 
+    /// Tells the MSI sender every pin's current message again (after interrupt remapping
+    /// entries changed, the messages it derived from them may be stale).
+    pub fn refresh_routes(&self) {
+        for pin in 0..NUM_PINS {
+            self.route_changed(pin);
+        }
+    }
+
     fn route_changed(&self, pin: usize) {
         let e = self.rte[pin];
         let msg = (e & RTE_MASKED == 0 && e & RTE_TRIGGER_LEVEL != 0).then(|| self.msi_for(e));

@@ -60,7 +60,7 @@ impl IommuConfig {
                 "intremap" => c.interrupt_remapping = on_off(k, v)?,
                 "caching-mode" => c.caching_mode = on_off(k, v)?,
                 "device-iotlb" => c.device_iotlb = on_off(k, v)?,
-                "x2apic" => c.x2apic = on_off(k, v)?,
+                "x2apic" | "eim" => c.x2apic = on_off(k, v)?,
                 "aw-bits" => {
                     c.aw_bits = match v {
                         "39" => 39,

@@ -312,6 +312,10 @@ impl RemappingUnit {
             } else {
                 self.gsts &= !bit;
             }
+            if bit == GCMD_IRE || bit == GCMD_CFI {
+                // Interrupts that were passed through are now remapped, or the reverse.
+                self.interrupt_entries_changed = true;
+            }
         }
         if v & GCMD_SRTP != 0 {
             self.active_rtaddr = self.rtaddr;

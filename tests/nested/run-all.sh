@@ -6,4 +6,11 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 export MINIVMM="${MINIVMM:-$(cd "$here/../.." && pwd)/target/release/minivmm}"
 [ -x "$MINIVMM" ] || { echo "run-all: $MINIVMM not built (cargo build --release)" >&2; exit 1; }
+# The guest-side VFIO test program, static so it runs in any initramfs.
+if [ -z "${EDU_VFIO_TEST:-}" ]; then
+    (cd "$here/../.." && RUSTFLAGS="-C target-feature=+crt-static" \
+        cargo build --release --quiet -p edu-vfio-test --target x86_64-unknown-linux-gnu)
+    EDU_VFIO_TEST="$(cd "$here/../.." && pwd)/target/x86_64-unknown-linux-gnu/release/edu-vfio-test"
+fi
+export EDU_VFIO_TEST
 exec "$here/run-l0.sh" --timeout "${NESTED_TIMEOUT:-2400}" "$here/inner-all.sh"

@@ -6,7 +6,7 @@
 # Usage: run-l0.sh [--timeout SECS] SCRIPT [ARGS...]
 # Inside, SCRIPT sees: EDU_BDF (the edu device, bound to vfio-pci), NESTED_WORKDIR, and the
 # variables of $NESTED_WORKDIR/env.sh (KVER, BZIMAGE, VMLINUX, MODDIR), plus MINIVMM,
-# SCENARIOS and RUST_LOG when set.
+# EDU_VFIO_TEST, SCENARIOS and RUST_LOG when set.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 timeout=1200
@@ -25,7 +25,7 @@ cp "$script" "$work/job/script.sh"
     echo "set -e"
     echo ". '$work/env.sh'"
     echo "export KVER BZIMAGE VMLINUX MODDIR NESTED_WORKDIR='$work' NESTED_DIR='$here'"
-    for v in MINIVMM SCENARIOS RUST_LOG; do
+    for v in MINIVMM EDU_VFIO_TEST SCENARIOS RUST_LOG; do
         [ -n "${!v:-}" ] && printf 'export %s=%q\n' "$v" "${!v}"
     done
     printf 'cd %q\n' "$PWD"

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
+use iommu::IommuConfig;
 
 /// A small VMM for KVM guests with an emulated Intel VT-d IOMMU and VFIO passthrough.
 ///
@@ -40,6 +41,35 @@ pub struct Cli {
     /// Optional settings: iobase=PORT,iosize=N (defaults 0xf4 and 4).
     #[arg(long, value_name = "OPTIONS", num_args = 0..=1, default_missing_value = "", value_parser = parse_debug_exit)]
     pub debug_exit: Option<DebugExitConfig>,
+
+    /// Put every PCI device behind an emulated Intel VT-d IOMMU (DMAR table, DRHD registers at
+    /// 0xfed90000). Options, comma-separated: intremap=on|off (interrupt remapping, default
+    /// on), caching-mode=on|off (default on), aw-bits=39|48 (default 48), device-iotlb=on|off
+    /// (default off), x2apic=on|off (extended interrupt mode, default on).
+    #[arg(long, value_name = "OPTIONS", num_args = 0..=1, default_missing_value = "", value_parser = parse_iommu)]
+    pub iommu: Option<IommuConfig>,
+
+    /// Add an emulated PCI device; repeatable. Kinds: edu (QEMU-compatible DMA test device,
+    /// PCI 1234:11e8, whose DMA goes through the IOMMU when there is one).
+    #[arg(long = "device", value_name = "KIND", value_parser = parse_device)]
+    pub devices: Vec<DeviceKind>,
+}
+
+/// An emulated device `--device` adds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceKind {
+    Edu,
+}
+
+fn parse_device(s: &str) -> Result<DeviceKind, String> {
+    match s {
+        "edu" => Ok(DeviceKind::Edu),
+        _ => Err(format!("unknown device {s:?} (known: edu)")),
+    }
+}
+
+fn parse_iommu(s: &str) -> Result<IommuConfig, String> {
+    IommuConfig::parse(s).map_err(|e| e.to_string())
 }
 
 /// Destination of the serial console.
@@ -140,6 +170,23 @@ mod tests {
         assert_eq!(c.cmdline, "console=ttyS0");
         assert_eq!(c.serial, SerialMode::Stdio);
         assert_eq!(c.debug_exit, None);
+        assert_eq!(c.iommu, None);
+        assert!(c.devices.is_empty());
+    }
+
+    #[test]
+    fn cli_iommu_and_devices() {
+        let c = parse(&[
+            "--iommu", "--kernel", "k", "--device", "edu", "--device", "edu",
+        ])
+        .unwrap();
+        assert_eq!(c.iommu, Some(IommuConfig::default()));
+        assert_eq!(c.devices, vec![DeviceKind::Edu, DeviceKind::Edu]);
+        let c = parse(&["--kernel", "k", "--iommu", "aw-bits=39,intremap=off"]).unwrap();
+        let i = c.iommu.unwrap();
+        assert_eq!((i.aw_bits, i.interrupt_remapping), (39, false));
+        assert!(parse(&["--kernel", "k", "--iommu", "aw-bits=40"]).is_err());
+        assert!(parse(&["--kernel", "k", "--device", "e1000"]).is_err());
     }
 
     #[test]

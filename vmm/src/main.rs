@@ -6,6 +6,7 @@ mod cpuid;
 mod event_loop;
 mod exit;
 mod interrupts;
+mod iommu;
 #[allow(dead_code)]
 mod layout;
 mod memory;

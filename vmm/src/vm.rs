@@ -12,13 +12,15 @@ use std::time::Duration;
 use devices::acpi_pm::{AcpiPm, ACPI_PM_SIZE};
 use devices::bus::{lock, Bus, BusError};
 use devices::debug_exit::DebugExit;
+use devices::dma::DmaAccess;
+use devices::edu::EduDevice;
 use devices::fw_cfg::{FwCfg, FW_CFG_PORT_SIZE};
 use devices::i8042::{I8042Reset, I8042_BASE, I8042_SIZE};
 use devices::interrupt::MsiTrigger;
 use devices::ioapic::{Ioapic, IoapicPin};
 use devices::pci::host_bridge::HostBridge;
 use devices::pci::root::{PciError, Windows};
-use devices::pci::{PciConfigIo, PciConfigMmio, PciRoot, PciWindow};
+use devices::pci::{intx_gsi, PciConfigIo, PciConfigMmio, PciRoot, PciWindow};
 use devices::pvpanic::{PvPanic, PVPANIC_PORT};
 use devices::serial::{SerialDevice, SERIAL_PORT_SIZE};
 use devices::Bdf;
@@ -31,11 +33,12 @@ use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
-use crate::cli::{Cli, SerialMode};
+use crate::cli::{Cli, DeviceKind, SerialMode};
 use crate::control::VmControl;
 use crate::event_loop::{StdinHandler, StopHandler};
 use crate::exit::{EoiHandler, StopReason};
 use crate::interrupts::KvmMsi;
+use crate::iommu::{DirectDma, DrhdRegisters, Iommu, IommuDma, RemappedMsi, UnitInterrupts};
 use crate::layout::*;
 use crate::memory::{self, MemoryError};
 use crate::terminal::RawTerminal;
@@ -79,6 +82,17 @@ const KVM_IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
 pub const IOAPIC_ID: u8 = 0;
 pub const IOAPIC_SOURCE: Bdf = Bdf::new(0, 0x1e, 0);
 
+fn state_dump(ioapic: &Mutex<Ioapic>, iommu: Option<&Iommu>) -> String {
+    let mut s = lock(ioapic).dump();
+    if let Some(i) = iommu {
+        s += &i.state_dump();
+    }
+    s
+}
+
+/// Set by SIGUSR1: print the interrupt and IOMMU state.
+static DUMP_REQUESTED: AtomicBool = AtomicBool::new(false);
+
 /// The IOAPIC as the vCPUs' EOI target.
 struct IoapicEoi(Arc<Mutex<Ioapic>>);
 
@@ -111,6 +125,7 @@ pub struct Vm {
     pio: Bus,
     mmio: Bus,
     ioapic: Arc<Mutex<Ioapic>>,
+    iommu: Option<Arc<Iommu>>,
     serial: Option<Arc<Mutex<SerialDevice>>>,
     stdin: bool,
     control: Arc<VmControl>,
@@ -190,7 +205,16 @@ fn acpi_config(cli: &Cli, prt: &[devices::pci::PrtRoute]) -> acpi::AcpiConfig {
             pm_ports: (ACPI_PM_PORT, ACPI_PM_SIZE as u8),
             s5_sleep_type: S5_SLEEP_TYPE,
         },
-        dmar: None,
+        dmar: cli.iommu.map(|c| acpi::DmarConfig {
+            address_width: c.aw_bits,
+            interrupt_remapping: c.interrupt_remapping,
+            register_base: DRHD_START,
+            ioapic_id: IOAPIC_ID,
+            ioapic_bus: IOAPIC_SOURCE.bus(),
+            ioapic_device: IOAPIC_SOURCE.device(),
+            ioapic_function: IOAPIC_SOURCE.function(),
+            device_iotlb: c.device_iotlb,
+        }),
     }
 }
 
@@ -228,7 +252,19 @@ impl Vm {
 
         let (control, stopped) = VmControl::new().map_err(|e| VmError::EventLoop(e.to_string()))?;
         let control = Arc::new(control);
-        let msi: Arc<dyn MsiTrigger> = Arc::new(KvmMsi::new(vm.clone()));
+        let kvm_msi: Arc<dyn MsiTrigger> = Arc::new(KvmMsi::new(vm.clone()));
+        let iommu = cli.iommu.map(|cfg| {
+            let unit = iommu::RemappingUnit::new(cfg, Box::new(UnitInterrupts(kvm_msi.clone())));
+            Iommu::new(unit, mem.clone())
+        });
+        // With an IOMMU every interrupt passes interrupt remapping on its way to KVM.
+        let msi: Arc<dyn MsiTrigger> = match &iommu {
+            Some(i) => Arc::new(RemappedMsi {
+                iommu: i.clone(),
+                out: kvm_msi.clone(),
+            }),
+            None => kvm_msi.clone(),
+        };
         let ioapic = Arc::new(Mutex::new(Ioapic::new(
             IOAPIC_ID,
             IOAPIC_SOURCE,
@@ -238,6 +274,14 @@ impl Vm {
         let mut pio = Bus::new();
         let mut mmio = Bus::new();
         mmio.insert(IOAPIC_START, IOAPIC_SIZE, ioapic.clone())?;
+        if let Some(i) = &iommu {
+            i.attach_ioapic(ioapic.clone());
+            mmio.insert(
+                DRHD_START,
+                DRHD_SIZE,
+                Arc::new(Mutex::new(DrhdRegisters(i.clone()))),
+            )?;
+        }
         let serial = match &cli.serial {
             SerialMode::Off => None,
             mode => {
@@ -286,6 +330,26 @@ impl Vm {
 
         let pci = Arc::new(Mutex::new(PciRoot::new()));
         lock(&pci).add_device(Arc::new(Mutex::new(HostBridge::new())), Some(0))?;
+        let dma: Arc<dyn DmaAccess> = match &iommu {
+            Some(i) => Arc::new(IommuDma(i.clone())),
+            None => Arc::new(DirectDma(mem.clone())),
+        };
+        for (n, kind) in cli.devices.iter().enumerate() {
+            let slot = u8::try_from(n + 1)
+                .ok()
+                .filter(|s| usize::from(*s) < devices::pci::root::NUM_DEVICES)
+                .ok_or(PciError::BusFull)?;
+            let address = Bdf::new(0, slot, 0);
+            let intx = Arc::new(IoapicPin {
+                ioapic: ioapic.clone(),
+                pin: intx_gsi(slot, 1) as usize,
+            });
+            let dev = match kind {
+                DeviceKind::Edu => EduDevice::new(address, dma.clone(), msi.clone(), intx),
+            };
+            lock(&pci).add_device(Arc::new(Mutex::new(dev)), Some(slot))?;
+            log::info!("{kind:?} device at {address}");
+        }
         pio.insert(
             PCI_CONFIG_PORT.into(),
             8,
@@ -356,6 +420,7 @@ impl Vm {
             pio,
             mmio,
             ioapic,
+            iommu,
             stdin: matches!(cli.serial, SerialMode::Stdio),
             serial,
             control,
@@ -367,6 +432,11 @@ impl Vm {
     pub fn run(self) -> Result<StopReason, VmError> {
         extern "C" fn kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
         register_signal_handler(SIGRTMIN(), kick)
+            .map_err(|e| VmError::EventLoop(format!("signal handler: {e}")))?;
+        extern "C" fn dump_request(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+            DUMP_REQUESTED.store(true, Ordering::Release);
+        }
+        register_signal_handler(libc::SIGUSR1, dump_request)
             .map_err(|e| VmError::EventLoop(format!("signal handler: {e}")))?;
 
         let stop = Arc::new(AtomicBool::new(false));
@@ -418,7 +488,14 @@ impl Vm {
             if let Some(h) = &stdin {
                 lock(h).flush_pending();
             }
+            if DUMP_REQUESTED.swap(false, Ordering::AcqRel) {
+                eprint!("{}", state_dump(&self.ioapic, self.iommu.as_deref()));
+            }
         }
+        log::info!(
+            "state at exit:\n{}",
+            state_dump(&self.ioapic, self.iommu.as_deref())
+        );
         let reason = self
             .stopped
             .try_recv()

@@ -281,13 +281,17 @@ mod pci {
         let mut r = rig();
         let d = &mut r.dev;
         assert_eq!(d.read_config_register(0), 0x11e8_1234);
-        assert_eq!(d.read_config_register(2) >> 8, 0x00ff_00, "class 00ff");
+        assert_eq!(d.read_config_register(2) >> 8, 0xff00, "class 00ff");
         assert_eq!((d.read_config_register(15) >> 8) & 0xff, 1, "INTA");
         d.write_config_register(4, 0, &u32::MAX.to_le_bytes());
         let size = !(d.read_config_register(4) & !0xf) as u64 + 1;
         assert_eq!(size, EDU_BAR0_SIZE);
         let cap = msi_offset(d);
-        assert_eq!(d.read_config_register(cap / 4) & 0xff, 0x05, "MSI capability");
+        assert_eq!(
+            d.read_config_register(cap / 4) & 0xff,
+            0x05,
+            "MSI capability"
+        );
         assert_ne!((d.read_config_register(cap / 4) >> 16) & 0x80, 0, "64-bit");
     }
 
@@ -306,7 +310,10 @@ mod pci {
                 source: SRC
             }]
         );
-        assert!(r.line.0.lock().unwrap().iter().all(|l| !l), "INTx stays low");
+        assert!(
+            r.line.0.lock().unwrap().iter().all(|l| !l),
+            "INTx stays low"
+        );
     }
 
     #[test]
@@ -336,7 +343,10 @@ mod pci {
         bar_wr64(&mut r.dev, REG_DMA_CMD, DMA_CMD_START | DMA_CMD_IRQ);
         assert_eq!(r.dev.dma_errors(), 1);
         assert!(r.dma.requesters.lock().unwrap().is_empty(), "no bus cycle");
-        assert!(r.msis.0.lock().unwrap().is_empty(), "MSI is a DMA write too");
+        assert!(
+            r.msis.0.lock().unwrap().is_empty(),
+            "MSI is a DMA write too"
+        );
         command(&mut r.dev, COMMAND_MEMORY | COMMAND_MASTER);
         bar_wr64(&mut r.dev, REG_DMA_CMD, DMA_CMD_START | DMA_CMD_IRQ);
         assert_eq!(r.dev.dma_errors(), 1);

@@ -25,47 +25,60 @@ impl RemappingUnit {
         self.gsts & GSTS_IRES != 0
     }
 
-    /// Processes an interrupt request from a device or the IOAPIC.
+    /// Processes an interrupt request from a device or the IOAPIC. Blocked requests are
+    /// recorded as faults (unless the IRTE sets FPD) and raise the fault event.
     pub fn remap_interrupt<M: GuestMemoryBackend>(
         &mut self,
         mem: &M,
         req: InterruptRequest,
     ) -> InterruptOutcome {
+        match self.resolve_interrupt(mem, &req) {
+            Ok((address, data)) => InterruptOutcome::Deliver { address, data },
+            Err(f) => self.interrupt_fault(&req, f),
+        }
+    }
+
+    /// What `req` would become now, without recording a fault: for routes a VMM programs
+    /// ahead of any interrupt (KVM GSI routes of level-triggered IOAPIC pins).
+    pub fn peek_interrupt<M: GuestMemoryBackend>(
+        &mut self,
+        mem: &M,
+        req: InterruptRequest,
+    ) -> InterruptOutcome {
+        match self.resolve_interrupt(mem, &req) {
+            Ok((address, data)) => InterruptOutcome::Deliver { address, data },
+            Err(f) => InterruptOutcome::Blocked(f.reason),
+        }
+    }
+
+    fn resolve_interrupt<M: GuestMemoryBackend>(
+        &mut self,
+        mem: &M,
+        req: &InterruptRequest,
+    ) -> Result<(u64, u32), InterruptFault> {
         if !self.interrupt_remapping_enabled() {
-            return InterruptOutcome::Deliver {
-                address: req.address,
-                data: req.data,
-            };
+            return Ok((req.address, req.data));
         }
         if !req.is_remappable() {
             let cfis = self.gsts & GSTS_CFIS != 0;
             if interrupt_remapping::compatibility_allowed(cfis, self.active_irta) {
-                return InterruptOutcome::Deliver {
-                    address: req.address,
-                    data: req.data,
-                };
+                return Ok((req.address, req.data));
             }
-            return self.interrupt_fault(&req, interrupt_remapping::compatibility_fault());
+            return Err(interrupt_remapping::compatibility_fault());
         }
-        let index = match interrupt_remapping::request_index(&req) {
-            Ok(i) => i,
-            Err(f) => return self.interrupt_fault(&req, f),
-        };
+        let index = interrupt_remapping::request_index(req)?;
         let irte = match self.iec.get(&index) {
             Some(e) => *e,
-            None => match interrupt_remapping::read_irte(mem, self.active_irta, index) {
-                Ok(e) => {
-                    self.iec.insert(index, e);
-                    e
-                }
-                Err(f) => return self.interrupt_fault(&req, f),
-            },
+            None => {
+                let e = interrupt_remapping::read_irte(mem, self.active_irta, index)?;
+                self.iec.insert(index, e);
+                e
+            }
         };
         if !irte.permits(req.source) {
-            return self.interrupt_fault(&req, interrupt_remapping::source_fault(&irte, index));
+            return Err(interrupt_remapping::source_fault(&irte, index));
         }
-        let (address, data) = irte.message();
-        InterruptOutcome::Deliver { address, data }
+        Ok(irte.message())
     }
 
     fn interrupt_fault(&mut self, req: &InterruptRequest, f: InterruptFault) -> InterruptOutcome {

@@ -210,3 +210,22 @@ fn ir_fault_with_fpd_is_not_recorded() {
     );
     assert_eq!(rd32(&u, FSTS_REG) & FSTS_PPF, 0);
 }
+
+#[test]
+fn peek_does_not_record_faults() {
+    let (mut u, _, t) = unit();
+    enable_ir(&mut u, &t, true);
+    let out = u.peek_interrupt(&t.mem, req(remappable(200), 0, DEV));
+    assert_eq!(out, InterruptOutcome::Blocked(FaultReason::IrteNotPresent));
+    assert_eq!(rd32(&u, FSTS_REG) & FSTS_PPF, 0);
+}
+
+#[test]
+fn ire_toggle_is_an_interrupt_entry_change() {
+    let (mut u, _, t) = unit();
+    enable_ir(&mut u, &t, true);
+    u.take_interrupt_entries_changed();
+    wr32(&mut u, &t, GCMD_REG, 0);
+    assert!(!u.interrupt_remapping_enabled());
+    assert!(u.take_interrupt_entries_changed());
+}

@@ -1,0 +1,247 @@
+//! The VT-d model wired into the VM: its register set on the MMIO bus, interrupt remapping in
+//! front of KVM's MSI delivery, and DMA for emulated devices through its translation.
+
+use std::sync::{Arc, Mutex, OnceLock};
+
+use devices::bus::{lock, BusDevice};
+use devices::dma::{DmaAccess, DmaError};
+use devices::interrupt::{InterruptError, MsiMessage, MsiTrigger};
+use devices::ioapic::Ioapic;
+use iommu::{
+    Bdf, DmaOutcome, InterruptOutcome, InterruptRequest, InterruptSink, Iova, RemappingUnit,
+};
+use log::{debug, warn};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+const PAGE_SIZE: u64 = 0x1000;
+
+/// The remapping unit and the guest memory its tables live in.
+pub struct Iommu {
+    unit: Mutex<RemappingUnit>,
+    mem: GuestMemoryMmap,
+    /// The IOAPIC whose level-triggered routes carry remapped messages.
+    ioapic: OnceLock<Arc<Mutex<Ioapic>>>,
+}
+
+impl Iommu {
+    pub fn new(unit: RemappingUnit, mem: GuestMemoryMmap) -> Arc<Self> {
+        Arc::new(Iommu {
+            unit: Mutex::new(unit),
+            mem,
+            ioapic: OnceLock::new(),
+        })
+    }
+
+    pub fn attach_ioapic(&self, ioapic: Arc<Mutex<Ioapic>>) {
+        let _ = self.ioapic.set(ioapic);
+    }
+
+    /// After the guest changed interrupt remapping state, KVM routes derived from IRTEs
+    /// are recomputed. Called with the unit unlocked (the IOAPIC locks it to remap).
+    fn refresh_interrupt_routes(&self) {
+        if let Some(ioapic) = self.ioapic.get() {
+            lock(ioapic).refresh_routes();
+        }
+    }
+
+    pub fn state_dump(&self) -> String {
+        lock(&self.unit).state_dump()
+    }
+}
+
+/// The DRHD register set (4 KiB at DRHD_START) as a bus device.
+pub struct DrhdRegisters(pub Arc<Iommu>);
+
+impl BusDevice for DrhdRegisters {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        lock(&self.0.unit).read(offset, data);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        let changed = {
+            let mut unit = lock(&self.0.unit);
+            unit.write(&self.0.mem, offset, data);
+            for (device, event) in unit.take_map_events() {
+                debug!("vt-d: {device}: {event:?}");
+            }
+            unit.take_interrupt_entries_changed()
+        };
+        if changed {
+            self.0.refresh_interrupt_routes();
+        }
+    }
+}
+
+/// The unit's own event interrupts (fault, invalidation completion): plain MSIs, never
+/// remapped (VT-d spec 5.1.6).
+pub struct UnitInterrupts(pub Arc<dyn MsiTrigger>);
+
+impl InterruptSink for UnitInterrupts {
+    fn send(&self, address: u64, data: u32) {
+        let msg = MsiMessage {
+            address,
+            data,
+            source: Bdf::default(),
+        };
+        if let Err(e) = self.0.send_msi(msg) {
+            warn!("vt-d: event interrupt: {e}");
+        }
+    }
+}
+
+/// MSI delivery through interrupt remapping, then on to `out` (KVM).
+pub struct RemappedMsi {
+    pub iommu: Arc<Iommu>,
+    pub out: Arc<dyn MsiTrigger>,
+}
+
+fn request(msg: &MsiMessage) -> InterruptRequest {
+    InterruptRequest {
+        address: msg.address,
+        data: msg.data,
+        source: msg.source,
+    }
+}
+
+impl MsiTrigger for RemappedMsi {
+    fn send_msi(&self, msg: MsiMessage) -> Result<(), InterruptError> {
+        let outcome = lock(&self.iommu.unit).remap_interrupt(&self.iommu.mem, request(&msg));
+        match outcome {
+            InterruptOutcome::Deliver { address, data } => self.out.send_msi(MsiMessage {
+                address,
+                data,
+                ..msg
+            }),
+            // The fault is recorded in the unit; the interrupt is dropped, as on hardware.
+            InterruptOutcome::Blocked(_) => Ok(()),
+        }
+    }
+
+    fn ioapic_route_changed(&self, pin: usize, msg: Option<MsiMessage>) {
+        let remapped = msg.and_then(|m| {
+            match lock(&self.iommu.unit).peek_interrupt(&self.iommu.mem, request(&m)) {
+                InterruptOutcome::Deliver { address, data } => {
+                    Some(MsiMessage { address, data, ..m })
+                }
+                InterruptOutcome::Blocked(_) => None,
+            }
+        });
+        self.out.ioapic_route_changed(pin, remapped);
+    }
+}
+
+/// DMA for emulated devices through the unit's translation. A transfer is checked page by
+/// page before any byte moves, so a blocked page leaves guest memory untouched.
+pub struct IommuDma(pub Arc<Iommu>);
+
+impl IommuDma {
+    /// The guest-physical pieces of `[iova, iova + len)`, or the error for the first page
+    /// the unit blocks.
+    fn translate(
+        &self,
+        source: Bdf,
+        iova: Iova,
+        len: usize,
+        write: bool,
+    ) -> Result<Vec<(u64, usize)>, DmaError> {
+        let mut pieces = Vec::new();
+        let mut unit = lock(&self.0.unit);
+        let mut addr = iova.0;
+        let mut left = len as u64;
+        while left > 0 {
+            let chunk = (PAGE_SIZE - addr % PAGE_SIZE).min(left);
+            match unit.translate(&self.0.mem, source, Iova(addr), write) {
+                DmaOutcome::Translated(t) => {
+                    pieces.push((t.gpa_base + (addr - t.iova_base), chunk as usize))
+                }
+                DmaOutcome::Blocked(_) => {
+                    return Err(DmaError::Blocked {
+                        requester: source,
+                        iova: Iova(addr),
+                    })
+                }
+            }
+            addr = addr.wrapping_add(chunk);
+            left -= chunk;
+        }
+        Ok(pieces)
+    }
+}
+
+impl DmaAccess for IommuDma {
+    fn dma_read(&self, source: Bdf, iova: Iova, buf: &mut [u8]) -> Result<(), DmaError> {
+        let pieces = self.translate(source, iova, buf.len(), false)?;
+        let mut off = 0;
+        for (gpa, n) in pieces {
+            self.0
+                .mem
+                .read_slice(&mut buf[off..off + n], GuestAddress(gpa))
+                .map_err(|_| DmaError::OutOfRange {
+                    requester: source,
+                    iova,
+                })?;
+            off += n;
+        }
+        Ok(())
+    }
+
+    fn dma_write(&self, source: Bdf, iova: Iova, buf: &[u8]) -> Result<(), DmaError> {
+        let pieces = self.translate(source, iova, buf.len(), true)?;
+        // Check every piece lands in RAM before writing any.
+        if pieces
+            .iter()
+            .any(|(gpa, n)| !range_in_memory(&self.0.mem, *gpa, *n))
+        {
+            return Err(DmaError::OutOfRange {
+                requester: source,
+                iova,
+            });
+        }
+        let mut off = 0;
+        for (gpa, n) in pieces {
+            self.0
+                .mem
+                .write_slice(&buf[off..off + n], GuestAddress(gpa))
+                .map_err(|_| DmaError::OutOfRange {
+                    requester: source,
+                    iova,
+                })?;
+            off += n;
+        }
+        Ok(())
+    }
+}
+
+fn range_in_memory(mem: &GuestMemoryMmap, gpa: u64, len: usize) -> bool {
+    use vm_memory::{GuestMemory, Permissions};
+    len == 0 || mem.check_range(GuestAddress(gpa), len, Permissions::Write)
+}
+
+/// DMA without an IOMMU: IOVA = guest-physical address.
+pub struct DirectDma(pub GuestMemoryMmap);
+
+impl DmaAccess for DirectDma {
+    fn dma_read(&self, source: Bdf, iova: Iova, buf: &mut [u8]) -> Result<(), DmaError> {
+        self.0
+            .read_slice(buf, GuestAddress(iova.0))
+            .map_err(|_| DmaError::OutOfRange {
+                requester: source,
+                iova,
+            })
+    }
+
+    fn dma_write(&self, source: Bdf, iova: Iova, buf: &[u8]) -> Result<(), DmaError> {
+        if !range_in_memory(&self.0, iova.0, buf.len()) {
+            return Err(DmaError::OutOfRange {
+                requester: source,
+                iova,
+            });
+        }
+        self.0
+            .write_slice(buf, GuestAddress(iova.0))
+            .map_err(|_| DmaError::OutOfRange {
+                requester: source,
+                iova,
+            })
+    }
+}
