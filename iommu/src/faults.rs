@@ -21,33 +21,47 @@ pub struct FaultRecord {
 #[derive(Debug, Default)]
 pub struct FaultLog {
     records: [Option<FaultRecord>; NUM_FRCD],
-    /// Fault recording index: the next register hardware writes.
-    fri: usize,
+    /// The next register hardware writes (registers are used round-robin).
+    next: usize,
     overflow: bool,
 }
 
 impl FaultLog {
-    /// Records a fault at FRI. If that register still holds an unserviced fault the new one
-    /// is dropped and PFO set. Returns true if the fault was recorded or caused an overflow
-    /// (either is a reason for a fault event).
+    /// Records a fault in the next register. If that register still holds an unserviced
+    /// fault the new one is dropped and PFO set. Returns true if a fault event is due: the
+    /// fault set PPF (none was pending) or caused the first overflow (VT-d 7.3.1).
     pub fn record(&mut self, rec: FaultRecord) -> bool {
-        if self.records[self.fri].is_some() {
+        if self.records[self.next].is_some() {
             let first = !self.overflow;
             self.overflow = true;
             return first;
         }
-        self.records[self.fri] = Some(rec);
-        self.fri = (self.fri + 1) % NUM_FRCD;
-        true
+        let was_pending = self.pending();
+        self.records[self.next] = Some(rec);
+        self.next = (self.next + 1) % NUM_FRCD;
+        !was_pending
+    }
+
+    fn pending(&self) -> bool {
+        self.records.iter().any(Option::is_some)
+    }
+
+    /// FSTS.FRI: the register holding the oldest pending fault, where software starts
+    /// reading (it then walks forward while F is set).
+    fn fri(&self) -> usize {
+        (0..NUM_FRCD)
+            .map(|i| (self.next + i) % NUM_FRCD)
+            .find(|&i| self.records[i].is_some())
+            .unwrap_or(self.next)
     }
 
     /// The fault bits of FSTS: PFO, PPF and FRI.
     pub fn status(&self) -> u32 {
-        let mut v = (self.fri as u32) << FSTS_FRI_SHIFT;
+        let mut v = (self.fri() as u32) << FSTS_FRI_SHIFT;
         if self.overflow {
             v |= FSTS_PFO;
         }
-        if self.records.iter().any(Option::is_some) {
+        if self.pending() {
             v |= FSTS_PPF;
         }
         v
@@ -100,17 +114,25 @@ mod tests {
     }
 
     #[test]
-    fn fault_record_sets_ppf_and_advances_fri() {
+    fn fault_record_sets_ppf_and_fri_points_at_oldest_pending() {
         let mut l = FaultLog::default();
         assert_eq!(l.status(), 0);
         assert!(l.record(rec(3)));
-        assert_eq!(l.status(), FSTS_PPF | (1 << FSTS_FRI_SHIFT));
+        assert_eq!(l.status(), FSTS_PPF, "FRI 0: the fault is in register 0");
         let (lo, hi) = l.register(0);
         assert_eq!(lo, 0x3000, "page address only");
         assert_eq!(hi & FRCD_F, FRCD_F);
         assert_eq!((hi >> FRCD_FR_SHIFT) & 0xff, 5);
         assert_eq!(hi & 0xffff, u64::from(Bdf::new(0, 3, 0).raw()));
         assert_eq!(hi & FRCD_T_READ, 0, "write request");
+        assert!(!l.record(rec(4)), "PPF already set: no second event");
+        assert_eq!(l.status() >> FSTS_FRI_SHIFT, 0);
+        // Software services register 0: the oldest pending is now register 1.
+        l.write_high(0, FRCD_F);
+        assert_eq!(l.status(), FSTS_PPF | (1 << FSTS_FRI_SHIFT));
+        l.write_high(1, FRCD_F);
+        assert!(l.record(rec(5)), "PPF set again: an event");
+        assert_eq!(l.status(), FSTS_PPF | (2 << FSTS_FRI_SHIFT), "round-robin");
     }
 
     #[test]
@@ -128,7 +150,7 @@ mod tests {
     fn fault_overflow_when_fri_register_is_full() {
         let mut l = FaultLog::default();
         for n in 0..NUM_FRCD as u8 {
-            assert!(l.record(rec(n)));
+            l.record(rec(n));
         }
         assert!(l.record(rec(9)), "the first overflow signals");
         assert!(!l.record(rec(10)), "later overflows do not");

@@ -34,3 +34,10 @@ reject() {
         return 1
     fi
 }
+
+# lab_flake LOG: whether LOG shows the lab's known TCG failure: a kernel oops on an int3 left
+# behind by cross-CPU code patching (text_poke_bp), seen in L0 and L1 alike under multi-threaded
+# TCG with nested SVM. Scenarios retry a run once when it shows this, and say so.
+lab_flake() {
+    grep -q "Oops: int3" "$1"
+}
