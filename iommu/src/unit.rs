@@ -546,15 +546,47 @@ impl RemappingUnit {
         }
     }
 
-    /// A human-readable summary of the unit's state.
+    /// A human-readable summary of the unit's state: enables, table pointers, queue, caches,
+    /// pending faults and what is mapped for tracked devices.
     pub fn state_dump(&self) -> String {
         let on = |b: u32| if self.gsts & b != 0 { "on" } else { "off" };
         let mut s = format!(
-            "VT-d unit: translation {}, queued invalidation {}, interrupt remapping {} (compat {})\n  root table {:#x}, IRTA {:#x}, IQA {:#x} IQH {} IQT {}\n  FSTS {:#x}, context cache {} entries, IOTLB {} entries\n",
-            on(GSTS_TES), on(GSTS_QIES), on(GSTS_IRES), on(GSTS_CFIS),
-            self.active_rtaddr, self.active_irta, self.iqa, self.iqh >> 4, self.iqt >> 4,
-            self.fsts(), self.context_cache.len(), self.iotlb.len()
+            "VT-d unit: translation {}, queued invalidation {}, interrupt remapping {} (compat {}, {} mode)\n",
+            on(GSTS_TES),
+            on(GSTS_QIES),
+            on(GSTS_IRES),
+            on(GSTS_CFIS),
+            if self.active_irta & IRTA_EIME != 0 { "x2APIC" } else { "xAPIC" },
         );
+        s += &format!(
+            "  root table {:#x}, IRTA {:#x} ({} entries), IQA {:#x} IQH {} IQT {}\n",
+            self.active_rtaddr,
+            self.active_irta & IRTA_ADDR_MASK,
+            crate::interrupt_remapping::table_entries(self.active_irta),
+            self.iqa,
+            self.iqh >> IQ_INDEX_SHIFT,
+            self.iqt >> IQ_INDEX_SHIFT
+        );
+        s += &format!(
+            "  FSTS {:#x}, context cache {} entries, IOTLB {} entries, interrupt entry cache {} entries\n",
+            self.fsts(),
+            self.context_cache.len(),
+            self.iotlb.len(),
+            self.iec.len()
+        );
+        let mut contexts: Vec<_> = self.context_cache.iter().collect();
+        contexts.sort_by_key(|(b, _)| **b);
+        for (b, c) in contexts {
+            s += &format!(
+                "  context {b}: domain {} {:?} {}-level tables at {:#x}\n",
+                c.did, c.tt, c.levels, c.slptptr
+            );
+        }
+        for (b, _) in self.tracker.devices() {
+            let maps = self.tracker.mappings(b);
+            let bytes: u64 = maps.iter().map(|m| m.size).sum();
+            s += &format!("  tracked {b}: {} ranges, {bytes:#x} bytes mapped\n", maps.len());
+        }
         for r in self.faults.records() {
             s += &format!("  fault: {} {:?} at {:#x}\n", r.source, r.reason, r.info);
         }

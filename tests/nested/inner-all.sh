@@ -7,6 +7,12 @@ rm -rf "$LOGDIR"; mkdir -p "$LOGDIR"
 : "${MINIVMM:?MINIVMM must point at the minivmm binary}"
 [ -x "$MINIVMM" ] || { echo "MINIVMM=$MINIVMM is not executable"; exit 1; }
 passed=0; failed=0
+# An idle VM held for the whole run keeps L0's KVM static keys from toggling (idle.S says why).
+idle_pid=""
+if [ -f "$NESTED_WORKDIR/idle.elf" ]; then
+    "$MINIVMM" --kernel "$NESTED_WORKDIR/idle.elf" --memory 32M --serial off > /dev/null 2>&1 &
+    idle_pid=$!
+fi
 for s in "$NESTED_DIR"/scenarios/*.sh; do
     name=$(basename "$s" .sh)
     if [ -n "${SCENARIOS:-}" ] && ! grep -qw -- "${name#*-}" <<< "$SCENARIOS"; then continue; fi
@@ -28,5 +34,6 @@ for s in "$NESTED_DIR"/scenarios/*.sh; do
         done
     fi
 done
+[ -n "$idle_pid" ] && kill "$idle_pid" 2>/dev/null
 echo "nested: $passed passed, $failed failed"
 [ $failed -eq 0 ]
