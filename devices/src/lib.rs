@@ -14,6 +14,7 @@ pub mod ioapic;
 pub mod pci;
 pub mod pvpanic;
 pub mod serial;
+pub mod vfio;
 pub mod vm_control;
 
 pub use iommu::Bdf;

@@ -585,7 +585,10 @@ impl RemappingUnit {
         for (b, _) in self.tracker.devices() {
             let maps = self.tracker.mappings(b);
             let bytes: u64 = maps.iter().map(|m| m.size).sum();
-            s += &format!("  tracked {b}: {} ranges, {bytes:#x} bytes mapped\n", maps.len());
+            s += &format!(
+                "  tracked {b}: {} ranges, {bytes:#x} bytes mapped\n",
+                maps.len()
+            );
         }
         for r in self.faults.records() {
             s += &format!("  fault: {} {:?} at {:#x}\n", r.source, r.reason, r.info);

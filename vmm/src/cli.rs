@@ -53,6 +53,13 @@ pub struct Cli {
     /// PCI 1234:11e8, whose DMA goes through the IOMMU when there is one).
     #[arg(long = "device", value_name = "KIND", value_parser = parse_device)]
     pub devices: Vec<DeviceKind>,
+
+    /// Pass a host PCI device through with VFIO; repeatable. The device (BB:DD.F,
+    /// DDDD:BB:DD.F or its sysfs path) must be bound to vfio-pci. With --iommu it sits behind
+    /// the emulated VT-d unit (which then needs caching-mode=on); without, all guest RAM is
+    /// mapped for its DMA at IOVA = guest-physical address.
+    #[arg(long = "vfio", value_name = "DEVICE")]
+    pub vfio: Vec<String>,
 }
 
 /// An emulated device `--device` adds.

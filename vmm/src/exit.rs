@@ -37,6 +37,8 @@ pub enum StopReason {
     GuestPanic,
     TripleFault,
     DebugExit(u32),
+    /// minivmm was asked to stop (SIGTERM, SIGINT, SIGHUP).
+    Signal(i32),
     /// A vCPU failed in a way the guest cannot continue from.
     Error(String),
 }
@@ -48,6 +50,7 @@ impl StopReason {
             StopReason::PowerOff | StopReason::Reset => 0,
             StopReason::GuestPanic | StopReason::TripleFault | StopReason::Error(_) => 1,
             StopReason::DebugExit(code) => *code as i32,
+            StopReason::Signal(sig) => 128 + sig,
         }
     }
 
@@ -58,6 +61,7 @@ impl StopReason {
             StopReason::GuestPanic => Some("the guest kernel panicked".into()),
             StopReason::TripleFault => Some("the guest triple-faulted (CPU shutdown)".into()),
             StopReason::Error(e) => Some(e.clone()),
+            StopReason::Signal(sig) => Some(format!("stopped by signal {sig}; devices released")),
         }
     }
 }

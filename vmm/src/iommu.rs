@@ -1,6 +1,7 @@
 //! The VT-d model wired into the VM: its register set on the MMIO bus, interrupt remapping in
 //! front of KVM's MSI delivery, and DMA for emulated devices through its translation.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use devices::bus::{lock, BusDevice};
@@ -8,12 +9,18 @@ use devices::dma::{DmaAccess, DmaError};
 use devices::interrupt::{InterruptError, MsiMessage, MsiTrigger};
 use devices::ioapic::Ioapic;
 use iommu::{
-    Bdf, DmaOutcome, InterruptOutcome, InterruptRequest, InterruptSink, Iova, RemappingUnit,
+    Bdf, DmaOutcome, InterruptOutcome, InterruptRequest, InterruptSink, Iova, MapEvent,
+    RemappingUnit,
 };
 use log::{debug, warn};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 const PAGE_SIZE: u64 = 0x1000;
+
+/// Who shadows a device's DMA mappings (VFIO): receives the caching-mode events.
+pub trait MapListener: Send + Sync {
+    fn map_event(&self, device: Bdf, event: MapEvent);
+}
 
 /// The remapping unit and the guest memory its tables live in.
 pub struct Iommu {
@@ -21,6 +28,7 @@ pub struct Iommu {
     mem: GuestMemoryMmap,
     /// The IOAPIC whose level-triggered routes carry remapped messages.
     ioapic: OnceLock<Arc<Mutex<Ioapic>>>,
+    listeners: Mutex<HashMap<Bdf, Arc<dyn MapListener>>>,
 }
 
 impl Iommu {
@@ -29,7 +37,33 @@ impl Iommu {
             unit: Mutex::new(unit),
             mem,
             ioapic: OnceLock::new(),
+            listeners: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Starts shadowing `device`'s DMA into `listener`, beginning with its current state.
+    pub fn track(&self, device: Bdf, listener: Arc<dyn MapListener>) {
+        lock(&self.listeners).insert(device, listener);
+        let events = {
+            let mut unit = lock(&self.unit);
+            unit.track(&self.mem, device);
+            unit.take_map_events()
+        };
+        self.dispatch(events);
+    }
+
+    /// Hands map events to their devices' listeners (with the unit unlocked).
+    fn dispatch(&self, events: Vec<(Bdf, MapEvent)>) {
+        if events.is_empty() {
+            return;
+        }
+        let listeners = lock(&self.listeners);
+        for (device, event) in events {
+            match listeners.get(&device) {
+                Some(l) => l.map_event(device, event),
+                None => debug!("vt-d: {device}: {event:?}"),
+            }
+        }
     }
 
     pub fn attach_ioapic(&self, ioapic: Arc<Mutex<Ioapic>>) {
@@ -58,14 +92,16 @@ impl BusDevice for DrhdRegisters {
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        let changed = {
+        let (events, changed) = {
             let mut unit = lock(&self.0.unit);
             unit.write(&self.0.mem, offset, data);
-            for (device, event) in unit.take_map_events() {
-                debug!("vt-d: {device}: {event:?}");
-            }
-            unit.take_interrupt_entries_changed()
+            (
+                unit.take_map_events(),
+                unit.take_interrupt_entries_changed(),
+            )
         };
+        // Mappings are in place before the vCPU that invalidated resumes.
+        self.0.dispatch(events);
         if changed {
             self.0.refresh_interrupt_routes();
         }

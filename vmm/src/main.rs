@@ -12,6 +12,7 @@ mod layout;
 mod memory;
 mod terminal;
 mod vcpu;
+mod vfio;
 mod vm;
 
 use clap::Parser;

@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -23,6 +23,7 @@ use devices::pci::root::{PciError, Windows};
 use devices::pci::{intx_gsi, PciConfigIo, PciConfigMmio, PciRoot, PciWindow};
 use devices::pvpanic::{PvPanic, PVPANIC_PORT};
 use devices::serial::{SerialDevice, SERIAL_PORT_SIZE};
+use devices::vfio::VfioPciDevice;
 use devices::Bdf;
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use firmware::{BootConfig, BootLayout, BootStructures};
@@ -43,6 +44,7 @@ use crate::layout::*;
 use crate::memory::{self, MemoryError};
 use crate::terminal::RawTerminal;
 use crate::vcpu::{self, VcpuContext, VcpuError};
+use crate::vfio::VfioDma;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -70,6 +72,14 @@ pub enum VmError {
     EventLoop(String),
     #[error("Cannot start a thread: {0}")]
     Thread(std::io::Error),
+    #[error("--vfio {0}")]
+    HostDevice(#[from] devices::vfio::HostDeviceError),
+    #[error(transparent)]
+    Vfio(#[from] devices::vfio::VfioPciError),
+    #[error(transparent)]
+    VfioDma(#[from] crate::vfio::VfioDmaError),
+    #[error("--vfio behind --iommu needs caching-mode=on: without it the guest's mappings cannot be followed")]
+    VfioNeedsCachingMode,
 }
 
 /// KVM_X2APIC_API flags (Documentation/virt/kvm/api.rst 7.13).
@@ -92,6 +102,8 @@ fn state_dump(ioapic: &Mutex<Ioapic>, iommu: Option<&Iommu>) -> String {
 
 /// Set by SIGUSR1: print the interrupt and IOMMU state.
 static DUMP_REQUESTED: AtomicBool = AtomicBool::new(false);
+/// Set by SIGTERM, SIGINT or SIGHUP: stop the VM.
+static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
 
 /// The IOAPIC as the vCPUs' EOI target.
 struct IoapicEoi(Arc<Mutex<Ioapic>>);
@@ -220,6 +232,15 @@ fn acpi_config(cli: &Cli, prt: &[devices::pci::PrtRoute]) -> acpi::AcpiConfig {
 
 impl Vm {
     pub fn build(cli: &Cli) -> Result<Vm, VmError> {
+        // Host devices are checked before anything is set up.
+        if !cli.vfio.is_empty() && cli.iommu.is_some_and(|c| !c.caching_mode) {
+            return Err(VmError::VfioNeedsCachingMode);
+        }
+        let hosts = cli
+            .vfio
+            .iter()
+            .map(|s| devices::vfio::check(s))
+            .collect::<Result<Vec<_>, _>>()?;
         let kvm = Kvm::new().map_err(VmError::KvmOpen)?;
         if !kvm.check_extension(kvm_ioctls::Cap::SplitIrqchip) {
             return Err(VmError::KvmCapability("KVM_CAP_SPLIT_IRQCHIP"));
@@ -350,6 +371,22 @@ impl Vm {
             lock(&pci).add_device(Arc::new(Mutex::new(dev)), Some(slot))?;
             log::info!("{kind:?} device at {address}");
         }
+        for (n, host) in hosts.into_iter().enumerate() {
+            let slot = u8::try_from(cli.devices.len() + n + 1)
+                .ok()
+                .filter(|s| usize::from(*s) < devices::pci::root::NUM_DEVICES)
+                .ok_or(PciError::BusFull)?;
+            let address = Bdf::new(0, slot, 0);
+            let name = host.name.clone();
+            let dev = VfioPciDevice::open(host, address, msi.clone())?;
+            let dma = Arc::new(VfioDma::new(dev.container(), mem.clone(), &name));
+            match &iommu {
+                Some(i) => i.track(address, dma),
+                None => dma.map_identity()?,
+            }
+            lock(&pci).add_device(Arc::new(Mutex::new(dev)), Some(slot))?;
+            log::info!("host device {name} at {address}");
+        }
         pio.insert(
             PCI_CONFIG_PORT.into(),
             8,
@@ -438,6 +475,19 @@ impl Vm {
         }
         register_signal_handler(libc::SIGUSR1, dump_request)
             .map_err(|e| VmError::EventLoop(format!("signal handler: {e}")))?;
+        extern "C" fn stop_request(
+            sig: libc::c_int,
+            _: *mut libc::siginfo_t,
+            _: *mut libc::c_void,
+        ) {
+            STOP_SIGNAL.store(sig, Ordering::Release);
+        }
+        // A stop request ends the VM in order, so passed-through devices are reset and
+        // released and their DMA mappings removed.
+        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            register_signal_handler(sig, stop_request)
+                .map_err(|e| VmError::EventLoop(format!("signal handler: {e}")))?;
+        }
 
         let stop = Arc::new(AtomicBool::new(false));
         let ctx = Arc::new(VcpuContext {
@@ -482,7 +532,13 @@ impl Vm {
             }
             _ => None,
         };
+        let mut signalled = None;
         while !stopping.load(Ordering::Acquire) {
+            let sig = STOP_SIGNAL.swap(0, Ordering::AcqRel);
+            if sig != 0 {
+                signalled = Some(StopReason::Signal(sig));
+                break;
+            }
             em.run_with_timeout(50)
                 .map_err(|e| VmError::EventLoop(format!("{e:?}")))?;
             if let Some(h) = &stdin {
@@ -496,10 +552,11 @@ impl Vm {
             "state at exit:\n{}",
             state_dump(&self.ioapic, self.iommu.as_deref())
         );
-        let reason = self
-            .stopped
-            .try_recv()
-            .unwrap_or_else(|_| StopReason::Error("all vCPUs stopped unexpectedly".into()));
+        let reason = signalled.unwrap_or_else(|| {
+            self.stopped
+                .try_recv()
+                .unwrap_or_else(|_| StopReason::Error("all vCPUs stopped unexpectedly".into()))
+        });
 
         stop.store(true, Ordering::Release);
         for t in &threads {

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Benchmark (not a test): in the nested lab, boots L1 with the lab's edu passed through behind a
+# vIOMMU under minivmm and under QEMU (-device intel-iommu,intremap=on,caching-mode=on -device
+# vfio-pci), alternately in the same L0 after a warm-up, and prints the medians side by side:
+# L1 time to init, L1's VFIO map+unmap rate of 4 KiB pages, VMM peak RSS.
+# BENCH_RUNS (default 3) sets the runs per VMM.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+tests/nested/setup.sh
+cargo build --release
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --quiet -p edu-vfio-test \
+    --target x86_64-unknown-linux-gnu
+export MINIVMM="$PWD/target/release/minivmm"
+export EDU_VFIO_TEST="$PWD/target/x86_64-unknown-linux-gnu/release/edu-vfio-test"
+exec tests/nested/run-l0.sh --timeout "${BENCH_TIMEOUT:-3000}" tests/nested/bench-inner.sh

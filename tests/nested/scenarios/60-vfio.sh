@@ -1,0 +1,78 @@
+# VFIO passthrough: L0's edu (the lab's "physical" device, bound to vfio-pci in L0) goes to L1.
+#  - error cases, each one clear line and a non-zero status, before anything is set up;
+#  - with --iommu: L1 (intel_iommu=on) sees 1234:11e8 in its own IOMMU group, binds it to its
+#    vfio-pci and the DMA test passes against the physical device: DMA, unmapped DMA blocked,
+#    MSI through interrupt remapping, map/unmap rate;
+#  - SIGTERM while L1 runs: minivmm stops in order and releases the device;
+#  - without --iommu: L1 has no IOMMU; DMA to the guest-physical address of a locked buffer
+#    lands (all L1 RAM is mapped at IOVA = GPA); the device is taken again after the runs
+#    above, so release works.
+[ -n "$EDU_BDF" ] || { echo "L0 has no edu device bound to vfio-pci"; exit 1; }
+img="$NESTED_WORKDIR/l1-vfio.img"
+l1_initramfs "$img" "$NESTED_DIR/guest/init-iommu" \
+    --module irqbypass --module vfio --module vfio_iommu_type1 --module vfio-pci-core \
+    --module vfio-pci --file "$EDU_VFIO_TEST:/edu-vfio-test"
+img_noiommu="$NESTED_WORKDIR/l1-vfio-noiommu.img"
+l1_initramfs "$img_noiommu" "$NESTED_DIR/guest/init-vfio-noiommu" \
+    --file "$EDU_VFIO_TEST:/edu-vfio-test"
+img_wait="$NESTED_WORKDIR/l1-wait.img"
+l1_initramfs "$img_wait" "$NESTED_DIR/guest/init-wait"
+
+# error CASE PATTERN MINIVMM-ARGS...: minivmm fails at once with one line matching PATTERN.
+error() {
+    local case="$1" pattern="$2" log="$LOGDIR/60-vfio-error-$1.log" rc=0
+    shift 2
+    timeout 60 "$@" > "$log" 2>&1 < /dev/null || rc=$?
+    [ $rc -ne 0 ] && [ $rc -ne 124 ] || { echo "$case: exit status $rc"; return 1; }
+    [ "$(wc -l < "$log")" -eq 1 ] || { echo "$case: not one line: $(cat "$log")"; return 1; }
+    grep -qE "$pattern" "$log" || { echo "$case: unexpected message: $(cat "$log")"; return 1; }
+    echo "error $case: $(cat "$log")"
+}
+k=(--kernel "$BZIMAGE" --initramfs "$img" --memory 256M)
+error no-such-device "PCI device 0000:ff:1f.7 does not exist" "$MINIVMM" "${k[@]}" --vfio ff:1f.7
+error bad-address "is not a PCI address" "$MINIVMM" "${k[@]}" --vfio 00:99.0
+other=""
+for d in /sys/bus/pci/devices/*; do
+    drv=$(basename "$(readlink "$d/driver" 2>/dev/null)" 2>/dev/null)
+    if [ -n "$drv" ] && [ "$drv" != vfio-pci ] && [ "$drv" != pcieport ]; then other=$(basename "$d"); break; fi
+done
+if [ -n "$other" ]; then
+    error wrong-driver "is bound to .*, not vfio-pci; rebind it" "$MINIVMM" "${k[@]}" --vfio "$other"
+fi
+error no-permission "No permission to open /dev/vfio/" \
+    setpriv --reuid=65534 --regid=65534 --clear-groups "$MINIVMM" "${k[@]}" --vfio "$EDU_BDF"
+error caching-mode "needs caching-mode=on" "$MINIVMM" "${k[@]}" --iommu caching-mode=off --vfio "$EDU_BDF"
+
+# Behind the vIOMMU.
+line=$(l1_variant "$LOGDIR/60-vfio-iommu.log" "vfio+iommu" "check_vtd_l1 48 x2apic" \
+    --kernel "$BZIMAGE" --initramfs "$img" --cpus 2 --memory 512M --iommu --vfio "$EDU_BDF" \
+    --cmdline "console=ttyS0 panic=-1 intel_iommu=on") || { echo "$line"; exit 1; }
+echo "$line"
+expect "$LOGDIR/60-vfio-iommu.log" "^MINIVMM-GROUP 0000:00:01.0 0x1234:0x11e8 group=" "1234:11e8 at 00:01.0"
+
+# SIGTERM: an orderly stop (status 128 + 15) that releases the device.
+log="$LOGDIR/60-vfio-sigterm.log"
+"$MINIVMM" --kernel "$BZIMAGE" --initramfs "$img_wait" --memory 256M --vfio "$EDU_BDF" \
+    > "$log" 2>&1 < /dev/null &
+pid=$!
+for _ in $(seq 480); do grep -q "^MINIVMM-L1-UP" "$log" && break; sleep 1; done
+expect "$log" "^MINIVMM-L1-UP" "L1 up before SIGTERM"
+kill -TERM $pid
+rc=0; wait $pid || rc=$?
+[ $rc -eq 143 ] || { echo "SIGTERM: exit status $rc, want 143"; exit 1; }
+expect "$log" "minivmm: stopped by signal 15; devices released" "the stop message"
+echo "sigterm: status 143, device released"
+
+check_noiommu() {
+    expect "$1" "^MINIVMM-EDU 0000:00:01.0" "the edu at 00:01.0" || return 1
+    expect "$1" "^MINIVMM-TEST PASS dma-identity" "DMA at IOVA = GPA" || return 1
+    expect "$1" "^MINIVMM-TEST edu-vfio-test: [0-9]+ passed, 0 failed" "no test failure" || return 1
+    expect "$1" "reboot: Power down" "an ACPI poweroff" || return 1
+    grep -m1 "PASS dma-identity" "$1" | sed 's/^MINIVMM-TEST //'
+}
+
+# Without a vIOMMU (L1 RAM below 256 MiB: QEMU's edu masks DMA addresses to 28 bits).
+line=$(l1_variant "$LOGDIR/60-vfio-noiommu.log" "vfio-noiommu" check_noiommu \
+    --kernel "$BZIMAGE" --initramfs "$img_noiommu" --memory 200M --vfio "$EDU_BDF" \
+    --cmdline "console=ttyS0 panic=-1") || { echo "$line"; exit 1; }
+echo "$line"

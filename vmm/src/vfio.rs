@@ -1,0 +1,139 @@
+//! DMA for passed-through devices: the host VFIO container follows what the guest lets the
+//! device reach. Without an IOMMU, or while the guest's unit passes the device's DMA through,
+//! all guest RAM is mapped at IOVA = GPA; once the guest translates, the container holds exactly
+//! the guest's mappings, fed by the VT-d model's caching-mode notifications.
+
+use std::sync::{Arc, Mutex};
+
+use iommu::{Bdf, MapEvent, Mapping};
+use log::{debug, warn};
+use vfio_ioctls::VfioContainer;
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+use crate::iommu::MapListener;
+
+/// One device's host container and what is mapped in it.
+pub struct VfioDma {
+    container: Arc<VfioContainer>,
+    mem: GuestMemoryMmap,
+    device: String,
+    state: Mutex<DmaState>,
+}
+
+#[derive(Default)]
+struct DmaState {
+    identity: bool,
+    /// Host mappings made for guest mappings (iova, size), for accounting.
+    mappings: usize,
+}
+
+/// Why the container could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("VFIO: mapping guest memory for {0}: {1}")]
+pub struct VfioDmaError(String, vfio_ioctls::VfioError);
+
+impl VfioDma {
+    pub fn new(container: Arc<VfioContainer>, mem: GuestMemoryMmap, device: &str) -> Self {
+        VfioDma {
+            container,
+            mem,
+            device: device.to_string(),
+            state: Mutex::new(DmaState::default()),
+        }
+    }
+
+    /// Maps all guest RAM at IOVA = GPA.
+    pub fn map_identity(&self) -> Result<(), VfioDmaError> {
+        let mut st = lock(&self.state);
+        if st.identity {
+            return Ok(());
+        }
+        // SAFETY: guest RAM is mapped for the life of the VM and only ever accessed through
+        // vm-memory's volatile accessors, never through Rust references, which is what
+        // sharing it with a DMA-capable device requires. The mapping is removed before the
+        // memory goes (unmap_identity, or the container's release at exit).
+        unsafe { self.container.vfio_map_guest_memory(&self.mem) }
+            .map_err(|e| VfioDmaError(self.device.clone(), e))?;
+        st.identity = true;
+        Ok(())
+    }
+
+    fn unmap_identity(&self, st: &mut DmaState) {
+        if !st.identity {
+            return;
+        }
+        if let Err(e) = self.container.vfio_unmap_guest_memory(&self.mem) {
+            warn!("vfio {}: unmapping guest RAM: {e}", self.device);
+        }
+        st.identity = false;
+    }
+
+    /// Maps a guest mapping: each piece of its GPA range that is RAM, at the matching IOVA.
+    fn map(&self, m: &Mapping, st: &mut DmaState) {
+        let mut done = 0u64;
+        while done < m.size {
+            let gpa = GuestAddress(m.gpa + done);
+            let Some(region) = self.mem.find_region(gpa) else {
+                warn!(
+                    "vfio {}: guest mapped IOVA {:#x} to {:#x}, which is not RAM; not mapped",
+                    self.device,
+                    m.iova + done,
+                    gpa.0
+                );
+                return;
+            };
+            let off = gpa.0 - region.start_addr().0;
+            let len = (region.len() - off).min(m.size - done);
+            let Ok(host) = self.mem.get_host_address(gpa) else {
+                return;
+            };
+            // SAFETY: as in map_identity: guest RAM outlives the mapping and is only accessed
+            // volatilely; the range lies within one region, checked above.
+            let r = unsafe {
+                self.container
+                    .vfio_dma_map(m.iova + done, len as usize, host)
+            };
+            match r {
+                Ok(()) => st.mappings += 1,
+                Err(e) => warn!(
+                    "vfio {}: VFIO_IOMMU_MAP_DMA {:#x}+{len:#x}: {e}",
+                    self.device,
+                    m.iova + done
+                ),
+            }
+            done += len;
+        }
+    }
+
+    fn unmap(&self, iova: u64, size: u64, st: &mut DmaState) {
+        match self.container.vfio_dma_unmap(iova, size as usize) {
+            Ok(()) => st.mappings = st.mappings.saturating_sub(1),
+            Err(e) => warn!(
+                "vfio {}: VFIO_IOMMU_UNMAP_DMA {iova:#x}+{size:#x}: {e}",
+                self.device
+            ),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl MapListener for VfioDma {
+    fn map_event(&self, device: Bdf, event: MapEvent) {
+        debug!("vfio {} ({device}): {event:?}", self.device);
+        let mut st = lock(&self.state);
+        match event {
+            MapEvent::PassThrough(true) => {
+                drop(st);
+                if let Err(e) = self.map_identity() {
+                    warn!("{e}");
+                }
+            }
+            MapEvent::PassThrough(false) => self.unmap_identity(&mut st),
+            MapEvent::Map(m) => self.map(&m, &mut st),
+            MapEvent::Unmap { iova, size } => self.unmap(iova, size, &mut st),
+        }
+    }
+}
