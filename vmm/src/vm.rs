@@ -72,7 +72,7 @@ pub enum VmError {
     EventLoop(String),
     #[error("Cannot start a thread: {0}")]
     Thread(std::io::Error),
-    #[error("--vfio {0}")]
+    #[error("--vfio: {0}")]
     HostDevice(#[from] devices::vfio::HostDeviceError),
     #[error(transparent)]
     Vfio(#[from] devices::vfio::VfioPciError),

@@ -360,10 +360,17 @@ mod tests {
         write(&mut m, 12, &0x4041u16.to_le_bytes());
         // Enable, MME, and an attempt to set the read-only MMC and 64-bit bits.
         write(&mut m, 2, &(0xffffu16).to_le_bytes());
-        assert_eq!(m.address, 0x1_fee0_1004, "low two address bits are reserved");
+        assert_eq!(
+            m.address, 0x1_fee0_1004,
+            "low two address bits are reserved"
+        );
         assert_eq!(m.data, 0x4041);
         assert_eq!(m.control, MSI_CTL_64BIT | MSI_CTL_ENABLE | MSI_CTL_MME);
-        assert_eq!(read(&m, 0, 2), vec![0xee, 0xee], "ID and next come from the device");
+        assert_eq!(
+            read(&m, 0, 2),
+            vec![0xee, 0xee],
+            "ID and next come from the device"
+        );
         assert_eq!(read(&m, 12, 2), vec![0x41, 0x40]);
         assert_eq!(m.len(), 14);
     }

@@ -27,7 +27,9 @@ error() {
     [ "$(wc -l < "$log")" -eq 1 ] || { echo "$case: not one line: $(cat "$log")"; return 1; }
     grep -qE "$pattern" "$log" || { echo "$case: unexpected message: $(cat "$log")"; return 1; }
     echo "error $case: $(cat "$log")"
+    errors=$((errors + 1))
 }
+errors=0
 k=(--kernel "$BZIMAGE" --initramfs "$img" --memory 256M)
 error no-such-device "PCI device 0000:ff:1f.7 does not exist" "$MINIVMM" "${k[@]}" --vfio ff:1f.7
 error bad-address "is not a PCI address" "$MINIVMM" "${k[@]}" --vfio 00:99.0
@@ -48,6 +50,7 @@ line=$(l1_variant "$LOGDIR/60-vfio-iommu.log" "vfio+iommu" "check_vtd_l1 48 x2ap
     --kernel "$BZIMAGE" --initramfs "$img" --cpus 2 --memory 512M --iommu --vfio "$EDU_BDF" \
     --cmdline "console=ttyS0 panic=-1 intel_iommu=on") || { echo "$line"; exit 1; }
 echo "$line"
+iommu_line="$line"
 expect "$LOGDIR/60-vfio-iommu.log" "^MINIVMM-GROUP 0000:00:01.0 0x1234:0x11e8 group=" "1234:11e8 at 00:01.0"
 
 # SIGTERM: an orderly stop (status 128 + 15) that releases the device.
@@ -76,3 +79,4 @@ line=$(l1_variant "$LOGDIR/60-vfio-noiommu.log" "vfio-noiommu" check_noiommu \
     --kernel "$BZIMAGE" --initramfs "$img_noiommu" --memory 200M --vfio "$EDU_BDF" \
     --cmdline "console=ttyS0 panic=-1") || { echo "$line"; exit 1; }
 echo "$line"
+echo "$errors error cases; $iommu_line; sigterm ok; $line"
