@@ -137,3 +137,55 @@ impl MapListener for VfioDma {
         }
     }
 }
+
+/// BARs mapped into the guest as KVM memory slots.
+pub struct KvmMmioMapper {
+    vm: Arc<kvm_ioctls::VmFd>,
+    /// Slot numbers in use by BAR mappings (RAM takes the first ones).
+    used: Mutex<Vec<u32>>,
+}
+
+/// First KVM memory slot for BAR mappings; RAM uses slots 0 and 1.
+const FIRST_MMIO_SLOT: u32 = 8;
+
+impl KvmMmioMapper {
+    pub fn new(vm: Arc<kvm_ioctls::VmFd>) -> Self {
+        KvmMmioMapper {
+            vm,
+            used: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn set(&self, slot: u32, gpa: u64, size: u64, host: usize) -> Result<(), kvm_ioctls::Error> {
+        let region = kvm_bindings::kvm_userspace_memory_region {
+            slot,
+            guest_phys_addr: gpa,
+            memory_size: size,
+            userspace_addr: host as u64,
+            flags: 0,
+        };
+        // SAFETY: `host..host + size` is a live mmap() of a VFIO region owned by the device,
+        // which removes the slot (size 0 here) before it unmaps the region; a size of 0 only
+        // deletes the slot.
+        unsafe { self.vm.set_user_memory_region(region) }
+    }
+}
+
+impl devices::vfio::GuestMmioMapper for KvmMmioMapper {
+    fn map(&self, gpa: u64, size: u64, host: usize) -> Result<u32, String> {
+        let mut used = lock(&self.used);
+        let slot = (FIRST_MMIO_SLOT..)
+            .find(|s| !used.contains(s))
+            .ok_or("no free memory slot")?;
+        self.set(slot, gpa, size, host).map_err(|e| e.to_string())?;
+        used.push(slot);
+        Ok(slot)
+    }
+
+    fn unmap(&self, slot: u32) {
+        if let Err(e) = self.set(slot, 0, 0, 0) {
+            warn!("KVM: removing BAR memory slot {slot}: {e}");
+        }
+        lock(&self.used).retain(|s| *s != slot);
+    }
+}

@@ -44,7 +44,7 @@ use crate::layout::*;
 use crate::memory::{self, MemoryError};
 use crate::terminal::RawTerminal;
 use crate::vcpu::{self, VcpuContext, VcpuError};
-use crate::vfio::VfioDma;
+use crate::vfio::{KvmMmioMapper, VfioDma};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -371,6 +371,8 @@ impl Vm {
             lock(&pci).add_device(Arc::new(Mutex::new(dev)), Some(slot))?;
             log::info!("{kind:?} device at {address}");
         }
+        let mmio_mapper: Arc<dyn devices::vfio::GuestMmioMapper> =
+            Arc::new(KvmMmioMapper::new(vm.clone()));
         for (n, host) in hosts.into_iter().enumerate() {
             let slot = u8::try_from(cli.devices.len() + n + 1)
                 .ok()
@@ -378,7 +380,7 @@ impl Vm {
                 .ok_or(PciError::BusFull)?;
             let address = Bdf::new(0, slot, 0);
             let name = host.name.clone();
-            let dev = VfioPciDevice::open(host, address, msi.clone())?;
+            let dev = VfioPciDevice::open(host, address, msi.clone(), Some(mmio_mapper.clone()))?;
             let dma = Arc::new(VfioDma::new(dev.container(), mem.clone(), &name));
             match &iommu {
                 Some(i) => i.track(address, dma),

@@ -18,4 +18,7 @@ pub trait PciDevice: Send {
     fn write_config_register(&mut self, reg_idx: usize, offset: u64, data: &[u8]);
     fn read_bar(&mut self, bar: usize, offset: u64, data: &mut [u8]);
     fn write_bar(&mut self, bar: usize, offset: u64, data: &[u8]);
+    /// Memory BAR `bar` now decodes at `base` (None: decoding stopped). Devices that map BARs
+    /// straight into the guest (VFIO) move the mapping; others need not care.
+    fn bar_moved(&mut self, _bar: usize, _base: Option<u64>) {}
 }

@@ -192,6 +192,12 @@ impl PciRoot {
 
     /// Recomputes the decoded BARs of device `n` from its registers.
     fn refresh(&mut self, n: usize) {
+        let before: Vec<(usize, u64)> = self
+            .mmio
+            .iter()
+            .filter(|d| d.device == n)
+            .map(|d| (d.bar, d.base))
+            .collect();
         self.mmio.retain(|d| d.device != n);
         self.io.retain(|d| d.device != n);
         let Some(Some(slot)) = self.slots.get(n) else {
@@ -221,6 +227,18 @@ impl PciRoot {
                     device: n,
                     bar,
                 });
+            }
+        }
+        // Tell the device where its memory BARs now decode (or that they stopped).
+        for bar in 0..NUM_BARS {
+            let old = before.iter().find(|(b, _)| *b == bar).map(|(_, a)| *a);
+            let new = self
+                .mmio
+                .iter()
+                .find(|d| d.device == n && d.bar == bar)
+                .map(|d| d.base);
+            if old != new {
+                dev.bar_moved(bar, new);
             }
         }
         drop(dev);

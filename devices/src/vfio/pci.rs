@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 
 use iommu::Bdf;
 use log::{info, warn};
-use vfio_bindings::bindings::vfio::VFIO_PCI_CONFIG_REGION_INDEX;
+use std::os::fd::AsRawFd;
+
+use vfio_bindings::bindings::vfio::{VFIO_PCI_CONFIG_REGION_INDEX, VFIO_REGION_INFO_FLAG_MMAP};
 use vfio_ioctls::{VfioContainer, VfioDevice, VfioOps};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -30,6 +32,21 @@ const MSI_CTL_MMC: u16 = 0x7 << 1;
 const MSI_CTL_MME: u16 = 0x7 << 4;
 const MSI_CTL_64BIT: u16 = 1 << 7;
 const MSI_CTL_PVM: u16 = 1 << 8;
+
+/// Maps host memory into the guest-physical address space (the VMM does it with KVM memory
+/// slots), so a BAR's accesses need no exit.
+pub trait GuestMmioMapper: Send + Sync {
+    /// Maps `size` bytes at host address `host` at guest-physical `gpa`; returns a handle.
+    fn map(&self, gpa: u64, size: u64, host: usize) -> Result<u32, String>;
+    fn unmap(&self, handle: u32);
+}
+
+/// A BAR whose VFIO region is mmap()ed, and where (if anywhere) it is mapped in the guest.
+struct MappedBar {
+    host: usize,
+    size: usize,
+    handle: Option<u32>,
+}
 
 /// Why a device could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -117,15 +134,20 @@ pub struct VfioPciDevice {
     trigger: Arc<dyn MsiTrigger>,
     message: Arc<Mutex<Option<MsiMessage>>>,
     relay: Option<MsiRelay>,
+    mapper: Option<Arc<dyn GuestMmioMapper>>,
+    mapped: [Option<MappedBar>; 6],
 }
 
 impl VfioPciDevice {
     /// Opens `host` (already checked) in a container of its own and resets it. Its MSIs go to
     /// `trigger` with requester id `address`.
+    /// With a `mapper`, BARs VFIO lets us mmap() are mapped straight into the guest where it
+    /// places them; the rest are trapped and forwarded.
     pub fn open(
         host: HostDevice,
         address: Bdf,
         trigger: Arc<dyn MsiTrigger>,
+        mapper: Option<Arc<dyn GuestMmioMapper>>,
     ) -> Result<Self, VfioPciError> {
         let container = Arc::new(VfioContainer::new(None).map_err(VfioPciError::Container)?);
         let ops: Arc<dyn VfioOps> = container.clone();
@@ -143,8 +165,13 @@ impl VfioPciDevice {
             trigger,
             message: Arc::new(Mutex::new(None)),
             relay: None,
+            mapper,
+            mapped: Default::default(),
         };
         dev.scan_capabilities();
+        if dev.mapper.is_some() {
+            dev.mmap_bars();
+        }
         info!(
             "vfio: {} (group {}) at guest {}; MSI {}",
             dev.host.name,
@@ -155,6 +182,54 @@ impl VfioPciDevice {
                 .map_or("absent".to_string(), |m| format!("at {:#x}", m.offset))
         );
         Ok(dev)
+    }
+
+    /// mmap()s every BAR region VFIO allows to be mapped whole (page-sized, no sparse areas,
+    /// which is where an MSI-X table would be).
+    fn mmap_bars(&mut self) {
+        for bar in 0..6u32 {
+            let flags = self.device.get_region_flags(bar);
+            let size = self.device.get_region_size(bar);
+            if flags & VFIO_REGION_INFO_FLAG_MMAP == 0
+                || size < 0x1000
+                || !size.is_multiple_of(0x1000)
+                || !self.device.get_region_caps(bar).is_empty()
+            {
+                continue;
+            }
+            let Ok(len) = usize::try_from(size) else {
+                continue;
+            };
+            let Ok(offset) = libc::off_t::try_from(self.device.get_region_offset(bar)) else {
+                continue;
+            };
+            // SAFETY: a fresh shared mapping of the device's region, at an address the kernel
+            // picks; the result is checked, and the mapping is only handed to KVM (never
+            // dereferenced here) and unmapped in Drop.
+            let ptr = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED,
+                    self.device.as_raw_fd(),
+                    offset,
+                )
+            };
+            if ptr == libc::MAP_FAILED {
+                warn!(
+                    "vfio {}: BAR {bar} cannot be mmap()ed ({}); it is trapped",
+                    self.host.name,
+                    std::io::Error::last_os_error()
+                );
+                continue;
+            }
+            self.mapped[bar as usize] = Some(MappedBar {
+                host: ptr as usize,
+                size: len,
+                handle: None,
+            });
+        }
     }
 
     /// The container holding this device's DMA mappings.
@@ -320,12 +395,43 @@ impl PciDevice for VfioPciDevice {
     fn write_bar(&mut self, bar: usize, offset: u64, data: &[u8]) {
         self.device.region_write(bar as u32, data, offset);
     }
+
+    fn bar_moved(&mut self, bar: usize, base: Option<u64>) {
+        let (Some(mapper), Some(Some(m))) = (&self.mapper, self.mapped.get_mut(bar)) else {
+            return;
+        };
+        if let Some(h) = m.handle.take() {
+            mapper.unmap(h);
+        }
+        if let Some(gpa) = base {
+            match mapper.map(gpa, m.size as u64, m.host) {
+                Ok(h) => {
+                    m.handle = Some(h);
+                    info!(
+                        "vfio {}: BAR {bar} mapped into the guest at {gpa:#x}",
+                        self.host.name
+                    );
+                }
+                Err(e) => warn!(
+                    "vfio {}: BAR {bar} at {gpa:#x} not mapped ({e}); it is trapped",
+                    self.host.name
+                ),
+            }
+        }
+    }
 }
 
 impl Drop for VfioPciDevice {
     fn drop(&mut self) {
         if self.relay.take().is_some() {
             let _ = self.device.disable_msi();
+        }
+        for m in self.mapped.iter_mut().flatten() {
+            if let (Some(mapper), Some(h)) = (&self.mapper, m.handle.take()) {
+                mapper.unmap(h);
+            }
+            // SAFETY: `host`/`size` are the mapping made in mmap_bars, no longer in KVM.
+            unsafe { libc::munmap(m.host as *mut libc::c_void, m.size) };
         }
         // Leave the device quiet for whoever takes it next.
         self.device.reset();

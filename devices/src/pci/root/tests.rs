@@ -7,6 +7,7 @@ use crate::pci::host_bridge::HostBridge;
 struct Fake {
     config: PciConfiguration,
     log: Vec<(usize, u64, bool)>,
+    moves: Vec<(usize, Option<u64>)>,
 }
 
 impl Fake {
@@ -48,6 +49,7 @@ impl Fake {
         Fake {
             config,
             log: Vec::new(),
+            moves: Vec::new(),
         }
     }
 }
@@ -65,6 +67,9 @@ impl PciDevice for Fake {
     }
     fn write_bar(&mut self, bar: usize, offset: u64, _data: &[u8]) {
         self.log.push((bar, offset, true));
+    }
+    fn bar_moved(&mut self, bar: usize, base: Option<u64>) {
+        self.moves.push((bar, base));
     }
 }
 
@@ -197,8 +202,19 @@ fn bar_dispatch_follows_relocation_and_memory_enable() {
     ecam.write((1 << 15) | 0x4, &[0x5, 0]);
     win.read(0x1000_0010, &mut b);
     assert_eq!(b, [0xff; 4]);
-    let log = &fake.lock().unwrap().log;
-    assert_eq!(log, &vec![(0, 0x10, false), (0, 0x10, false)]);
+    let f = fake.lock().unwrap();
+    assert_eq!(f.log, vec![(0, 0x10, false), (0, 0x10, false)]);
+    // The device heard of every move of its memory BARs (not of the I/O BAR).
+    assert_eq!(
+        f.moves,
+        vec![
+            (0, Some(0xc000_0000)),
+            (2, Some(0x10_0000_0000)),
+            (0, Some(0xd000_0000)),
+            (0, None),
+            (2, None)
+        ]
+    );
 }
 
 #[test]
