@@ -75,6 +75,13 @@ _start:
         movl $msg_step_ident, %edi
         cmpl $0x010000ed, (%ebx)
         jne fail
+        /* Bus mastering on (firmware leaves it off): command register of 00:01.0. */
+        movl $0x80000804, %eax
+        movw $0xcf8, %dx
+        outl %eax, %dx
+        movw $0xcfc, %dx
+        movw $0x0006, %ax
+        outw %ax, %dx
 
         /* 3. A pattern at BUF, then RAM -> device -> RAM. */
         movl $BUF, %edi

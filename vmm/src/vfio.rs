@@ -3,7 +3,7 @@
 //! all guest RAM is mapped at IOVA = GPA; once the guest translates, the container holds exactly
 //! the guest's mappings, fed by the VT-d model's caching-mode notifications.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use iommu::{Bdf, MapEvent, Mapping};
 use log::{debug, warn};
@@ -18,11 +18,15 @@ pub struct VfioDma {
     mem: GuestMemoryMmap,
     device: String,
     state: Mutex<DmaState>,
+    /// Signalled when a background identity mapping completes.
+    done: Condvar,
 }
 
 #[derive(Default)]
 struct DmaState {
     identity: bool,
+    /// An identity mapping is being made on a background thread.
+    pending: bool,
     /// Host mappings made for guest mappings (iova, size), for accounting.
     mappings: usize,
 }
@@ -39,12 +43,69 @@ impl VfioDma {
             mem,
             device: device.to_string(),
             state: Mutex::new(DmaState::default()),
+            done: Condvar::new(),
         }
+    }
+
+    /// Waits until no background identity mapping is in flight; returns the state.
+    fn settled(&self) -> std::sync::MutexGuard<'_, DmaState> {
+        let mut st = lock(&self.state);
+        while st.pending {
+            st = self.done.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        st
+    }
+
+    /// Starts mapping all guest RAM at IOVA = GPA on a thread of its own (pinning hundreds of
+    /// MiB takes seconds, which the guest spends booting). Everything that changes the
+    /// container, and the device's bus mastering (see `DmaGate`), waits for it.
+    pub fn map_identity_in_background(self: &Arc<Self>) -> Result<(), VfioDmaError> {
+        {
+            let mut st = self.settled();
+            if st.identity {
+                return Ok(());
+            }
+            st.pending = true;
+        }
+        let me = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("vfio-map".into())
+            .spawn(move || {
+                let r = me.map_identity_now();
+                let mut st = lock(&me.state);
+                st.pending = false;
+                match r {
+                    Ok(()) => st.identity = true,
+                    Err(e) => warn!("{e}"),
+                }
+                me.done.notify_all();
+            });
+        if spawned.is_err() {
+            lock(&self.state).pending = false;
+            return self.map_identity();
+        }
+        Ok(())
+    }
+
+    fn map_identity_now(&self) -> Result<(), VfioDmaError> {
+        let start = std::time::Instant::now();
+        // SAFETY: guest RAM is mapped for the life of the VM and only ever accessed through
+        // vm-memory's volatile accessors, never through Rust references, which is what
+        // sharing it with a DMA-capable device requires. The mapping is removed before the
+        // memory goes (unmap_identity, or the container's release at exit).
+        unsafe { self.container.vfio_map_guest_memory(&self.mem) }
+            .map_err(|e| VfioDmaError(self.device.clone(), e))?;
+        log::info!(
+            "vfio {}: guest RAM mapped at IOVA = GPA in {:.1}s",
+            self.device,
+            start.elapsed().as_secs_f64()
+        );
+        Ok(())
     }
 
     /// Maps all guest RAM at IOVA = GPA.
     pub fn map_identity(&self) -> Result<(), VfioDmaError> {
-        let mut st = lock(&self.state);
+        let mut st = self.settled();
         if st.identity {
             return Ok(());
         }
@@ -120,18 +181,31 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+impl devices::vfio::DmaGate for VfioDma {
+    fn wait_ready(&self) {
+        drop(self.settled());
+    }
+}
+
 impl MapListener for VfioDma {
     fn map_event(&self, device: Bdf, event: MapEvent) {
         debug!("vfio {} ({device}): {event:?}", self.device);
-        let mut st = lock(&self.state);
-        match event {
-            MapEvent::PassThrough(true) => {
-                drop(st);
-                if let Err(e) = self.map_identity() {
-                    warn!("{e}");
-                }
+        if event == MapEvent::PassThrough(true) {
+            let st = lock(&self.state);
+            if st.identity || st.pending {
+                return;
             }
-            MapEvent::PassThrough(false) => self.unmap_identity(&mut st),
+            drop(st);
+            // Translation went off or the context became pass-through: the device may DMA
+            // to any GPA from now on.
+            if let Err(e) = self.map_identity() {
+                warn!("{e}");
+            }
+            return;
+        }
+        let mut st = self.settled();
+        match event {
+            MapEvent::PassThrough(_) => self.unmap_identity(&mut st),
             MapEvent::Map(m) => self.map(&m, &mut st),
             MapEvent::Unmap { iova, size } => self.unmap(iova, size, &mut st),
         }

@@ -380,11 +380,15 @@ impl Vm {
                 .ok_or(PciError::BusFull)?;
             let address = Bdf::new(0, slot, 0);
             let name = host.name.clone();
-            let dev = VfioPciDevice::open(host, address, msi.clone(), Some(mmio_mapper.clone()))?;
+            let mut dev =
+                VfioPciDevice::open(host, address, msi.clone(), Some(mmio_mapper.clone()))?;
             let dma = Arc::new(VfioDma::new(dev.container(), mem.clone(), &name));
-            match &iommu {
-                Some(i) => i.track(address, dma),
-                None => dma.map_identity()?,
+            // Guest RAM is mapped for the device's DMA while the guest boots; the guest's
+            // first command register write (bus mastering) waits for it.
+            dma.map_identity_in_background()?;
+            dev.set_dma_gate(dma.clone());
+            if let Some(i) = &iommu {
+                i.track(address, dma);
             }
             lock(&pci).add_device(Arc::new(Mutex::new(dev)), Some(slot))?;
             log::info!("host device {name} at {address}");

@@ -7,8 +7,7 @@ use std::sync::{Arc, Mutex};
 use iommu::Bdf;
 
 use super::configuration::{
-    BarKind, COMMAND_IO, COMMAND_MASTER, COMMAND_MEMORY, NUM_BARS, REG_BAR0, REG_COMMAND_STATUS,
-    REG_INTERRUPT,
+    BarKind, COMMAND_IO, COMMAND_MEMORY, NUM_BARS, REG_BAR0, REG_COMMAND_STATUS, REG_INTERRUPT,
 };
 use super::PciDevice;
 use crate::bus::{lock, BusDevice};
@@ -280,7 +279,7 @@ impl PciRoot {
     }
 
     /// Assigns every BAR an address in `windows` (naturally aligned, 64-bit prefetchable BARs
-    /// above 4 GiB), enables decoding and bus mastering, and fills Interrupt Line with the
+    /// above 4 GiB), enables decoding (not bus mastering), and fills Interrupt Line with the
     /// INTx GSI: what firmware does before booting an OS that does not enumerate PCI.
     pub fn assign_resources(&mut self, windows: &Windows) -> Result<(), PciError> {
         let mut next = [windows.io.0, windows.mmio32.0, windows.mmio64.0];
@@ -300,7 +299,9 @@ impl PciRoot {
             // Largest first keeps natural alignment cheap.
             bars.sort_by_key(|b| std::cmp::Reverse(b.1));
             let mut dev = lock(&slot.dev);
-            let mut command = COMMAND_MASTER;
+            // Decoding only: bus mastering is the driver's to enable (as firmware leaves it),
+            // so no device DMAs before its driver asks.
+            let mut command = 0;
             for (bar, size, kind) in bars {
                 let (w, name) = match kind {
                     BarKind::Io => (0, "I/O"),

@@ -6,4 +6,4 @@ pub mod pci;
 mod relay;
 
 pub use host::{check, HostDevice, HostDeviceError};
-pub use pci::{GuestMmioMapper, VfioPciDevice, VfioPciError};
+pub use pci::{DmaGate, GuestMmioMapper, VfioPciDevice, VfioPciError};

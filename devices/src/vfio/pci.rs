@@ -41,6 +41,12 @@ pub trait GuestMmioMapper: Send + Sync {
     fn unmap(&self, handle: u32);
 }
 
+/// What the device waits on before the guest may turn bus mastering on: its DMA mappings
+/// being in place (the VMM may still be making them).
+pub trait DmaGate: Send + Sync {
+    fn wait_ready(&self);
+}
+
 /// A BAR whose VFIO region is mmap()ed, and where (if anywhere) it is mapped in the guest.
 struct MappedBar {
     host: usize,
@@ -136,6 +142,7 @@ pub struct VfioPciDevice {
     relay: Option<MsiRelay>,
     mapper: Option<Arc<dyn GuestMmioMapper>>,
     mapped: [Option<MappedBar>; 6],
+    gate: Option<Arc<dyn DmaGate>>,
 }
 
 impl VfioPciDevice {
@@ -167,6 +174,7 @@ impl VfioPciDevice {
             relay: None,
             mapper,
             mapped: Default::default(),
+            gate: None,
         };
         dev.scan_capabilities();
         if dev.mapper.is_some() {
@@ -230,6 +238,11 @@ impl VfioPciDevice {
                 handle: None,
             });
         }
+    }
+
+    /// Command register writes (bus mastering) wait for `gate` first.
+    pub fn set_dma_gate(&mut self, gate: Arc<dyn DmaGate>) {
+        self.gate = Some(gate);
     }
 
     /// The container holding this device's DMA mappings.
@@ -364,6 +377,12 @@ impl PciDevice for VfioPciDevice {
             return;
         }
         let base = reg_idx * 4 + offset as usize;
+        // Turning bus mastering on waits until the device's DMA mappings are in place.
+        if reg_idx == 1 && offset == 0 && data.first().is_some_and(|c| c & 0x4 != 0) {
+            if let Some(g) = &self.gate {
+                g.wait_ready();
+            }
+        }
         let msi = self.msi_range();
         let hits_msi = msi
             .as_ref()
