@@ -45,13 +45,18 @@ error no-permission "No permission to open /dev/vfio/" \
     setpriv --reuid=65534 --regid=65534 --clear-groups "$MINIVMM" "${k[@]}" --vfio "$EDU_BDF"
 error caching-mode "needs caching-mode=on" "$MINIVMM" "${k[@]}" --iommu caching-mode=off --vfio "$EDU_BDF"
 
-# Behind the vIOMMU.
+# Behind the vIOMMU (with minivmm's info log, to see the BAR and RAM mappings).
+export RUST_LOG=info,vfio_ioctls=error
 line=$(l1_variant "$LOGDIR/60-vfio-iommu.log" "vfio+iommu" "check_vtd_l1 48 x2apic" \
     --kernel "$BZIMAGE" --initramfs "$img" --cpus 2 --memory 512M --iommu --vfio "$EDU_BDF" \
     --cmdline "console=ttyS0 panic=-1 intel_iommu=on") || { echo "$line"; exit 1; }
 echo "$line"
 iommu_line="$line"
+unset RUST_LOG
 expect "$LOGDIR/60-vfio-iommu.log" "^MINIVMM-GROUP 0000:00:01.0 0x1234:0x11e8 group=" "1234:11e8 at 00:01.0"
+expect "$LOGDIR/60-vfio-iommu.log" "vfio 0000:..:..\..: BAR 0 mapped into the guest at 0x" "BAR 0 as a KVM memory slot"
+expect "$LOGDIR/60-vfio-iommu.log" "guest RAM mapped at IOVA = GPA in" "the background identity mapping"
+expect "$LOGDIR/60-vfio-iommu.log" "reset and released" "the device released at exit"
 
 # SIGTERM: an orderly stop (status 128 + 15) that releases the device.
 log="$LOGDIR/60-vfio-sigterm.log"
