@@ -19,9 +19,11 @@ use clap::Parser;
 
 fn main() {
     // Diagnostics go to stderr; RUST_LOG=info (or debug) shows more.
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn,vfio_ioctls=error"))
-        .format_timestamp_millis()
-        .init();
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("warn,vfio_ioctls=error"),
+    )
+    .format_timestamp_millis()
+    .init();
     let cli = cli::Cli::parse();
     let code = match vm::Vm::build(&cli).and_then(vm::Vm::run) {
         Ok(reason) => {
