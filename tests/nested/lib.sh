@@ -7,15 +7,17 @@ l1_initramfs() {
     "$NESTED_DIR/mk-initramfs.sh" "$@" 2>/dev/null
 }
 
-# run_l1 LOG TIMEOUT [minivmm args...]: runs minivmm, console and stderr to LOG; returns its
-# exit status (124 on timeout).
+# run_l1 LOG TIMEOUT [minivmm args...]: runs minivmm with the guest console in LOG and its own
+# stderr appended after it (kept apart while it runs, so log lines cannot split console lines);
+# returns its exit status (124 on timeout).
 run_l1() {
     local log="$1" t="$2"; shift 2
     set +e
-    timeout -k 5 "$t" "$MINIVMM" "$@" > "$log" 2>&1 < /dev/null
+    timeout -k 5 "$t" "$MINIVMM" "$@" > "$log" 2> "$log.stderr" < /dev/null
     local rc=$?
     set -e
-    echo "minivmm exited $rc" >> "$log"
+    { echo "--- minivmm stderr"; cat "$log.stderr"; echo "minivmm exited $rc"; } >> "$log"
+    rm -f "$log.stderr"
     return $rc
 }
 
