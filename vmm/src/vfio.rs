@@ -150,10 +150,7 @@ impl VfioDma {
             };
             // SAFETY: as in map_identity: guest RAM outlives the mapping and is only accessed
             // volatilely; the range lies within one region, checked above.
-            let r = unsafe {
-                self.container
-                    .vfio_dma_map(m.iova + done, len as usize, host)
-            };
+            let r = unsafe { map_dma(&self.container, m.iova + done, len, host, m.read, m.write) };
             match r {
                 Ok(()) => st.mappings += 1,
                 Err(e) => warn!(
@@ -175,6 +172,48 @@ impl VfioDma {
             ),
         }
     }
+}
+
+/// VFIO_IOMMU_MAP_DMA (linux/vfio.h) with the guest's permissions: vfio-ioctls only maps
+/// read-write, and a page the guest gave the device read-only must stay so.
+const VFIO_IOMMU_MAP_DMA: libc::c_ulong = 0x3b71; // _IO(';', 100 + 13)
+
+/// # Safety
+/// `host..host + size` must stay mapped, and only be accessed volatilely, until unmapped.
+unsafe fn map_dma(
+    container: &VfioContainer,
+    iova: u64,
+    size: u64,
+    host: *mut u8,
+    read: bool,
+    write: bool,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use vfio_bindings::bindings::vfio::{
+        vfio_iommu_type1_dma_map, VFIO_DMA_MAP_FLAG_READ, VFIO_DMA_MAP_FLAG_WRITE,
+    };
+    let mut flags = 0;
+    if read {
+        flags |= VFIO_DMA_MAP_FLAG_READ;
+    }
+    if write {
+        flags |= VFIO_DMA_MAP_FLAG_WRITE;
+    }
+    let map = vfio_iommu_type1_dma_map {
+        argsz: std::mem::size_of::<vfio_iommu_type1_dma_map>() as u32,
+        flags,
+        vaddr: host as u64,
+        iova,
+        size,
+    };
+    // SAFETY: the container fd is open for the life of `container`; the argument is a valid,
+    // fully initialised vfio_iommu_type1_dma_map the kernel only reads; the memory contract is
+    // the caller's.
+    let ret = unsafe { libc::ioctl(container.as_raw_fd(), VFIO_IOMMU_MAP_DMA, &map) };
+    if ret != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
