@@ -1,6 +1,6 @@
 # Helpers for nested scenarios (sourced inside L0 by inner-all.sh).
 # Each scenario is tests/nested/scenarios/NN-name.sh, run with bash; exit 0 means pass.
-# Available: $MINIVMM, $BZIMAGE, $MODDIR, $EDU_BDF, $NESTED_DIR, $NESTED_WORKDIR, $LOGDIR.
+# Available: $MINIVMM, $MINIVMM_STATIC, $EDU_VFIO_TEST, $BZIMAGE, $MODDIR, $EDU_BDF, $NESTED_DIR, $NESTED_WORKDIR, $LOGDIR.
 
 # l1_initramfs OUT INIT [mk-initramfs args...]
 l1_initramfs() {

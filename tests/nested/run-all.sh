@@ -6,13 +6,16 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 export MINIVMM="${MINIVMM:-$(cd "$here/../.." && pwd)/target/release/minivmm}"
 [ -x "$MINIVMM" ] || { echo "run-all: $MINIVMM not built (cargo build --release)" >&2; exit 1; }
-# The guest-side VFIO test program, static so it runs in any initramfs.
-if [ -z "${EDU_VFIO_TEST:-}" ]; then
-    (cd "$here/../.." && RUSTFLAGS="-C target-feature=+crt-static" \
-        cargo build --release --quiet -p edu-vfio-test --target x86_64-unknown-linux-gnu)
-    EDU_VFIO_TEST="$(cd "$here/../.." && pwd)/target/x86_64-unknown-linux-gnu/release/edu-vfio-test"
+# The guest-side VFIO test program and the minivmm L1 runs for L2, static so they run in any
+# initramfs.
+root="$(cd "$here/../.." && pwd)"
+if [ -z "${EDU_VFIO_TEST:-}" ] || [ -z "${MINIVMM_STATIC:-}" ]; then
+    (cd "$root" && RUSTFLAGS="-C target-feature=+crt-static" \
+        cargo build --release --quiet -p edu-vfio-test -p minivmm --target x86_64-unknown-linux-gnu)
+    EDU_VFIO_TEST="$root/target/x86_64-unknown-linux-gnu/release/edu-vfio-test"
+    MINIVMM_STATIC="$root/target/x86_64-unknown-linux-gnu/release/minivmm"
 fi
-export EDU_VFIO_TEST
+export EDU_VFIO_TEST MINIVMM_STATIC
 # The idle payload L0 keeps running during the suite (see tests/payloads/idle.S).
 work="$here/work"
 mkdir -p "$work"
