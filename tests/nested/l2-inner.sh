@@ -4,11 +4,11 @@
 set -euo pipefail
 : "${MINIVMM_STATIC:?}" "${EDU_BDF:?}" "${EDU_VFIO_TEST:?}"
 tmp="${TMPDIR:-/tmp}/l2"; mkdir -p "$tmp"
-mods=(--module irqbypass --module vfio --module vfio_iommu_type1 --module vfio-pci-core --module vfio-pci)
-"$NESTED_DIR/mk-initramfs.sh" "$tmp/l2.img" "$NESTED_DIR/guest/init-iommu" "${mods[@]}" \
-    --file "$EDU_VFIO_TEST:/edu-vfio-test" 2>/dev/null
+vfio=(--module vfio --module vfio_iommu_type1 --module vfio-pci-core --module vfio-pci)
+"$NESTED_DIR/mk-initramfs.sh" "$tmp/l2.img" "$NESTED_DIR/guest/init-iommu" --module irqbypass \
+    "${vfio[@]}" --file "$EDU_VFIO_TEST:/edu-vfio-test" 2>/dev/null
 "$NESTED_DIR/mk-initramfs.sh" "$tmp/l1.img" "$NESTED_DIR/guest/init-l1-host" \
-    --module irqbypass --module kvm --module ccp --module kvm-amd "${mods[@]}" \
+    --module irqbypass --module kvm --module ccp --module kvm-amd "${vfio[@]}" \
     --file "$MINIVMM_STATIC:/minivmm" --file "$BZIMAGE:/bzImage" --file "$tmp/l2.img:/l2.img" 2>/dev/null
 log="$NESTED_WORKDIR/logs/l2-demo.log"
 mkdir -p "$(dirname "$log")"

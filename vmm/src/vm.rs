@@ -115,14 +115,13 @@ impl EoiHandler for IoapicEoi {
     }
 }
 
-/// Stdout, flushed after every write so the console streams.
+/// Stdout. Rust's stdout is line-buffered, so a line costs one write(2), not one per
+/// character; the event loop flushes partial lines (prompts, echoed keys) every tick.
 struct Console;
 
 impl Write for Console {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let mut out = std::io::stdout().lock();
-        out.write_all(buf)?;
-        out.flush()?;
+        std::io::stdout().lock().write_all(buf)?;
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -567,12 +566,13 @@ impl Vm {
                 signalled = Some(StopReason::Signal(sig));
                 break;
             }
-            em.run_with_timeout(if self.coalesced.is_some() { 2 } else { 50 })
+            em.run_with_timeout(if self.coalesced.is_some() { 2 } else { 10 })
                 .map_err(|e| VmError::EventLoop(format!("{e:?}")))?;
             if let Some(r) = &self.coalesced {
                 // Idle vCPUs do not exit: what they printed is flushed from here.
                 r.drain(&self.pio);
             }
+            let _ = std::io::stdout().flush();
             if let Some(h) = &stdin {
                 lock(h).flush_pending();
             }
@@ -583,6 +583,7 @@ impl Vm {
         if let Some(r) = &self.coalesced {
             r.drain(&self.pio);
         }
+        let _ = std::io::stdout().flush();
         log::info!(
             "state at exit:\n{}",
             state_dump(&self.ioapic, self.iommu.as_deref())

@@ -4,14 +4,18 @@
 # vIOMMUs, unmapped DMA blocked, MSI through two levels of interrupt remapping.
 [ -n "$EDU_BDF" ] || { echo "L0 has no edu device bound to vfio-pci"; exit 1; }
 [ -x "${MINIVMM_STATIC:-}" ] || { echo "MINIVMM_STATIC (a static minivmm for L1) is not set"; exit 1; }
-mods=(--module irqbypass --module vfio --module vfio_iommu_type1 --module vfio-pci-core --module vfio-pci)
+vfio=(--module vfio --module vfio_iommu_type1 --module vfio-pci-core --module vfio-pci)
 l2img="$NESTED_WORKDIR/l2.img"
-l1_initramfs "$l2img" "$NESTED_DIR/guest/init-iommu" "${mods[@]}" --file "$EDU_VFIO_TEST:/edu-vfio-test"
+l1_initramfs "$l2img" "$NESTED_DIR/guest/init-iommu" --module irqbypass "${vfio[@]}" \
+    --file "$EDU_VFIO_TEST:/edu-vfio-test"
 img="$NESTED_WORKDIR/l1-host.img"
-l1_initramfs "$img" "$NESTED_DIR/guest/init-l1-host" --module kvm --module ccp --module kvm-amd \
-    "${mods[@]}" --file "$MINIVMM_STATIC:/minivmm" --file "$BZIMAGE:/bzImage" --file "$l2img:/l2.img"
+# Load order matters: irqbypass before kvm, ccp before kvm-amd.
+l1_initramfs "$img" "$NESTED_DIR/guest/init-l1-host" --module irqbypass --module kvm --module ccp \
+    --module kvm-amd "${vfio[@]}" --file "$MINIVMM_STATIC:/minivmm" --file "$BZIMAGE:/bzImage" \
+    --file "$l2img:/l2.img"
 
 check_l2() {
+    reject "$1" "^MINIVMM-INSMOD-FAILED" "a module load failure in L1" || return 1
     expect "$1" "^MINIVMM-L1-KVM ok" "/dev/kvm in L1" || return 1
     expect "$1" "^MINIVMM-L1-EDU .* driver=vfio-pci" "the device on L1's vfio-pci" || return 1
     expect "$1" "^L2\| .*DMAR-IR: Enabled IRQ remapping in x2apic mode" "interrupt remapping in L2" || return 1
