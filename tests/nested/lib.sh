@@ -41,7 +41,11 @@ reject() {
 # behind by cross-CPU code patching (text_poke_bp), seen in L0 and L1 alike under multi-threaded
 # TCG with nested SVM. Scenarios retry a run once when it shows this, and say so.
 lab_flake() {
-    grep -q "Oops: int3" "$1"
+    grep -q "Oops: int3" "$1" && return 0
+    # An L1 that triple-faults early in boot: seen in about one run in eight with a VFIO
+    # device passed through and 512 MiB or more, never twice in a row; not diagnosed (see the
+    # README's lab notes). A genuine fault would fail the retry too.
+    grep -q "minivmm: the guest triple-faulted" "$1" && grep -q -- "--vfio" <<< "${LAB_ARGS:-}"
 }
 
 # check_vtd_l1 AW MODE [emulated] LOG: the checks every VT-d L1 run shares (init-iommu's output).
@@ -89,6 +93,7 @@ check_vtd_l1() {
 l1_variant() {
     local log="$1" name="$2" check="$3" out rc note=""
     shift 3
+    local LAB_ARGS="$*"
     for attempt in 1 2; do
         rc=0
         run_l1 "$log" 480 "$@" || rc=$?
@@ -98,7 +103,7 @@ l1_variant() {
         fi
         if [ $attempt = 1 ] && lab_flake "$log"; then
             mv "$log" "${log%.log}-flake.log"
-            note=" (retried once after the lab's int3 flake)"
+            note=" (retried once after a lab flake: $(grep -m1 -oE "Oops: int3|triple-faulted" "${log%.log}-flake.log"))"
             continue
         fi
         [ $rc -eq 0 ] || out="minivmm exited $rc"
