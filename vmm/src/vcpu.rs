@@ -162,8 +162,6 @@ fn set_lvt_mode(regs: &mut [std::os::raw::c_char], offset: usize, mode: u32) {
 /// What a vCPU thread shares with the rest of the VMM.
 pub struct VcpuContext {
     pub pio: Bus,
-    /// Coalesced port writes, applied before each exit is handled.
-    pub coalesced: Option<Arc<crate::coalesced::CoalescedRing>>,
     pub mmio: Bus,
     pub eoi: Arc<dyn EoiHandler + Send + Sync>,
     pub stop: Arc<AtomicBool>,
@@ -206,9 +204,6 @@ pub fn run(mut vcpu: VcpuFd, id: u32, ctx: &VcpuContext) {
                 return;
             }
         };
-        if let Some(r) = &ctx.coalesced {
-            r.drain(&ctx.pio);
-        }
         if let Action::Stop(reason) = handle_exit(exit, &ctx.pio, &ctx.mmio, ctx.eoi.as_ref()) {
             let _ = ctx.stopped.send(reason);
             return;

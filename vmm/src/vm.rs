@@ -35,7 +35,6 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::cli::{Cli, DeviceKind, SerialMode};
-use crate::coalesced::CoalescedRing;
 use crate::control::VmControl;
 use crate::event_loop::{StdinHandler, StopHandler};
 use crate::exit::{EoiHandler, StopReason};
@@ -115,13 +114,14 @@ impl EoiHandler for IoapicEoi {
     }
 }
 
-/// Stdout. Rust's stdout is line-buffered, so a line costs one write(2), not one per
-/// character; the event loop flushes partial lines (prompts, echoed keys) every tick.
+/// Stdout, flushed after every write so the console streams.
 struct Console;
 
 impl Write for Console {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        std::io::stdout().lock().write_all(buf)?;
+        let mut out = std::io::stdout().lock();
+        out.write_all(buf)?;
+        out.flush()?;
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -133,7 +133,6 @@ impl Write for Console {
 pub struct Vm {
     vm: Arc<VmFd>,
     vcpus: Vec<kvm_ioctls::VcpuFd>,
-    coalesced: Option<Arc<CoalescedRing>>,
     _mem: GuestMemoryMmap,
     pio: Bus,
     mmio: Bus,
@@ -457,28 +456,9 @@ impl Vm {
             vcpu::configure(&fd, id, cli.cpus, &supported, (id == 0).then_some(&boot))?;
             vcpus.push(fd);
         }
-        // The UART's data register: characters the guest prints wait in KVM's coalesced ring
-        // instead of exiting one by one (reads of the port still exit).
-        let coalesced = match (&serial, vcpus.first()) {
-            (Some(_), Some(v)) if kvm.check_extension(kvm_ioctls::Cap::CoalescedPio) => {
-                match vm
-                    .register_coalesced_mmio(kvm_ioctls::IoEventAddress::Pio(COM1_PORT.into()), 1)
-                    .map_err(std::io::Error::from)
-                    .and_then(|()| CoalescedRing::map(v))
-                {
-                    Ok(r) => Some(Arc::new(r)),
-                    Err(e) => {
-                        log::warn!("coalesced port I/O unavailable: {e}");
-                        None
-                    }
-                }
-            }
-            _ => None,
-        };
         Ok(Vm {
             vm,
             vcpus,
-            coalesced,
             _mem: mem,
             pio,
             mmio,
@@ -518,7 +498,6 @@ impl Vm {
         let stop = Arc::new(AtomicBool::new(false));
         let ctx = Arc::new(VcpuContext {
             pio: self.pio.clone(),
-            coalesced: self.coalesced.clone(),
             mmio: self.mmio.clone(),
             eoi: Arc::new(IoapicEoi(self.ioapic.clone())),
             stop: stop.clone(),
@@ -566,13 +545,8 @@ impl Vm {
                 signalled = Some(StopReason::Signal(sig));
                 break;
             }
-            em.run_with_timeout(if self.coalesced.is_some() { 2 } else { 10 })
+            em.run_with_timeout(50)
                 .map_err(|e| VmError::EventLoop(format!("{e:?}")))?;
-            if let Some(r) = &self.coalesced {
-                // Idle vCPUs do not exit: what they printed is flushed from here.
-                r.drain(&self.pio);
-            }
-            let _ = std::io::stdout().flush();
             if let Some(h) = &stdin {
                 lock(h).flush_pending();
             }
@@ -580,10 +554,6 @@ impl Vm {
                 eprint!("{}", state_dump(&self.ioapic, self.iommu.as_deref()));
             }
         }
-        if let Some(r) = &self.coalesced {
-            r.drain(&self.pio);
-        }
-        let _ = std::io::stdout().flush();
         log::info!(
             "state at exit:\n{}",
             state_dump(&self.ioapic, self.iommu.as_deref())
