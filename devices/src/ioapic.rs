@@ -14,7 +14,7 @@ use iommu::Bdf;
 use log::warn;
 
 use crate::bus::{lock, BusDevice};
-use crate::interrupt::{IrqLine, MsiMessage, MsiTrigger};
+use crate::interrupt::{IrqLine, MsiMessage, MsiTrigger, Resample};
 
 /// Number of redirection entries (pins).
 pub const NUM_PINS: usize = 24;
@@ -57,6 +57,8 @@ pub struct Ioapic {
     line: [bool; NUM_PINS],
     source: Bdf,
     msi: Arc<dyn MsiTrigger>,
+    /// Pins whose source wants to hear of EOIs (passed-through INTx).
+    resample: [Option<Arc<dyn Resample>>; NUM_PINS],
 }
 
 impl Ioapic {
@@ -70,6 +72,20 @@ impl Ioapic {
             line: [false; NUM_PINS],
             source,
             msi,
+            resample: std::array::from_fn(|_| None),
+        }
+    }
+
+    /// Makes `pin` resampled: when the guest EOIs its level-triggered interrupt the line is
+    /// lowered and `r` is told, so the source can assert it again if it still needs service.
+    /// Returns false for a pin that does not exist.
+    pub fn set_resample(&mut self, pin: usize, r: Option<Arc<dyn Resample>>) -> bool {
+        match self.resample.get_mut(pin) {
+            Some(slot) => {
+                *slot = r;
+                true
+            }
+            None => false,
         }
     }
 
@@ -124,7 +140,8 @@ impl Ioapic {
     }
 
     /// A local APIC EOIed `vector` (KVM_EXIT_IOAPIC_EOI): clears Remote IRR of matching
-    /// level-triggered entries and re-delivers those whose line is still asserted.
+    /// level-triggered entries, lowers and resamples resampled pins, and re-delivers those
+    /// whose line is still asserted.
     pub fn end_of_interrupt(&mut self, vector: u8) {
         for pin in 0..NUM_PINS {
             let e = self.rte[pin];
@@ -133,6 +150,10 @@ impl Ioapic {
                 && (e & RTE_VECTOR_MASK) as u8 == vector
             {
                 self.rte[pin] &= !RTE_REMOTE_IRR;
+                if let Some(r) = &self.resample[pin] {
+                    self.line[pin] = false;
+                    r.resample();
+                }
                 if self.line[pin] {
                     self.deliver(pin);
                 }

@@ -110,6 +110,37 @@ fn ioapic_level_sets_remote_irr_until_eoi() {
     assert_eq!(m.data, 0x41 | (1 << 15) | (1 << 14));
 }
 
+#[derive(Default)]
+struct Resamples(std::sync::atomic::AtomicU32);
+
+impl Resample for Resamples {
+    fn resample(&self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn ioapic_resampled_pin_eoi_lowers_line_and_resamples() {
+    let (mut io, rec) = setup();
+    let r = Arc::new(Resamples::default());
+    assert!(io.set_resample(17, Some(r.clone())));
+    program(&mut io, 17, RTE_TRIGGER_LEVEL | 0x51);
+    io.set_irq(17, true);
+    assert_eq!(sent(&rec), 1);
+    io.end_of_interrupt(0x51);
+    assert_eq!(r.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(sent(&rec), 1, "the line was lowered: no re-delivery at EOI");
+    io.set_irq(17, true);
+    assert_eq!(sent(&rec), 2, "the source asserts again after resampling");
+    io.end_of_interrupt(0x52);
+    assert_eq!(
+        r.0.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "other vectors do not resample"
+    );
+    assert!(!io.set_resample(NUM_PINS, None));
+}
+
 #[test]
 fn ioapic_eoi_of_other_vector_keeps_remote_irr() {
     let (mut io, rec) = setup();
