@@ -1,42 +1,91 @@
-//! MSI delivery into KVM: `KVM_SIGNAL_MSI` for each interrupt, and GSI routes that tell KVM's
-//! split irqchip which IOAPIC vectors are level-triggered (so their EOIs exit to userspace).
+//! MSI delivery into KVM: `KVM_SIGNAL_MSI` for each interrupt the VMM sends, GSI routes that
+//! tell KVM's split irqchip which IOAPIC vectors are level-triggered (so their EOIs exit to
+//! userspace), and irqfds on GSI routes of their own for passed-through devices' vectors.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 
 use devices::bus::lock;
-use devices::interrupt::{InterruptError, MsiMessage, MsiTrigger};
+use devices::interrupt::{InterruptError, IrqfdRouting, MsiMessage, MsiTrigger};
 use kvm_bindings::{kvm_irq_routing_entry, kvm_msi, KvmIrqRouting, KVM_IRQ_ROUTING_MSI};
 use kvm_ioctls::VmFd;
 use log::warn;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::layout::IOAPIC_NUM_PINS;
+
+/// GSIs for irqfds: after the IOAPIC's pins, up to this many routes in all (KVM's
+/// KVM_MAX_IRQ_ROUTES is 4096; the table is rewritten whole on each change, so keep it
+/// modest).
+const MAX_GSI: u32 = 1024;
+
+/// GSI routes and irqfds.
+#[derive(Default)]
+struct Routes {
+    entries: BTreeMap<u32, kvm_irq_routing_entry>,
+    /// Eventfd (by descriptor number) -> its GSI.
+    irqfds: HashMap<RawFd, u32>,
+}
 
 /// Sends MSIs through KVM.
 pub struct KvmMsi {
     vm: Arc<VmFd>,
-    routes: Mutex<BTreeMap<u32, kvm_irq_routing_entry>>,
+    routes: Mutex<Routes>,
 }
 
 impl KvmMsi {
     pub fn new(vm: Arc<VmFd>) -> Self {
         KvmMsi {
             vm,
-            routes: Mutex::new(BTreeMap::new()),
+            routes: Mutex::new(Routes::default()),
         }
     }
 
-    fn set_routes(&self, routes: &BTreeMap<u32, kvm_irq_routing_entry>) {
+    fn set_routes(&self, routes: &BTreeMap<u32, kvm_irq_routing_entry>) -> bool {
         let entries: Vec<kvm_irq_routing_entry> = routes.values().copied().collect();
         let table = match KvmIrqRouting::from_entries(&entries) {
             Ok(t) => t,
             Err(e) => {
                 warn!("cannot build the GSI routing table: {e:?}");
-                return;
+                return false;
             }
         };
         if let Err(e) = self.vm.set_gsi_routing(&table) {
             warn!("KVM_SET_GSI_ROUTING failed: {e}");
+            return false;
         }
+        true
     }
+
+    /// Current routes: (GSI, address, data) of each irqfd route, for the state dump.
+    pub fn irqfd_routes(&self) -> Vec<(u32, u64, u32)> {
+        let r = lock(&self.routes);
+        let mut v: Vec<(u32, u64, u32)> = r
+            .irqfds
+            .values()
+            .filter_map(|g| r.entries.get(g))
+            .map(|e| {
+                // SAFETY: every entry in the table was built by msi_route.
+                let m = unsafe { e.u.msi };
+                (
+                    e.gsi,
+                    (u64::from(m.address_hi) << 32) | u64::from(m.address_lo),
+                    m.data,
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+/// Whether `e` (built by msi_route) already sends `msg`.
+fn same_message(e: &kvm_irq_routing_entry, msg: &MsiMessage) -> bool {
+    // SAFETY: every entry in the table was built by msi_route, so `msi` is the active member.
+    let o = unsafe { e.u.msi };
+    (o.address_lo, o.address_hi, o.data)
+        == (msg.address as u32, (msg.address >> 32) as u32, msg.data)
 }
 
 /// A KVM MSI from a message (address bits 63:32 carry x2APIC destination bits 31:8 when KVM's
@@ -74,16 +123,65 @@ impl MsiTrigger for KvmMsi {
         let gsi = pin as u32;
         let mut routes = lock(&self.routes);
         let changed = match msg {
-            Some(m) => routes.insert(gsi, msi_route(gsi, &m)).is_none_or(|old| {
-                // SAFETY: `old` was built by msi_route, so the msi member is the active one.
-                let o = unsafe { old.u.msi };
-                (o.address_lo, o.address_hi, o.data)
-                    != (m.address as u32, (m.address >> 32) as u32, m.data)
-            }),
-            None => routes.remove(&gsi).is_some(),
+            Some(m) => routes
+                .entries
+                .insert(gsi, msi_route(gsi, &m))
+                .is_none_or(|old| !same_message(&old, &m)),
+            None => routes.entries.remove(&gsi).is_some(),
         };
         if changed {
-            self.set_routes(&routes);
+            self.set_routes(&routes.entries);
         }
+    }
+}
+
+impl IrqfdRouting for KvmMsi {
+    fn route(&self, fd: &EventFd, msg: MsiMessage) -> bool {
+        let mut routes = lock(&self.routes);
+        let r = &mut *routes;
+        let (gsi, new) = match r.irqfds.get(&fd.as_raw_fd()) {
+            Some(g) => (*g, false),
+            None => {
+                let free = (IOAPIC_NUM_PINS as u32..MAX_GSI).find(|g| !r.entries.contains_key(g));
+                let Some(g) = free else {
+                    warn!("no free GSI for an irqfd; the interrupt is relayed");
+                    return false;
+                };
+                (g, true)
+            }
+        };
+        if !new && r.entries.get(&gsi).is_some_and(|e| same_message(e, &msg)) {
+            return true;
+        }
+        let old = r.entries.insert(gsi, msi_route(gsi, &msg));
+        if !self.set_routes(&r.entries) {
+            match old {
+                Some(o) => r.entries.insert(gsi, o),
+                None => r.entries.remove(&gsi),
+            };
+            return false;
+        }
+        if new {
+            if let Err(e) = self.vm.register_irqfd(fd, gsi) {
+                warn!("KVM_IRQFD: {e}; the interrupt is relayed");
+                r.entries.remove(&gsi);
+                self.set_routes(&r.entries);
+                return false;
+            }
+            r.irqfds.insert(fd.as_raw_fd(), gsi);
+        }
+        true
+    }
+
+    fn unroute(&self, fd: &EventFd) {
+        let mut routes = lock(&self.routes);
+        let Some(gsi) = routes.irqfds.remove(&fd.as_raw_fd()) else {
+            return;
+        };
+        if let Err(e) = self.vm.unregister_irqfd(fd, gsi) {
+            warn!("KVM_IRQFD (deassign): {e}");
+        }
+        routes.entries.remove(&gsi);
+        self.set_routes(&routes.entries);
     }
 }

@@ -2,33 +2,42 @@
 //! front of KVM's MSI delivery, and DMA for emulated devices through its translation.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use devices::bus::{lock, BusDevice};
 use devices::dma::{DmaAccess, DmaError};
-use devices::interrupt::{InterruptError, MsiMessage, MsiTrigger};
-use devices::ioapic::Ioapic;
+use devices::interrupt::{InterruptError, InterruptRoutes, IrqfdRouting, MsiMessage, MsiTrigger};
 use iommu::{
     Bdf, DmaOutcome, InterruptOutcome, InterruptRequest, InterruptSink, Iova, MapEvent,
     RemappingUnit,
 };
 use log::{debug, warn};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
 
 const PAGE_SIZE: u64 = 0x1000;
 
 /// Who shadows a device's DMA mappings (VFIO): receives the caching-mode events.
 pub trait MapListener: Send + Sync {
     fn map_event(&self, device: Bdf, event: MapEvent);
+
+    /// A line for the state dump (what the listener holds, what it cost).
+    fn summary(&self) -> String {
+        String::new()
+    }
 }
 
 /// The remapping unit and the guest memory its tables live in.
 pub struct Iommu {
     unit: Mutex<RemappingUnit>,
     mem: GuestMemoryMmap,
-    /// The IOAPIC whose level-triggered routes carry remapped messages.
-    ioapic: OnceLock<Arc<Mutex<Ioapic>>>,
+    /// Holders of hypervisor routes derived through interrupt remapping (the IOAPIC's
+    /// level-triggered pins, passed-through devices' vectors).
+    routes: Mutex<Vec<Arc<dyn InterruptRoutes>>>,
     listeners: Mutex<HashMap<Bdf, Arc<dyn MapListener>>>,
+    /// Register writes the guest made and the time spent handling them (invalidations,
+    /// and the map/unmap work they trigger, included).
+    writes: Mutex<(u64, u64)>,
 }
 
 impl Iommu {
@@ -36,8 +45,9 @@ impl Iommu {
         Arc::new(Iommu {
             unit: Mutex::new(unit),
             mem,
-            ioapic: OnceLock::new(),
+            routes: Mutex::new(Vec::new()),
             listeners: Mutex::new(HashMap::new()),
+            writes: Mutex::new((0, 0)),
         })
     }
 
@@ -66,20 +76,34 @@ impl Iommu {
         }
     }
 
-    pub fn attach_ioapic(&self, ioapic: Arc<Mutex<Ioapic>>) {
-        let _ = self.ioapic.set(ioapic);
+    /// Registers routes to recompute when the guest changes interrupt remapping state.
+    pub fn add_interrupt_routes(&self, r: Arc<dyn InterruptRoutes>) {
+        lock(&self.routes).push(r);
     }
 
     /// After the guest changed interrupt remapping state, KVM routes derived from IRTEs
-    /// are recomputed. Called with the unit unlocked (the IOAPIC locks it to remap).
+    /// are recomputed. Called with the unit unlocked (recomputing locks it to remap).
     fn refresh_interrupt_routes(&self) {
-        if let Some(ioapic) = self.ioapic.get() {
-            lock(ioapic).refresh_routes();
+        let routes = lock(&self.routes).clone();
+        for r in routes {
+            r.refresh();
         }
     }
 
     pub fn state_dump(&self) -> String {
-        lock(&self.unit).state_dump()
+        let mut s = lock(&self.unit).state_dump();
+        let (n, ns) = *lock(&self.writes);
+        s += &format!(
+            "  {n} register writes handled, {} us on average\n",
+            ns.checked_div(n).unwrap_or(0) / 1000
+        );
+        let listeners = lock(&self.listeners);
+        let mut devices: Vec<_> = listeners.keys().copied().collect();
+        devices.sort();
+        for d in devices {
+            s += &listeners[&d].summary();
+        }
+        s
     }
 }
 
@@ -92,6 +116,7 @@ impl BusDevice for DrhdRegisters {
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
+        let start = std::time::Instant::now();
         let (events, changed) = {
             let mut unit = lock(&self.0.unit);
             unit.write(&self.0.mem, offset, data);
@@ -105,6 +130,9 @@ impl BusDevice for DrhdRegisters {
         if changed {
             self.0.refresh_interrupt_routes();
         }
+        let mut w = lock(&self.0.writes);
+        w.0 += 1;
+        w.1 += start.elapsed().as_nanos() as u64;
     }
 }
 
@@ -125,10 +153,43 @@ impl InterruptSink for UnitInterrupts {
     }
 }
 
-/// MSI delivery through interrupt remapping, then on to `out` (KVM).
+/// MSI delivery through interrupt remapping, then on to `out` (KVM), and irqfd routes that
+/// hold the remapped message.
 pub struct RemappedMsi {
     pub iommu: Arc<Iommu>,
     pub out: Arc<dyn MsiTrigger>,
+    pub routing: Arc<dyn IrqfdRouting>,
+}
+
+impl RemappedMsi {
+    /// The message `msg` becomes after remapping; None if remapping blocks it (nothing is
+    /// recorded: that happens when it is actually sent).
+    fn peek(&self, msg: &MsiMessage) -> Option<MsiMessage> {
+        match lock(&self.iommu.unit).peek_interrupt(&self.iommu.mem, request(msg)) {
+            InterruptOutcome::Deliver { address, data } => Some(MsiMessage {
+                address,
+                data,
+                ..*msg
+            }),
+            InterruptOutcome::Blocked(_) => None,
+        }
+    }
+}
+
+impl IrqfdRouting for RemappedMsi {
+    fn route(&self, fd: &EventFd, msg: MsiMessage) -> bool {
+        match self.peek(&msg) {
+            Some(m) => self.routing.route(fd, m),
+            None => {
+                self.routing.unroute(fd);
+                false
+            }
+        }
+    }
+
+    fn unroute(&self, fd: &EventFd) {
+        self.routing.unroute(fd);
+    }
 }
 
 fn request(msg: &MsiMessage) -> InterruptRequest {
@@ -154,14 +215,7 @@ impl MsiTrigger for RemappedMsi {
     }
 
     fn ioapic_route_changed(&self, pin: usize, msg: Option<MsiMessage>) {
-        let remapped = msg.and_then(|m| {
-            match lock(&self.iommu.unit).peek_interrupt(&self.iommu.mem, request(&m)) {
-                InterruptOutcome::Deliver { address, data } => {
-                    Some(MsiMessage { address, data, ..m })
-                }
-                InterruptOutcome::Blocked(_) => None,
-            }
-        });
+        let remapped = msg.and_then(|m| self.peek(&m));
         self.out.ioapic_route_changed(pin, remapped);
     }
 }

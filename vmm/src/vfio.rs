@@ -5,12 +5,100 @@
 
 use std::sync::{Arc, Condvar, Mutex};
 
+use devices::interrupt::{IrqfdRouting, MsiTrigger};
+use devices::ioapic::{Ioapic, IoapicPin};
+use devices::pci::{intx_gsi, PciRoot};
+use devices::vfio::{GuestMmioMapper, HostDevice, Interrupts, VfioPciDevice, VfioPciWiring};
 use iommu::{Bdf, MapEvent, Mapping};
 use log::{debug, warn};
 use vfio_ioctls::VfioContainer;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
-use crate::iommu::MapListener;
+use crate::iommu::{Iommu, MapListener};
+use crate::vm::VmError;
+
+/// What passed-through functions are wired to in the VM.
+pub struct Wiring<'a> {
+    pub mem: &'a GuestMemoryMmap,
+    /// MSIs the VMM sends (through interrupt remapping, if any).
+    pub msi: Arc<dyn MsiTrigger>,
+    /// In-KVM delivery of vectors (irqfds), remapped if there is an IOMMU.
+    pub routing: Arc<dyn IrqfdRouting>,
+    pub ioapic: &'a Arc<Mutex<Ioapic>>,
+    pub iommu: Option<&'a Arc<Iommu>>,
+    pub mapper: Arc<dyn GuestMmioMapper>,
+}
+
+/// A passed-through function as the state dump sees it.
+pub struct Attached {
+    name: String,
+    address: Bdf,
+    interrupts: Interrupts,
+    dma: Arc<VfioDma>,
+}
+
+impl Attached {
+    pub fn dump(&self) -> String {
+        format!(
+            "passthrough {} at {}:\n{}  {}",
+            self.name,
+            self.address,
+            self.interrupts.dump(),
+            self.dma.summary()
+        )
+    }
+}
+
+/// Opens `host` and puts it at device `slot` of the root bus: its DMA follows the guest's
+/// IOMMU (or all RAM, without one), its INTx drives the IOAPIC pin the _PRT gives it and is
+/// resampled at EOI, and its vectors are re-routed when the guest invalidates interrupt
+/// entries.
+pub fn attach(
+    pci: &Mutex<PciRoot>,
+    host: &HostDevice,
+    slot: u8,
+    w: &Wiring,
+) -> Result<Attached, VmError> {
+    let address = Bdf::new(0, slot, 0);
+    let (mut dev, container) = VfioPciDevice::open(
+        host,
+        VfioPciWiring {
+            address,
+            trigger: w.msi.clone(),
+            routing: Some(w.routing.clone()),
+            mapper: Some(w.mapper.clone()),
+        },
+    )?;
+    let pin = dev.interrupt_pin();
+    if pin != 0 {
+        let gsi = intx_gsi(slot, pin) as usize;
+        let line = Arc::new(IoapicPin {
+            ioapic: w.ioapic.clone(),
+            pin: gsi,
+        });
+        if dev.wire_intx(line) {
+            lock(w.ioapic).set_resample(gsi, Some(Arc::new(dev.interrupts())));
+        }
+    }
+    let dma = Arc::new(VfioDma::new(container, w.mem.clone(), &host.name));
+    // Guest RAM is mapped for the device's DMA while the guest boots; the guest's first
+    // command register write (bus mastering) waits for it.
+    dma.map_identity_in_background()?;
+    dev.set_dma_gate(dma.clone());
+    if let Some(i) = w.iommu {
+        i.track(address, dma.clone());
+        i.add_interrupt_routes(Arc::new(dev.interrupts()));
+    }
+    let interrupts = dev.interrupts();
+    lock(pci).add_device(Arc::new(Mutex::new(dev)), Some(slot))?;
+    log::info!("host device {} at {address}", host.name);
+    Ok(Attached {
+        name: host.name.clone(),
+        address,
+        interrupts,
+        dma,
+    })
+}
 
 /// One device's host container and what is mapped in it.
 pub struct VfioDma {
@@ -29,6 +117,16 @@ struct DmaState {
     pending: bool,
     /// Host mappings made for guest mappings (iova, size), for accounting.
     mappings: usize,
+    stats: DmaStats,
+}
+
+/// What following the guest's mappings has cost: VFIO calls made and the time spent in them.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DmaStats {
+    pub maps: u64,
+    pub map_ns: u64,
+    pub unmaps: u64,
+    pub unmap_ns: u64,
 }
 
 /// Why the container could not be set up.
@@ -148,9 +246,12 @@ impl VfioDma {
             let Ok(host) = self.mem.get_host_address(gpa) else {
                 return;
             };
+            let t = std::time::Instant::now();
             // SAFETY: as in map_identity: guest RAM outlives the mapping and is only accessed
             // volatilely; the range lies within one region, checked above.
             let r = unsafe { map_dma(&self.container, m.iova + done, len, host, m.read, m.write) };
+            st.stats.maps += 1;
+            st.stats.map_ns += t.elapsed().as_nanos() as u64;
             match r {
                 Ok(()) => st.mappings += 1,
                 Err(e) => warn!(
@@ -164,7 +265,11 @@ impl VfioDma {
     }
 
     fn unmap(&self, iova: u64, size: u64, st: &mut DmaState) {
-        match self.container.vfio_dma_unmap(iova, size as usize) {
+        let t = std::time::Instant::now();
+        let r = self.container.vfio_dma_unmap(iova, size as usize);
+        st.stats.unmaps += 1;
+        st.stats.unmap_ns += t.elapsed().as_nanos() as u64;
+        match r {
             Ok(()) => st.mappings = st.mappings.saturating_sub(1),
             Err(e) => warn!(
                 "vfio {}: VFIO_IOMMU_UNMAP_DMA {iova:#x}+{size:#x}: {e}",
@@ -220,6 +325,24 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+impl VfioDma {
+    /// A line on what the container holds and what keeping it in step has cost.
+    pub fn summary(&self) -> String {
+        let st = lock(&self.state);
+        let avg = |ns: u64, n: u64| ns.checked_div(n).unwrap_or(0) / 1000;
+        format!(
+            "vfio {}: {} host mappings{}; {} VFIO_IOMMU_MAP_DMA (avg {} us), {} VFIO_IOMMU_UNMAP_DMA (avg {} us)\n",
+            self.device,
+            st.mappings,
+            if st.identity { " + all RAM at IOVA = GPA" } else { "" },
+            st.stats.maps,
+            avg(st.stats.map_ns, st.stats.maps),
+            st.stats.unmaps,
+            avg(st.stats.unmap_ns, st.stats.unmaps),
+        )
+    }
+}
+
 impl devices::vfio::DmaGate for VfioDma {
     fn wait_ready(&self) {
         drop(self.settled());
@@ -227,6 +350,10 @@ impl devices::vfio::DmaGate for VfioDma {
 }
 
 impl MapListener for VfioDma {
+    fn summary(&self) -> String {
+        VfioDma::summary(self)
+    }
+
     fn map_event(&self, device: Bdf, event: MapEvent) {
         debug!("vfio {} ({device}): {event:?}", self.device);
         if event == MapEvent::PassThrough(true) {

@@ -16,14 +16,13 @@ use devices::dma::DmaAccess;
 use devices::edu::EduDevice;
 use devices::fw_cfg::{FwCfg, FW_CFG_PORT_SIZE};
 use devices::i8042::{I8042Reset, I8042_BASE, I8042_SIZE};
-use devices::interrupt::MsiTrigger;
+use devices::interrupt::{InterruptRoutes, IrqfdRouting, MsiTrigger};
 use devices::ioapic::{Ioapic, IoapicPin};
 use devices::pci::host_bridge::HostBridge;
 use devices::pci::root::{PciError, Windows};
 use devices::pci::{intx_gsi, PciConfigIo, PciConfigMmio, PciRoot, PciWindow};
 use devices::pvpanic::{PvPanic, PVPANIC_PORT};
 use devices::serial::{SerialDevice, SERIAL_PORT_SIZE};
-use devices::vfio::VfioPciDevice;
 use devices::Bdf;
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use firmware::{BootConfig, BootLayout, BootStructures};
@@ -44,7 +43,7 @@ use crate::layout::*;
 use crate::memory::{self, MemoryError};
 use crate::terminal::RawTerminal;
 use crate::vcpu::{self, VcpuContext, VcpuError};
-use crate::vfio::{KvmMmioMapper, VfioDma};
+use crate::vfio::KvmMmioMapper;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -92,18 +91,43 @@ const KVM_IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
 pub const IOAPIC_ID: u8 = 0;
 pub const IOAPIC_SOURCE: Bdf = Bdf::new(0, 0x1e, 0);
 
-fn state_dump(ioapic: &Mutex<Ioapic>, iommu: Option<&Iommu>) -> String {
-    let mut s = lock(ioapic).dump();
-    if let Some(i) = iommu {
-        s += &i.state_dump();
+/// What the state dump (SIGUSR1, and at exit with RUST_LOG=info) shows.
+struct StateView {
+    ioapic: Arc<Mutex<Ioapic>>,
+    iommu: Option<Arc<Iommu>>,
+    kvm: Arc<KvmMsi>,
+    passthrough: Vec<crate::vfio::Attached>,
+}
+
+impl StateView {
+    fn dump(&self) -> String {
+        let mut s = lock(&self.ioapic).dump();
+        if let Some(i) = &self.iommu {
+            s += &i.state_dump();
+        }
+        for p in &self.passthrough {
+            s += &p.dump();
+        }
+        for (gsi, address, data) in self.kvm.irqfd_routes() {
+            s += &format!("  KVM irqfd route: GSI {gsi} -> {address:#x}/{data:#x}\n");
+        }
+        s
     }
-    s
 }
 
 /// Set by SIGUSR1: print the interrupt and IOMMU state.
 static DUMP_REQUESTED: AtomicBool = AtomicBool::new(false);
 /// Set by SIGTERM, SIGINT or SIGHUP: stop the VM.
 static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+/// The IOAPIC's level-triggered routes, recomputed after interrupt entry invalidations.
+struct IoapicRoutes(Arc<Mutex<Ioapic>>);
+
+impl InterruptRoutes for IoapicRoutes {
+    fn refresh(&self) {
+        lock(&self.0).refresh_routes();
+    }
+}
 
 /// The IOAPIC as the vCPUs' EOI target.
 struct IoapicEoi(Arc<Mutex<Ioapic>>);
@@ -137,7 +161,7 @@ pub struct Vm {
     pio: Bus,
     mmio: Bus,
     ioapic: Arc<Mutex<Ioapic>>,
-    iommu: Option<Arc<Iommu>>,
+    view: StateView,
     serial: Option<Arc<Mutex<SerialDevice>>>,
     stdin: bool,
     control: Arc<VmControl>,
@@ -273,18 +297,24 @@ impl Vm {
 
         let (control, stopped) = VmControl::new().map_err(|e| VmError::EventLoop(e.to_string()))?;
         let control = Arc::new(control);
-        let kvm_msi: Arc<dyn MsiTrigger> = Arc::new(KvmMsi::new(vm.clone()));
+        let kvm_routes: Arc<KvmMsi> = Arc::new(KvmMsi::new(vm.clone()));
+        let kvm_msi: Arc<dyn MsiTrigger> = kvm_routes.clone();
         let iommu = cli.iommu.map(|cfg| {
             let unit = iommu::RemappingUnit::new(cfg, Box::new(UnitInterrupts(kvm_msi.clone())));
             Iommu::new(unit, mem.clone())
         });
-        // With an IOMMU every interrupt passes interrupt remapping on its way to KVM.
-        let msi: Arc<dyn MsiTrigger> = match &iommu {
-            Some(i) => Arc::new(RemappedMsi {
-                iommu: i.clone(),
-                out: kvm_msi.clone(),
-            }),
-            None => kvm_msi.clone(),
+        // With an IOMMU every interrupt passes interrupt remapping on its way to KVM, and
+        // irqfd routes hold remapped messages.
+        let (msi, routing): (Arc<dyn MsiTrigger>, Arc<dyn IrqfdRouting>) = match &iommu {
+            Some(i) => {
+                let r = Arc::new(RemappedMsi {
+                    iommu: i.clone(),
+                    out: kvm_msi.clone(),
+                    routing: kvm_routes.clone(),
+                });
+                (r.clone(), r)
+            }
+            None => (kvm_msi.clone(), kvm_routes.clone()),
         };
         let ioapic = Arc::new(Mutex::new(Ioapic::new(
             IOAPIC_ID,
@@ -296,7 +326,7 @@ impl Vm {
         let mut mmio = Bus::new();
         mmio.insert(IOAPIC_START, IOAPIC_SIZE, ioapic.clone())?;
         if let Some(i) = &iommu {
-            i.attach_ioapic(ioapic.clone());
+            i.add_interrupt_routes(Arc::new(IoapicRoutes(ioapic.clone())));
             mmio.insert(
                 DRHD_START,
                 DRHD_SIZE,
@@ -371,27 +401,21 @@ impl Vm {
             lock(&pci).add_device(Arc::new(Mutex::new(dev)), Some(slot))?;
             log::info!("{kind:?} device at {address}");
         }
-        let mmio_mapper: Arc<dyn devices::vfio::GuestMmioMapper> =
-            Arc::new(KvmMmioMapper::new(vm.clone()));
-        for (n, host) in hosts.into_iter().enumerate() {
+        let wiring = crate::vfio::Wiring {
+            mem: &mem,
+            msi: msi.clone(),
+            routing,
+            ioapic: &ioapic,
+            iommu: iommu.as_ref(),
+            mapper: Arc::new(KvmMmioMapper::new(vm.clone())),
+        };
+        let mut passthrough = Vec::new();
+        for (n, host) in hosts.iter().enumerate() {
             let slot = u8::try_from(cli.devices.len() + n + 1)
                 .ok()
                 .filter(|s| usize::from(*s) < devices::pci::root::NUM_DEVICES)
                 .ok_or(PciError::BusFull)?;
-            let address = Bdf::new(0, slot, 0);
-            let name = host.name.clone();
-            let mut dev =
-                VfioPciDevice::open(host, address, msi.clone(), Some(mmio_mapper.clone()))?;
-            let dma = Arc::new(VfioDma::new(dev.container(), mem.clone(), &name));
-            // Guest RAM is mapped for the device's DMA while the guest boots; the guest's
-            // first command register write (bus mastering) waits for it.
-            dma.map_identity_in_background()?;
-            dev.set_dma_gate(dma.clone());
-            if let Some(i) = &iommu {
-                i.track(address, dma);
-            }
-            lock(&pci).add_device(Arc::new(Mutex::new(dev)), Some(slot))?;
-            log::info!("host device {name} at {address}");
+            passthrough.push(crate::vfio::attach(&pci, host, slot, &wiring)?);
         }
         pio.insert(
             PCI_CONFIG_PORT.into(),
@@ -462,8 +486,13 @@ impl Vm {
             _mem: mem,
             pio,
             mmio,
-            ioapic,
-            iommu,
+            ioapic: ioapic.clone(),
+            view: StateView {
+                ioapic,
+                iommu,
+                kvm: kvm_routes,
+                passthrough,
+            },
             stdin: matches!(cli.serial, SerialMode::Stdio),
             serial,
             control,
@@ -496,12 +525,14 @@ impl Vm {
         }
 
         let stop = Arc::new(AtomicBool::new(false));
+        let dump = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let ctx = Arc::new(VcpuContext {
             pio: self.pio.clone(),
             mmio: self.mmio.clone(),
             eoi: Arc::new(IoapicEoi(self.ioapic.clone())),
             stop: stop.clone(),
             stopped: self.control.sender(),
+            dump: dump.clone(),
         });
         let mut threads: Vec<JoinHandle<()>> = Vec::new();
         for (id, fd) in self.vcpus.into_iter().enumerate() {
@@ -551,13 +582,15 @@ impl Vm {
                 lock(h).flush_pending();
             }
             if DUMP_REQUESTED.swap(false, Ordering::AcqRel) {
-                eprint!("{}", state_dump(&self.ioapic, self.iommu.as_deref()));
+                eprint!("{}", self.view.dump());
+                // Each vCPU prints where it is once it leaves KVM_RUN.
+                dump.fetch_add(1, Ordering::AcqRel);
+                for t in &threads {
+                    let _ = t.kill(SIGRTMIN());
+                }
             }
         }
-        log::info!(
-            "state at exit:\n{}",
-            state_dump(&self.ioapic, self.iommu.as_deref())
-        );
+        log::info!("state at exit:\n{}", self.view.dump());
         let reason = signalled.unwrap_or_else(|| {
             self.stopped
                 .try_recv()

@@ -1,9 +1,20 @@
-//! PCI passthrough with VFIO: host-side checks, the passed-through function, and the relay
-//! that turns its interrupts into MSIs on the VMM's path.
+//! PCI passthrough with VFIO: host-side checks, the host function behind a trait, the
+//! passed-through function's model (configuration space, BARs, MSI, MSI-X, INTx) and the
+//! relay that carries the interrupts the hypervisor does not deliver itself.
 
+pub mod bars;
+mod config;
+#[cfg(test)]
+mod fake;
+pub mod function;
 pub mod host;
+pub mod interrupts;
+mod msi;
+mod msix;
 pub mod pci;
 mod relay;
 
+pub use bars::GuestMmioMapper;
 pub use host::{check, HostDevice, HostDeviceError};
-pub use pci::{DmaGate, GuestMmioMapper, VfioPciDevice, VfioPciError};
+pub use interrupts::Interrupts;
+pub use pci::{DmaGate, VfioPciDevice, VfioPciError, VfioPciWiring};

@@ -1,57 +1,34 @@
 //! A host PCI function passed through with VFIO (Linux Documentation/driver-api/vfio.rst):
-//! configuration space through the VFIO config region (the kernel's vfio-pci already
-//! virtualises BARs and command bits), with the MSI capability virtualised here so its
-//! interrupts can be relayed through the VMM (and so through interrupt remapping), MSI-X and the
-//! expansion ROM hidden, and BAR accesses forwarded to the device's regions.
+//! configuration space through the VFIO config region with MSI, MSI-X and the ROM
+//! virtualised ([`super::config`]), BARs mapped into the guest where VFIO allows it and
+//! forwarded otherwise ([`super::bars`]), the MSI-X table and PBA emulated
+//! ([`super::msix`]), and interrupts delivered by the hypervisor or the relay
+//! ([`super::interrupts`]).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use iommu::Bdf;
-use log::{info, warn};
-use std::os::fd::AsRawFd;
-
-use vfio_bindings::bindings::vfio::{VFIO_PCI_CONFIG_REGION_INDEX, VFIO_REGION_INFO_FLAG_MMAP};
+use log::info;
 use vfio_ioctls::{VfioContainer, VfioDevice, VfioOps};
-use vmm_sys_util::eventfd::EventFd;
 
+use super::bars::{BarMaps, GuestMmioMapper, PAGE_SIZE};
+use super::config::{VirtualConfig, REG_COMMAND, REG_INTERRUPT_PIN};
+use super::function::{HostFunction, VfioFunction, CONFIG_REGION};
 use super::host::HostDevice;
-use super::relay::MsiRelay;
-use crate::interrupt::{MsiMessage, MsiTrigger};
+use super::interrupts::{InterruptWiring, Interrupts, Mode};
+use super::relay::{EpollWatcher, Relay};
+use crate::interrupt::{IrqLine, IrqfdRouting, MsiTrigger};
 use crate::pci::PciDevice;
 
-/// Capability IDs (PCI local bus spec appendix H): MSI and MSI-X.
-const CAP_ID_MSI: u8 = 0x05;
-const CAP_ID_MSIX: u8 = 0x11;
-/// Capabilities pointer (0x34) and the expansion ROM BAR (0x30) of a type-0 header.
-const REG_CAPABILITIES: usize = 0x34 / 4;
-const REG_ROM: usize = 0x30 / 4;
-/// MSI message control bits: enable (0), multiple message capable (3:1), multiple message
-/// enable (6:4), 64-bit (7), per-vector masking (8).
-const MSI_CTL_ENABLE: u16 = 1 << 0;
-const MSI_CTL_MMC: u16 = 0x7 << 1;
-const MSI_CTL_MME: u16 = 0x7 << 4;
-const MSI_CTL_64BIT: u16 = 1 << 7;
-const MSI_CTL_PVM: u16 = 1 << 8;
-
-/// Maps host memory into the guest-physical address space (the VMM does it with KVM memory
-/// slots), so a BAR's accesses need no exit.
-pub trait GuestMmioMapper: Send + Sync {
-    /// Maps `size` bytes at host address `host` at guest-physical `gpa`; returns a handle.
-    fn map(&self, gpa: u64, size: u64, host: usize) -> Result<u32, String>;
-    fn unmap(&self, handle: u32);
-}
+/// Command register: bus master enable (PCI local bus spec 6.2.2).
+const COMMAND_BUS_MASTER: u8 = 1 << 2;
+/// Configuration space a guest can address (PCIe: 4 KiB).
+const CONFIG_DWORDS: usize = 1024;
 
 /// What the device waits on before the guest may turn bus mastering on: its DMA mappings
 /// being in place (the VMM may still be making them).
 pub trait DmaGate: Send + Sync {
     fn wait_ready(&self);
-}
-
-/// A BAR whose VFIO region is mmap()ed, and where (if anywhere) it is mapped in the guest.
-struct MappedBar {
-    host: usize,
-    size: usize,
-    handle: Option<u32>,
 }
 
 /// Why a device could not be opened.
@@ -61,456 +38,293 @@ pub enum VfioPciError {
     Container(vfio_ioctls::VfioError),
     #[error("VFIO: cannot open {0}: {1}")]
     Device(String, vfio_ioctls::VfioError),
+    #[error("VFIO: cannot start the interrupt relay of {0}: {1}")]
+    Relay(String, std::io::Error),
 }
 
-/// The guest's view of the device's MSI capability: one vector, no per-vector masking.
-#[derive(Debug, Default)]
-struct MsiState {
-    offset: usize,
-    is_64bit: bool,
-    control: u16,
-    address: u64,
-    data: u16,
-}
-
-impl MsiState {
-    /// Length of the capability as the guest sees it (without mask and pending registers).
-    fn len(&self) -> usize {
-        if self.is_64bit {
-            14
-        } else {
-            10
-        }
-    }
-
-    fn data_offset(&self) -> usize {
-        if self.is_64bit {
-            12
-        } else {
-            8
-        }
-    }
-
-    fn read_byte(&self, physical: u8, i: usize) -> u8 {
-        let ctl = self.control.to_le_bytes();
-        let addr = self.address.to_le_bytes();
-        let data = self.data.to_le_bytes();
-        let d = self.data_offset();
-        match i {
-            0 | 1 => physical,
-            2 | 3 => ctl[i - 2],
-            4..=7 => addr[i - 4],
-            8..=11 if self.is_64bit => addr[i - 4],
-            _ if (d..d + 2).contains(&i) => data[i - d],
-            _ => 0,
-        }
-    }
-
-    fn write_byte(&mut self, i: usize, v: u8) {
-        let d = self.data_offset();
-        let set = |word: u64, byte: usize, v: u8| {
-            (word & !(0xff << (byte * 8))) | (u64::from(v) << (byte * 8))
-        };
-        match i {
-            2 => {
-                let writable = MSI_CTL_ENABLE | MSI_CTL_MME;
-                self.control = (self.control & !writable) | (u16::from(v) & writable);
-            }
-            4 => self.address = set(self.address, 0, v & 0xfc),
-            5..=7 => self.address = set(self.address, i - 4, v),
-            8..=11 if self.is_64bit => self.address = set(self.address, i - 4, v),
-            _ if (d..d + 2).contains(&i) => {
-                self.data = set(u64::from(self.data), i - d, v) as u16;
-            }
-            _ => {}
-        }
-    }
+/// What a passed-through function is wired to in the VM.
+pub struct VfioPciWiring {
+    /// Its address in the guest (the requester id of its MSIs).
+    pub address: Bdf,
+    /// MSIs the VMM sends (through interrupt remapping, if any).
+    pub trigger: Arc<dyn MsiTrigger>,
+    /// In-hypervisor delivery of its vectors (KVM irqfds); None relays them all.
+    pub routing: Option<Arc<dyn IrqfdRouting>>,
+    /// Maps BARs into the guest; None traps every BAR access.
+    pub mapper: Option<Arc<dyn GuestMmioMapper>>,
 }
 
 /// A passed-through PCI function.
 pub struct VfioPciDevice {
-    device: Arc<VfioDevice>,
-    container: Arc<VfioContainer>,
-    host: HostDevice,
+    host: Arc<dyn HostFunction>,
+    name: String,
     address: Bdf,
-    msi: Option<MsiState>,
-    /// Capability header offsets whose next pointer skips a hidden capability.
-    next_override: Vec<(usize, u8)>,
-    first_capability: u8,
-    trigger: Arc<dyn MsiTrigger>,
-    message: Arc<Mutex<Option<MsiMessage>>>,
-    relay: Option<MsiRelay>,
-    mapper: Option<Arc<dyn GuestMmioMapper>>,
-    mapped: [Option<MappedBar>; 6],
+    config: VirtualConfig,
+    interrupts: Interrupts,
+    bars: Option<BarMaps>,
     gate: Option<Arc<dyn DmaGate>>,
+    relay: Option<Relay>,
 }
 
 impl VfioPciDevice {
-    /// Opens `host` (already checked) in a container of its own and resets it. Its MSIs go to
-    /// `trigger` with requester id `address`.
-    /// With a `mapper`, BARs VFIO lets us mmap() are mapped straight into the guest where it
-    /// places them; the rest are trapped and forwarded.
+    /// Opens `host` (already checked) in a container of its own and resets it. Returns the
+    /// device and the container that will hold its DMA mappings.
     pub fn open(
-        host: HostDevice,
-        address: Bdf,
-        trigger: Arc<dyn MsiTrigger>,
-        mapper: Option<Arc<dyn GuestMmioMapper>>,
-    ) -> Result<Self, VfioPciError> {
+        host: &HostDevice,
+        wiring: VfioPciWiring,
+    ) -> Result<(Self, Arc<VfioContainer>), VfioPciError> {
         let container = Arc::new(VfioContainer::new(None).map_err(VfioPciError::Container)?);
         let ops: Arc<dyn VfioOps> = container.clone();
         let device = VfioDevice::new(&host.sysfs, ops, false)
             .map_err(|e| VfioPciError::Device(host.name.clone(), e))?;
-        device.reset();
-        let mut dev = VfioPciDevice {
-            device: Arc::new(device),
-            container,
-            host,
-            address,
-            msi: None,
-            next_override: Vec::new(),
-            first_capability: 0,
-            trigger,
-            message: Arc::new(Mutex::new(None)),
-            relay: None,
-            mapper,
-            mapped: Default::default(),
-            gate: None,
-        };
-        dev.scan_capabilities();
-        if dev.mapper.is_some() {
-            dev.mmap_bars();
-        }
+        let function: Arc<dyn HostFunction> = Arc::new(VfioFunction(Arc::new(device)));
+        let dev = VfioPciDevice::new(function, &host.name, wiring)?;
         info!(
-            "vfio: {} (group {}) at guest {}; MSI {}",
-            dev.host.name,
-            dev.host.group,
+            "vfio: {} (group {}) at guest {}",
+            host.name,
+            host.group,
+            dev.address()
+        );
+        Ok((dev, container))
+    }
+
+    /// The device model over a host function: resets it, takes over its MSI and MSI-X
+    /// capabilities and maps its BARs' mappable parts. Its interrupts are off until
+    /// [`VfioPciDevice::wire_intx`] or the guest enables MSI or MSI-X.
+    pub fn new(
+        host: Arc<dyn HostFunction>,
+        name: &str,
+        wiring: VfioPciWiring,
+    ) -> Result<Self, VfioPciError> {
+        host.reset();
+        let watcher = EpollWatcher::new().map_err(|e| VfioPciError::Relay(name.into(), e))?;
+        let address = wiring.address;
+        let interrupts = Interrupts::new(InterruptWiring {
+            host: host.clone(),
+            source: wiring.address,
+            trigger: wiring.trigger,
+            routing: wiring.routing,
+            watcher: watcher.clone(),
+            name: name.to_string(),
+        });
+        let config = VirtualConfig::scan(host.as_ref(), false);
+        let trapped: Vec<(usize, u64, u64)> = config
+            .msix
+            .iter()
+            .flat_map(|m| [m.table(), m.pba()])
+            .map(|l| (l.bar, l.offset, l.offset + l.size))
+            .collect();
+        let bars = wiring
+            .mapper
+            .map(|m| BarMaps::new(host.as_ref(), m, &trapped, name));
+        let relay = Relay::start(watcher, interrupts.clone())
+            .map_err(|e| VfioPciError::Relay(name.into(), e))?;
+        let dev = VfioPciDevice {
+            host,
+            name: name.to_string(),
             address,
-            dev.msi
+            config,
+            interrupts,
+            bars,
+            gate: None,
+            relay: Some(relay),
+        };
+        info!(
+            "vfio {name}: MSI {}, MSI-X {}",
+            dev.config
+                .msi
                 .as_ref()
-                .map_or("absent".to_string(), |m| format!("at {:#x}", m.offset))
+                .map_or("absent".into(), |m| format!("at {:#x}", m.offset())),
+            dev.config
+                .msix
+                .as_ref()
+                .map_or("absent".into(), |m| format!(
+                    "at {:#x} ({} vectors, table in BAR {})",
+                    m.offset(),
+                    m.vectors(),
+                    m.table().bar
+                )),
         );
         Ok(dev)
     }
 
-    /// mmap()s every BAR region VFIO allows to be mapped whole (page-sized, no sparse areas,
-    /// which is where an MSI-X table would be).
-    fn mmap_bars(&mut self) {
-        for bar in 0..6u32 {
-            let flags = self.device.get_region_flags(bar);
-            let size = self.device.get_region_size(bar);
-            if flags & VFIO_REGION_INFO_FLAG_MMAP == 0
-                || size < 0x1000
-                || !size.is_multiple_of(0x1000)
-                || !self.device.get_region_caps(bar).is_empty()
-            {
-                continue;
-            }
-            let Ok(len) = usize::try_from(size) else {
-                continue;
-            };
-            let Ok(offset) = libc::off_t::try_from(self.device.get_region_offset(bar)) else {
-                continue;
-            };
-            // SAFETY: a fresh shared mapping of the device's region, at an address the kernel
-            // picks; the result is checked, and the mapping is only handed to KVM (never
-            // dereferenced here) and unmapped in Drop.
-            let ptr = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    len,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_SHARED,
-                    self.device.as_raw_fd(),
-                    offset,
-                )
-            };
-            if ptr == libc::MAP_FAILED {
-                warn!(
-                    "vfio {}: BAR {bar} cannot be mmap()ed ({}); it is trapped",
-                    self.host.name,
-                    std::io::Error::last_os_error()
-                );
-                continue;
-            }
-            self.mapped[bar as usize] = Some(MappedBar {
-                host: ptr as usize,
-                size: len,
-                handle: None,
-            });
+    /// The function's interrupt pin (1 = INTA .. 4 = INTD; 0: none).
+    pub fn interrupt_pin(&self) -> u8 {
+        let mut b = [0u8; 1];
+        self.host
+            .read(CONFIG_REGION, REG_INTERRUPT_PIN as u64, &mut b);
+        if b[0] > 4 {
+            0
+        } else {
+            b[0]
         }
     }
 
-    /// Command register writes (bus mastering) wait for `gate` first.
+    /// Wires the INTx pin to `line` (the interrupt controller input it drives); without a
+    /// pin, or without INTx at the host, the guest sees no interrupt pin. Returns whether
+    /// INTx is in use.
+    pub fn wire_intx(&mut self, line: Arc<dyn IrqLine>) -> bool {
+        let wired = self.interrupt_pin() != 0 && self.interrupts.wire_intx(line);
+        self.config.set_intx(wired);
+        self.sync_interrupts();
+        info!(
+            "vfio {}: INTx {}",
+            self.name,
+            if wired { "wired" } else { "absent" }
+        );
+        wired
+    }
+
+    /// Its address in the guest.
+    pub fn address(&self) -> Bdf {
+        self.address
+    }
+
+    /// Command register writes that turn bus mastering on wait for `gate` first.
     pub fn set_dma_gate(&mut self, gate: Arc<dyn DmaGate>) {
         self.gate = Some(gate);
     }
 
-    /// The container holding this device's DMA mappings.
-    pub fn container(&self) -> Arc<VfioContainer> {
-        self.container.clone()
+    /// The interrupt state, for the interrupt controller (INTx resampling) and the IOMMU
+    /// (re-routing after interrupt entry invalidations).
+    pub fn interrupts(&self) -> Interrupts {
+        self.interrupts.clone()
     }
 
-    pub fn host(&self) -> &HostDevice {
-        &self.host
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
-    fn physical_config(&self, offset: usize, buf: &mut [u8]) {
-        buf.fill(0xff);
-        self.device
-            .region_read(VFIO_PCI_CONFIG_REGION_INDEX, buf, offset as u64);
-    }
-
-    fn physical_byte(&self, offset: usize) -> u8 {
-        let mut b = [0u8; 1];
-        self.physical_config(offset, &mut b);
-        b[0]
-    }
-
-    /// Walks the capability list: finds MSI, and hides MSI-X (its table would need trapping).
-    fn scan_capabilities(&mut self) {
-        let mut visible: Vec<usize> = Vec::new();
-        let mut ptr = self.physical_byte(0x34) & 0xfc;
-        let mut seen = 0;
-        while ptr >= 0x40 && seen < 48 {
-            seen += 1;
-            let off = usize::from(ptr);
-            let id = self.physical_byte(off);
-            match id {
-                CAP_ID_MSIX => {}
-                CAP_ID_MSI => {
-                    let mut c = [0u8; 2];
-                    self.physical_config(off + 2, &mut c);
-                    let control = u16::from_le_bytes(c);
-                    self.msi = Some(MsiState {
-                        offset: off,
-                        is_64bit: control & MSI_CTL_64BIT != 0,
-                        // One vector, no masking: MMC and PVM read as zero.
-                        control: control & !(MSI_CTL_MMC | MSI_CTL_PVM | MSI_CTL_ENABLE),
-                        ..Default::default()
-                    });
-                    visible.push(off);
-                }
-                _ => visible.push(off),
-            }
-            ptr = self.physical_byte(off + 1) & 0xfc;
-        }
-        self.first_capability = visible.first().map_or(0, |o| *o as u8);
-        for (i, off) in visible.iter().enumerate() {
-            let next = visible.get(i + 1).map_or(0, |n| *n as u8);
-            if self.physical_byte(off + 1) & 0xfc != next {
-                self.next_override.push((off + 1, next));
-            }
-        }
-    }
-
-    fn virtual_byte(&self, offset: usize, physical: u8) -> u8 {
-        if offset == REG_CAPABILITIES * 4 {
-            return self.first_capability;
-        }
-        if let Some((_, next)) = self.next_override.iter().find(|(o, _)| *o == offset) {
-            return *next;
-        }
-        match &self.msi {
-            Some(m) if (m.offset..m.offset + m.len()).contains(&offset) => {
-                m.read_byte(physical, offset - m.offset)
-            }
-            _ => physical,
-        }
-    }
-
-    fn msi_range(&self) -> Option<std::ops::Range<usize>> {
-        self.msi.as_ref().map(|m| m.offset..m.offset + m.len())
-    }
-
-    /// Applies the guest's MSI programming: the message the relay sends, and enabling or
-    /// disabling the device's MSI through VFIO.
-    fn update_msi(&mut self) {
-        let Some(m) = &self.msi else { return };
-        let enabled = m.control & MSI_CTL_ENABLE != 0;
-        let msg = MsiMessage {
-            address: m.address,
-            data: u32::from(m.data),
-            source: self.address,
+    /// Puts the host's interrupts in the mode and with the vectors the guest programmed.
+    fn sync_interrupts(&mut self) {
+        let msix = self.config.msix.as_ref().filter(|m| m.enabled());
+        let msi = self.config.msi.as_ref().filter(|m| m.enabled());
+        let (mode, n) = match (msix, msi) {
+            (Some(m), _) => (Mode::Msix, m.vectors()),
+            (None, Some(m)) => (Mode::Msi, m.vectors()),
+            _ if self.interrupts.has_intx() => (Mode::Intx, 0),
+            _ => (Mode::Off, 0),
         };
-        if let Ok(mut slot) = self.message.lock() {
-            *slot = enabled.then_some(msg);
-        }
-        match (enabled, self.relay.is_some()) {
-            (true, false) => match self.start_msi() {
-                Ok(r) => self.relay = Some(r),
-                Err(e) => warn!("vfio {}: cannot enable MSI: {e}", self.host.name),
-            },
-            (false, true) => {
-                self.relay = None;
-                if let Err(e) = self.device.disable_msi() {
-                    warn!("vfio {}: cannot disable MSI: {e}", self.host.name);
-                }
-            }
-            _ => {}
+        self.interrupts.set_mode(mode, n);
+        for i in 0..n {
+            self.sync_vector(mode, i);
         }
     }
 
-    fn start_msi(&self) -> Result<MsiRelay, String> {
-        let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| e.to_string())?;
-        self.device
-            .enable_msi(vec![&irq])
-            .map_err(|e| e.to_string())?;
-        MsiRelay::start(irq, self.message.clone(), self.trigger.clone()).map_err(|e| e.to_string())
+    fn sync_vector(&self, mode: Mode, i: usize) {
+        let (msg, masked) = match (mode, &self.config.msix, &self.config.msi) {
+            (Mode::Msix, Some(m), _) => (m.message(i), m.masked(i)),
+            (Mode::Msi, _, Some(m)) => (m.message(i), m.masked(i)),
+            _ => return,
+        };
+        self.interrupts.update_vector(i, msg, masked);
+    }
+
+    fn msi_pending_bits(&self) -> u32 {
+        match self.interrupts.mode() {
+            Mode::Msi => (0..32)
+                .filter(|i| self.interrupts.pending(*i))
+                .fold(0, |acc, i| acc | (1 << i)),
+            _ => 0,
+        }
+    }
+
+    /// A one-line-per-item description for the state dump.
+    pub fn dump(&self) -> String {
+        format!("vfio {}:\n{}", self.name, self.interrupts.dump())
     }
 }
 
 impl PciDevice for VfioPciDevice {
     fn read_config_register(&mut self, reg_idx: usize) -> u32 {
-        if reg_idx == REG_ROM || reg_idx >= 1024 {
-            return 0;
+        if reg_idx >= CONFIG_DWORDS {
+            return 0xffff_ffff;
         }
-        let mut b = [0u8; 4];
-        self.physical_config(reg_idx * 4, &mut b);
+        let mut b = [0xffu8; 4];
+        self.host.read(CONFIG_REGION, (reg_idx * 4) as u64, &mut b);
+        let pending = self.msi_pending_bits();
         for (i, byte) in b.iter_mut().enumerate() {
-            *byte = self.virtual_byte(reg_idx * 4 + i, *byte);
+            *byte = self.config.read_byte(reg_idx * 4 + i, *byte, pending);
         }
         u32::from_le_bytes(b)
     }
 
     fn write_config_register(&mut self, reg_idx: usize, offset: u64, data: &[u8]) {
-        if reg_idx == REG_ROM || reg_idx >= 1024 || offset as usize + data.len() > 4 {
+        if reg_idx >= CONFIG_DWORDS || offset as usize + data.len() > 4 {
             return;
         }
         let base = reg_idx * 4 + offset as usize;
         // Turning bus mastering on waits until the device's DMA mappings are in place.
-        if reg_idx == 1 && offset == 0 && data.first().is_some_and(|c| c & 0x4 != 0) {
+        let command = REG_COMMAND.checked_sub(base).and_then(|i| data.get(i));
+        if command.is_some_and(|c| c & COMMAND_BUS_MASTER != 0) {
             if let Some(g) = &self.gate {
                 g.wait_ready();
             }
         }
-        let msi = self.msi_range();
-        let hits_msi = msi
-            .as_ref()
-            .is_some_and(|r| r.start < base + data.len() && base < r.end);
-        if !hits_msi {
-            // vfio-pci virtualises BARs, ROM and command bits and filters what the device
-            // must not see; the access goes to it whole.
-            self.device
-                .region_write(VFIO_PCI_CONFIG_REGION_INDEX, data, base as u64);
-            return;
+        let (change, forward) = self.config.write(base, data);
+        for (off, bytes) in forward {
+            self.host.write(CONFIG_REGION, off as u64, &bytes);
         }
-        for (i, v) in data.iter().enumerate() {
-            let off = base + i;
-            match (&msi, self.msi.as_mut()) {
-                (Some(r), Some(m)) if r.contains(&off) => m.write_byte(off - r.start, *v),
-                _ => self
-                    .device
-                    .region_write(VFIO_PCI_CONFIG_REGION_INDEX, &[*v], off as u64),
+        if change.msi.enable || change.msix.control {
+            self.sync_interrupts();
+        } else if change.msi.message || change.msi.mask {
+            let n = self.config.msi.as_ref().map_or(0, |m| m.vectors());
+            for i in 0..n {
+                self.sync_vector(Mode::Msi, i);
             }
         }
-        self.update_msi();
     }
 
     fn read_bar(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
         data.fill(0xff);
-        self.device.region_read(bar as u32, data, offset);
+        if let Some(m) = &self.config.msix {
+            let (table, pba) = (m.table(), m.pba());
+            if table.contains(bar, offset) {
+                return m.read_table(offset - table.offset, data);
+            }
+            if pba.contains(bar, offset) {
+                let irq = &self.interrupts;
+                let msix_mode = irq.mode() == Mode::Msix;
+                return m.read_pba(offset - pba.offset, data, |i| msix_mode && irq.pending(i));
+            }
+        }
+        self.host.read(bar as u32, offset, data);
     }
 
     fn write_bar(&mut self, bar: usize, offset: u64, data: &[u8]) {
-        self.device.region_write(bar as u32, data, offset);
+        if let Some(m) = self.config.msix.as_mut() {
+            let (table, pba) = (m.table(), m.pba());
+            if table.contains(bar, offset) {
+                let change = m.write_table(offset - table.offset, data);
+                if let Some(i) = change.entry {
+                    self.sync_vector(self.interrupts.mode(), i);
+                }
+                return;
+            }
+            if pba.contains(bar, offset) {
+                return; // read-only
+            }
+        }
+        self.host.write(bar as u32, offset, data);
     }
 
     fn bar_moved(&mut self, bar: usize, base: Option<u64>) {
-        let (Some(mapper), Some(Some(m))) = (&self.mapper, self.mapped.get_mut(bar)) else {
-            return;
-        };
-        if let Some(h) = m.handle.take() {
-            mapper.unmap(h);
-        }
-        if let Some(gpa) = base {
-            match mapper.map(gpa, m.size as u64, m.host) {
-                Ok(h) => {
-                    m.handle = Some(h);
-                    info!(
-                        "vfio {}: BAR {bar} mapped into the guest at {gpa:#x}",
-                        self.host.name
-                    );
-                }
-                Err(e) => warn!(
-                    "vfio {}: BAR {bar} at {gpa:#x} not mapped ({e}); it is trapped",
-                    self.host.name
-                ),
-            }
+        if let Some(b) = self.bars.as_mut() {
+            b.moved(bar, base.filter(|b| b % PAGE_SIZE == 0));
         }
     }
 }
 
 impl Drop for VfioPciDevice {
     fn drop(&mut self) {
-        if self.relay.take().is_some() {
-            let _ = self.device.disable_msi();
-        }
-        for m in self.mapped.iter_mut().flatten() {
-            if let (Some(mapper), Some(h)) = (&self.mapper, m.handle.take()) {
-                mapper.unmap(h);
-            }
-            // SAFETY: `host`/`size` are the mapping made in mmap_bars, no longer in KVM.
-            unsafe { libc::munmap(m.host as *mut libc::c_void, m.size) };
-        }
+        self.interrupts.set_mode(Mode::Off, 0);
+        self.relay = None;
+        self.bars = None;
         // Leave the device quiet for whoever takes it next.
-        self.device.reset();
-        info!("vfio: {} reset and released", self.host.name);
+        self.host.reset();
+        info!("vfio: {} reset and released", self.name);
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn write(m: &mut MsiState, off: usize, bytes: &[u8]) {
-        for (i, b) in bytes.iter().enumerate() {
-            m.write_byte(off + i, *b);
-        }
-    }
-
-    fn read(m: &MsiState, off: usize, len: usize) -> Vec<u8> {
-        (off..off + len).map(|i| m.read_byte(0xee, i)).collect()
-    }
-
-    #[test]
-    fn msi_state_64bit_layout_and_writable_bits() {
-        let mut m = MsiState {
-            offset: 0x50,
-            is_64bit: true,
-            control: MSI_CTL_64BIT,
-            ..Default::default()
-        };
-        write(&mut m, 4, &0xfee0_1007u32.to_le_bytes());
-        write(&mut m, 8, &0x1u32.to_le_bytes());
-        write(&mut m, 12, &0x4041u16.to_le_bytes());
-        // Enable, MME, and an attempt to set the read-only MMC and 64-bit bits.
-        write(&mut m, 2, &(0xffffu16).to_le_bytes());
-        assert_eq!(
-            m.address, 0x1_fee0_1004,
-            "low two address bits are reserved"
-        );
-        assert_eq!(m.data, 0x4041);
-        assert_eq!(m.control, MSI_CTL_64BIT | MSI_CTL_ENABLE | MSI_CTL_MME);
-        assert_eq!(
-            read(&m, 0, 2),
-            vec![0xee, 0xee],
-            "ID and next come from the device"
-        );
-        assert_eq!(read(&m, 12, 2), vec![0x41, 0x40]);
-        assert_eq!(m.len(), 14);
-    }
-
-    #[test]
-    fn msi_state_32bit_layout() {
-        let mut m = MsiState {
-            offset: 0x50,
-            is_64bit: false,
-            ..Default::default()
-        };
-        write(&mut m, 4, &0xfee0_0000u32.to_le_bytes());
-        write(&mut m, 8, &0x30u16.to_le_bytes());
-        assert_eq!((m.address, m.data), (0xfee0_0000, 0x30));
-        assert_eq!(read(&m, 8, 2), vec![0x30, 0]);
-        assert_eq!(m.len(), 10);
-    }
-}
+mod tests;
