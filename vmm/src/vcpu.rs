@@ -1,7 +1,7 @@
 //! vCPU threads: configuration from the boot state, and the run loop as a small state machine
 //! (running -> stopping) driven by KVM exits and a kick from the main thread.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 
@@ -166,12 +166,61 @@ pub struct VcpuContext {
     pub eoi: Arc<dyn EoiHandler + Send + Sync>,
     pub stop: Arc<AtomicBool>,
     pub stopped: Sender<StopReason>,
+    /// Raised (then each vCPU kicked) when the state dump is asked for: each vCPU prints its
+    /// registers once per increment.
+    pub dump: Arc<AtomicU64>,
+}
+
+/// Local APIC register offsets in kvm_lapic_state: TPR, ISR and IRR (8 dwords each, 16 bytes
+/// apart) (SDM vol. 3 table 11-1).
+const APIC_TPR: usize = 0x80;
+const APIC_ISR: usize = 0x100;
+const APIC_IRR: usize = 0x200;
+
+/// The highest vector set in the 256-bit APIC register at `base`.
+fn highest_vector(regs: &[std::os::raw::c_char], base: usize) -> Option<u8> {
+    (0..8usize).rev().find_map(|i| {
+        let b = regs.get(base + i * 16..base + i * 16 + 4)?;
+        let v = u32::from_le_bytes([b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8]);
+        (v != 0).then(|| (i * 32 + 31 - v.leading_zeros() as usize) as u8)
+    })
+}
+
+/// One line describing where vCPU `id` is: instruction pointer, flags, and the highest
+/// vectors in service and requested at its local APIC.
+fn describe(vcpu: &VcpuFd, id: u32) -> String {
+    let regs = match vcpu.get_regs() {
+        Ok(r) => r,
+        Err(e) => return format!("vCPU {id}: registers unavailable: {e}\n"),
+    };
+    let apic = vcpu.get_lapic().ok();
+    let vec = |base| {
+        apic.as_ref()
+            .and_then(|a| highest_vector(&a.regs, base))
+            .map_or("-".to_string(), |v| format!("{v:#04x}"))
+    };
+    format!(
+        "vCPU {id}: RIP {:#x} RSP {:#x} RFLAGS {:#x} (IF {}), APIC TPR {:#x} ISR {} IRR {}\n",
+        regs.rip,
+        regs.rsp,
+        regs.rflags,
+        (regs.rflags >> 9) & 1,
+        apic.as_ref().map_or(0, |a| a.regs[APIC_TPR] as u8),
+        vec(APIC_ISR),
+        vec(APIC_IRR)
+    )
 }
 
 /// Runs a vCPU until the VM stops. A stop is reported on `ctx.stopped` (by whichever thread
 /// sees it first; the main thread keeps only the first).
 pub fn run(mut vcpu: VcpuFd, id: u32, ctx: &VcpuContext) {
+    let mut dumped = ctx.dump.load(Ordering::Acquire);
     while !ctx.stop.load(Ordering::Acquire) {
+        let want = ctx.dump.load(Ordering::Acquire);
+        if want != dumped {
+            dumped = want;
+            eprint!("{}", describe(&vcpu, id));
+        }
         let exit = match vcpu.run() {
             Ok(VcpuExit::IoIn(port, data)) => Exit::IoIn(port, data),
             Ok(VcpuExit::IoOut(port, data)) => Exit::IoOut(port, data),
