@@ -36,6 +36,39 @@ impl Mapping {
     fn end(&self) -> u64 {
         self.iova + self.size
     }
+
+    /// Whether `o` lies within this mapping and translates exactly as it does.
+    fn covers(&self, o: &Mapping) -> bool {
+        o.iova >= self.iova
+            && o.end() <= self.end()
+            && o.gpa.wrapping_sub(o.iova) == self.gpa.wrapping_sub(self.iova)
+            && (o.read, o.write) == (self.read, self.write)
+    }
+
+    /// The parts of this mapping outside the `holes` (sorted by IOVA, non-overlapping).
+    fn minus(&self, holes: &[Mapping]) -> Vec<Mapping> {
+        let mut out = Vec::new();
+        let mut at = self.iova;
+        let piece = |from: u64, to: u64| Mapping {
+            iova: from,
+            gpa: self.gpa + (from - self.iova),
+            size: to - from,
+            ..*self
+        };
+        for h in holes
+            .iter()
+            .filter(|h| h.iova < self.end() && h.end() > self.iova)
+        {
+            if h.iova > at {
+                out.push(piece(at, h.iova));
+            }
+            at = at.max(h.end());
+        }
+        if at < self.end() {
+            out.push(piece(at, self.end()));
+        }
+        out
+    }
 }
 
 /// A change in what a tracked device's DMA reaches.
@@ -272,21 +305,26 @@ impl MapTracker {
             .take_while(|(_, m)| m.end() > start)
             .map(|(_, m)| *m)
             .collect();
-        for m in old.iter().rev() {
-            if !new.contains(m) {
-                view.ranges.remove(&m.iova);
-                events.push(MapEvent::Unmap {
-                    iova: m.iova,
-                    size: m.size,
-                });
-            }
+        // A reported range the tables still map identically stays as it is, even where the
+        // walk now coalesces it with neighbours: remapping it would open a window in which
+        // the device's DMA to it faults. What the kept ranges do not cover is new.
+        let (kept, gone): (Vec<Mapping>, Vec<Mapping>) = old
+            .iter()
+            .rev()
+            .partition(|o| new.iter().any(|n| n.covers(o)));
+        for m in &gone {
+            view.ranges.remove(&m.iova);
+            events.push(MapEvent::Unmap {
+                iova: m.iova,
+                size: m.size,
+            });
         }
         if pass_through != view.pass_through {
             view.pass_through = pass_through;
             events.push(MapEvent::PassThrough(pass_through));
         }
-        for m in new {
-            if !old.contains(&m) {
+        for n in new {
+            for m in n.minus(&kept) {
                 view.ranges.insert(m.iova, m);
                 events.push(MapEvent::Map(m));
             }

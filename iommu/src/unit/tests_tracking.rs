@@ -238,3 +238,52 @@ fn cm_self_referencing_tables_walk_is_bounded() {
     let n = u.take_map_events().len();
     assert!(n > 0 && n <= 4 << 20, "{n} events");
 }
+
+#[test]
+fn cm_domain_flush_keeps_separately_mapped_neighbours_as_they_are() {
+    let (mut u, _, mut t) = unit();
+    let slpt = setup(&mut u, &mut t);
+    // Two pages, contiguous in IOVA and GPA, mapped by two separate operations.
+    t.map(slpt, 4, 0x30_0000, 0xa0_0000, 0x1000, RW);
+    psi(&mut u, &t, 0x30_0000, 0);
+    t.map(slpt, 4, 0x30_1000, 0xa0_1000, 0x1000, RW);
+    psi(&mut u, &t, 0x30_1000, 0);
+    assert_eq!(
+        events(&mut u),
+        vec![
+            map(0x30_0000, 0xa0_0000, 0x1000),
+            map(0x30_1000, 0xa0_1000, 0x1000)
+        ]
+    );
+    // A domain-selective flush walks everything again; nothing changed, so nothing is
+    // remapped (a remap would briefly take live mappings away from the device).
+    wr64(
+        &mut u,
+        &t,
+        IOTLB_REG,
+        IOTLB_IVT | (2 << IOTLB_IIRG_SHIFT) | (u64::from(DID) << IOTLB_DID_SHIFT),
+    );
+    assert_eq!(events(&mut u), vec![]);
+    assert_eq!(u.tracked_mappings(DEV).len(), 2);
+}
+
+#[test]
+fn cm_invalidation_over_kept_and_new_pages_maps_only_the_new() {
+    let (mut u, _, mut t) = unit();
+    let slpt = setup(&mut u, &mut t);
+    t.map(slpt, 4, 0x40_1000, 0xb0_1000, 0x1000, RW);
+    psi(&mut u, &t, 0x40_1000, 0);
+    u.take_map_events();
+    // New pages on both sides, one invalidation over all four pages.
+    t.map(slpt, 4, 0x40_0000, 0xb0_0000, 0x1000, RW);
+    t.map(slpt, 4, 0x40_2000, 0xb0_2000, 0x1000, RW);
+    t.map(slpt, 4, 0x40_3000, 0xb0_3000, 0x1000, RW);
+    psi(&mut u, &t, 0x40_0000, 2);
+    assert_eq!(
+        events(&mut u),
+        vec![
+            map(0x40_0000, 0xb0_0000, 0x1000),
+            map(0x40_2000, 0xb0_2000, 0x2000)
+        ]
+    );
+}
