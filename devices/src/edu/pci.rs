@@ -125,6 +125,12 @@ impl EduDevice {
         self.regs.dma_errors
     }
 
+    /// Interrupt Status follows a pending interrupt that would go out as INTx.
+    fn update_interrupt_status(&mut self) {
+        let intx_pending = self.regs.interrupt_status() != 0 && !self.msi.enabled(&self.config);
+        self.config.set_interrupt_status(intx_pending);
+    }
+
     fn router(&mut self) -> (&mut EduRegisters, Router<'_>) {
         (
             &mut self.regs,
@@ -153,6 +159,7 @@ impl PciDevice for EduDevice {
         let pending = self.regs.interrupt_status() != 0;
         let (_, mut router) = self.router();
         router.update(pending, false);
+        self.update_interrupt_status();
     }
 
     fn read_bar(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
@@ -167,6 +174,7 @@ impl PciDevice for EduDevice {
         if bar == 0 {
             let (regs, mut router) = self.router();
             regs.write(offset, data, &mut router);
+            self.update_interrupt_status();
         }
     }
 }

@@ -332,6 +332,32 @@ mod pci {
     }
 
     #[test]
+    fn edu_pci_interrupt_status_reports_pending_intx_even_when_disabled() {
+        let mut r = rig();
+        let status = |d: &mut EduDevice| (d.read_config_register(1) >> 16) & 0x8;
+        command(&mut r.dev, COMMAND_MEMORY | COMMAND_INTX_DISABLE);
+        assert_eq!(status(&mut r.dev), 0);
+        r.dev.write_bar(0, REG_IRQ_RAISE, &1u32.to_le_bytes());
+        assert_eq!(
+            status(&mut r.dev),
+            0x8,
+            "pending though the pin is disabled"
+        );
+        assert!(r.line.0.lock().unwrap().iter().all(|l| !l));
+        r.dev.write_config_register(1, 0, &[0, 0, 0x08, 0]);
+        assert_eq!(status(&mut r.dev), 0x8, "read-only");
+        r.dev.write_bar(0, REG_IRQ_ACK, &1u32.to_le_bytes());
+        assert_eq!(status(&mut r.dev), 0);
+        enable_msi(&mut r.dev, 0xfee0_0000, 0x30);
+        r.dev.write_bar(0, REG_IRQ_RAISE, &1u32.to_le_bytes());
+        assert_eq!(
+            status(&mut r.dev),
+            0,
+            "an interrupt that goes out as MSI is not INTx"
+        );
+    }
+
+    #[test]
     fn edu_pci_without_bus_master_no_dma_and_no_msi() {
         let mut r = rig();
         command(&mut r.dev, COMMAND_MEMORY);

@@ -23,7 +23,9 @@ pub const COMMAND_MEMORY: u16 = 1 << 1;
 pub const COMMAND_MASTER: u16 = 1 << 2;
 pub const COMMAND_INTX_DISABLE: u16 = 1 << 10;
 const COMMAND_WRITABLE: u32 = 0x0547;
-/// Status register bits: capabilities list (RO) and the write-1-to-clear error bits.
+/// Status register bits: interrupt status (RO), capabilities list (RO) and the
+/// write-1-to-clear error bits.
+const STATUS_INTERRUPT: u32 = 1 << 3;
 const STATUS_CAP_LIST: u32 = 1 << 4;
 const STATUS_RW1C: u32 = 0xf900;
 /// BAR low bits (spec 6.2.5.1).
@@ -179,6 +181,18 @@ impl PciConfiguration {
 
     pub fn command(&self) -> u16 {
         self.regs[REG_COMMAND_STATUS] as u16
+    }
+
+    /// Sets the status register's Interrupt Status bit (6.2.3): the function has an INTx
+    /// pending, whether or not Interrupt Disable keeps it off the pin. Drivers that mask INTx
+    /// with Interrupt Disable read it to know the interrupt is theirs.
+    pub fn set_interrupt_status(&mut self, pending: bool) {
+        let bit = STATUS_INTERRUPT << 16;
+        if pending {
+            self.regs[REG_COMMAND_STATUS] |= bit;
+        } else {
+            self.regs[REG_COMMAND_STATUS] &= !bit;
+        }
     }
 
     /// Appends a capability (`body` without the ID and next-pointer bytes) and returns its

@@ -9,7 +9,7 @@ use vfio_bindings::bindings::vfio::{
     vfio_group_status, vfio_iommu_type1_dma_map, vfio_iommu_type1_dma_unmap, vfio_irq_set,
     vfio_region_info, VFIO_TYPE1v2_IOMMU, VFIO_API_VERSION, VFIO_DMA_MAP_FLAG_READ,
     VFIO_DMA_MAP_FLAG_WRITE, VFIO_GROUP_FLAGS_VIABLE, VFIO_IRQ_SET_ACTION_TRIGGER,
-    VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE,
+    VFIO_IRQ_SET_ACTION_UNMASK, VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE,
 };
 
 /// VFIO ioctl numbers are `_IO(VFIO_TYPE, VFIO_BASE + n)` (include/uapi/linux/vfio.h).
@@ -251,7 +251,26 @@ impl VfioDevice {
         Ok(())
     }
 
-    /// Routes vector 0 of IRQ index `index` (1 = MSI) to `eventfd`, or disables it with None.
+    /// Unmasks INTx, which VFIO masks each time it signals it.
+    pub fn unmask_intx(&self) -> Result<(), VfioError> {
+        let set = vfio_irq_set {
+            argsz: std::mem::size_of::<vfio_irq_set>() as u32,
+            flags: VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_UNMASK,
+            index: 0,
+            start: 0,
+            count: 1,
+            data: Default::default(),
+        };
+        check(
+            // SAFETY: `set` is a complete vfio_irq_set with no data; argsz covers it.
+            unsafe { libc::ioctl(self.device.as_raw_fd(), VFIO_DEVICE_SET_IRQS, &set) },
+            "VFIO_DEVICE_SET_IRQS (unmask)",
+        )?;
+        Ok(())
+    }
+
+    /// Routes vector 0 of IRQ index `index` (0 = INTx, 1 = MSI) to `eventfd`, or disables it
+    /// with None.
     pub fn set_irq_eventfd(&self, index: u32, eventfd: Option<RawFd>) -> Result<(), VfioError> {
         #[repr(C)]
         struct IrqSetOne {
