@@ -34,6 +34,8 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::cli::{Cli, DeviceKind, SerialMode};
+use crate::coalesced::CoalescedPort;
+use crate::console::ConsoleOut;
 use crate::control::VmControl;
 use crate::event_loop::{StdinHandler, StopHandler};
 use crate::exit::{EoiHandler, StopReason};
@@ -138,21 +140,6 @@ impl EoiHandler for IoapicEoi {
     }
 }
 
-/// Stdout, flushed after every write so the console streams.
-struct Console;
-
-impl Write for Console {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let mut out = std::io::stdout().lock();
-        out.write_all(buf)?;
-        out.flush()?;
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        std::io::stdout().flush()
-    }
-}
-
 /// A built VM, ready to run.
 pub struct Vm {
     vm: Arc<VmFd>,
@@ -163,6 +150,8 @@ pub struct Vm {
     ioapic: Arc<Mutex<Ioapic>>,
     view: StateView,
     serial: Option<Arc<Mutex<SerialDevice>>>,
+    console: Option<ConsoleOut>,
+    coalesced: Option<Arc<CoalescedPort>>,
     stdin: bool,
     control: Arc<VmControl>,
     stopped: Receiver<StopReason>,
@@ -333,22 +322,26 @@ impl Vm {
                 Arc::new(Mutex::new(DrhdRegisters(i.clone()))),
             )?;
         }
-        let serial = match &cli.serial {
-            SerialMode::Off => None,
+        let (serial, console) = match &cli.serial {
+            SerialMode::Off => (None, None),
             mode => {
                 let out: Box<dyn Write + Send> = match mode {
                     SerialMode::File(p) => {
                         Box::new(File::create(p).map_err(|e| VmError::SerialFile(p.clone(), e))?)
                     }
-                    _ => Box::new(Console),
+                    _ => Box::new(std::io::stdout()),
                 };
+                let console = ConsoleOut::new(out);
                 let irq = Arc::new(IoapicPin {
                     ioapic: ioapic.clone(),
                     pin: COM1_IRQ as usize,
                 });
-                let s = Arc::new(Mutex::new(SerialDevice::new(irq, out)));
+                let s = Arc::new(Mutex::new(SerialDevice::new(
+                    irq,
+                    Box::new(console.clone()),
+                )));
                 pio.insert(COM1_PORT.into(), SERIAL_PORT_SIZE, s.clone())?;
-                Some(s)
+                (Some(s), Some(console))
             }
         };
         pio.insert(
@@ -480,6 +473,14 @@ impl Vm {
             vcpu::configure(&fd, id, cli.cpus, &supported, (id == 0).then_some(&boot))?;
             vcpus.push(fd);
         }
+        // The UART's data register is batched while the guest polls the line status.
+        let coalesced = match (&serial, vcpus.first()) {
+            (Some(s), Some(v)) => CoalescedPort::new(&kvm, vm.clone(), COM1_PORT).inspect(|c| {
+                c.attach(v);
+                lock(s).set_batching(c.clone());
+            }),
+            _ => None,
+        };
         Ok(Vm {
             vm,
             vcpus,
@@ -495,13 +496,26 @@ impl Vm {
             },
             stdin: matches!(cli.serial, SerialMode::Stdio),
             serial,
+            console,
+            coalesced,
             control,
             stopped,
         })
     }
 
+    /// What the guest printed reaches the console: batched port writes are applied and the
+    /// console's buffer written out.
+    fn flush_console(&self) {
+        if let Some(c) = &self.coalesced {
+            c.drain(&self.pio);
+        }
+        if let Some(c) = &self.console {
+            c.flush_now();
+        }
+    }
+
     /// Runs the VM until it stops, and returns why.
-    pub fn run(self) -> Result<StopReason, VmError> {
+    pub fn run(mut self) -> Result<StopReason, VmError> {
         extern "C" fn kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
         register_signal_handler(SIGRTMIN(), kick)
             .map_err(|e| VmError::EventLoop(format!("signal handler: {e}")))?;
@@ -533,9 +547,10 @@ impl Vm {
             stop: stop.clone(),
             stopped: self.control.sender(),
             dump: dump.clone(),
+            coalesced: self.coalesced.clone(),
         });
         let mut threads: Vec<JoinHandle<()>> = Vec::new();
-        for (id, fd) in self.vcpus.into_iter().enumerate() {
+        for (id, fd) in std::mem::take(&mut self.vcpus).into_iter().enumerate() {
             let ctx = ctx.clone();
             let control = self.control.clone();
             let t = std::thread::Builder::new()
@@ -578,6 +593,7 @@ impl Vm {
             }
             em.run_with_timeout(50)
                 .map_err(|e| VmError::EventLoop(format!("{e:?}")))?;
+            self.flush_console();
             if let Some(h) = &stdin {
                 lock(h).flush_pending();
             }
@@ -590,6 +606,7 @@ impl Vm {
                 }
             }
         }
+        self.flush_console();
         log::info!("state at exit:\n{}", self.view.dump());
         let reason = signalled.unwrap_or_else(|| {
             self.stopped
