@@ -83,6 +83,7 @@ check_vtd_l1() {
     expect "$log" "^MINIVMM-EDU .* driver=vfio-pci" "edu bound to vfio-pci" || return 1
     expect "$log" "^MINIVMM-TEST PASS dma" "the DMA round trip" || return 1
     expect "$log" "^MINIVMM-TEST PASS unmapped-dma-blocked" "unmapped DMA blocked" || return 1
+    expect "$log" "^MINIVMM-TEST PASS intx" "INTx through the IOAPIC and interrupt remapping" || return 1
     expect "$log" "^MINIVMM-TEST PASS msi" "MSI through interrupt remapping" || return 1
     expect "$log" "^MINIVMM-TEST PASS map-unmap-bench" "the map/unmap run" || return 1
     expect "$log" "^MINIVMM-TEST edu-vfio-test: [0-9]+ passed, 0 failed" "no test failure" || return 1
@@ -94,6 +95,20 @@ check_vtd_l1() {
     reject "$log" "vt-d: interrupt .* blocked" "a blocked interrupt" || return 1
     expect "$log" "reboot: Power down" "an ACPI poweroff" || return 1
     grep -m1 "^MINIVMM-TEST map+unmap pairs per second" "$log" | sed 's/^MINIVMM-TEST //'
+}
+
+# check_nvme LOG: the passed-through NVMe controller worked in L1 (check_nvme_l1 prints
+# MINIVMM-NVME lines): namespace found, first sector read, a sector written and read back,
+# its interrupts on MSI-X vectors that fired.
+check_nvme() {
+    local log="$1"
+    expect "$log" "^MINIVMM-NVME .* driver=nvme .*disk=present" "the NVMe namespace" || return 1
+    expect "$log" "^MINIVMM-NVME-READ MINIVMM-NVME-DISK sector 0" "the disk's first sector" || return 1
+    expect "$log" "^MINIVMM-NVME-WRITE ok" "a written sector read back" || return 1
+    # At least one MSI-X vector of the controller took interrupts.
+    grep "^MINIVMM-NVME-IRQ" "$log" | grep "PCI-MSIX" | awk '{s=0; for (i=3; i<=NF && $i ~ /^[0-9]+$/; i++) s+=$i; if (s>0) ok=1} END {exit !ok}' \
+        || { echo "no NVMe MSI-X interrupt in $log"; return 1; }
+    echo "nvme: $(grep -c '^MINIVMM-NVME-IRQ.*PCI-MSIX' "$log") MSI-X vectors"
 }
 
 # l1_variant LOG NAME "CHECK ARGS" MINIVMM-ARGS...: runs one L1 with minivmm, then CHECK ARGS

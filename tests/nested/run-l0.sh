@@ -4,7 +4,8 @@
 # the same path. Streams all output; exits with SCRIPT's status. SCRIPT is copied into the
 # work dir first (the chroot's /tmp is private), so it may live anywhere.
 # Usage: run-l0.sh [--timeout SECS] SCRIPT [ARGS...]
-# Inside, SCRIPT sees: EDU_BDF (the edu device, bound to vfio-pci), NESTED_WORKDIR, and the
+# Inside, SCRIPT sees: EDU_BDF (the edu device) and NVME_BDF (an NVMe controller with a 1 MiB
+# disk, MSI-X), both bound to vfio-pci, NESTED_WORKDIR, and the
 # variables of $NESTED_WORKDIR/env.sh (KVER, BZIMAGE, VMLINUX, MODDIR), plus MINIVMM,
 # EDU_VFIO_TEST, SCENARIOS and RUST_LOG when set.
 set -euo pipefail
@@ -34,6 +35,8 @@ cp "$script" "$work/job/script.sh"
     echo
 } > "$work/job/run.sh"
 rm -f "$work/status"
+# The NVMe controller's disk, fresh each boot: a known first sector, zeros after it.
+{ printf 'MINIVMM-NVME-DISK sector 0\n'; head -c 1048549 /dev/zero; } > "$work/nvme.img"
 
 # Multi-threaded TCG (the default) is needed: with thread=single, timers in L1 stall. It has a
 # rare failure of its own (L0's kernel dies on an int3 left by cross-CPU code patching), so an
@@ -46,6 +49,7 @@ timeout -k 10 "$((timeout + 60))" qemu-system-x86_64 \
     -append "console=ttyS0 quiet intel_iommu=on panic=-1 nested.work=$work nested.timeout=$timeout" \
     -device intel-iommu,intremap=on \
     -device edu \
+    -drive "file=$work/nvme.img,if=none,format=raw,id=nvm" -device nvme,serial=minivmm0,drive=nvm \
     -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
     -virtfs "local,path=$work,mount_tag=w,security_model=none,multidevs=remap" < /dev/null
 }

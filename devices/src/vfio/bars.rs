@@ -145,8 +145,9 @@ impl BarMaps {
         }
         if mapped > 0 {
             info!(
-                "vfio {}: BAR {bar} mapped into the guest at {base:#x} ({mapped:#x} bytes in {} pieces)",
+                "vfio {}: BAR {bar} mapped into the guest at {base:#x} ({mapped:#x} bytes, {} of {} pieces)",
                 self.name,
+                pieces.iter().filter(|p| p.handle.is_some()).count(),
                 pieces.len()
             );
         }

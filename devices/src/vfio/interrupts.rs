@@ -102,6 +102,10 @@ struct State {
     mode: Mode,
     vectors: Vec<Vector>,
     intx: Option<Intx>,
+    /// Vector interrupts the relay sent through the VMM (the rest went through the
+    /// hypervisor's routes), and INTx assertions.
+    relayed: u64,
+    intx_count: u64,
 }
 
 /// A function's interrupt state, shared by the device model (configuration and MSI-X table
@@ -248,6 +252,8 @@ impl Interrupts {
             mode: Mode::Off,
             vectors: Vec::new(),
             intx: None,
+            relayed: 0,
+            intx_count: 0,
         })))
     }
 
@@ -317,7 +323,9 @@ impl Interrupts {
                 match &mut st.intx {
                     Some(x) if x.fd.read().is_ok() && !x.asserted => {
                         x.asserted = true;
-                        LineChange::Raise(x.line.clone())
+                        let line = x.line.clone();
+                        st.intx_count += 1;
+                        LineChange::Raise(line)
                     }
                     _ => LineChange::None,
                 }
@@ -330,7 +338,10 @@ impl Interrupts {
                     return;
                 }
                 match v.message.filter(|_| !v.masked) {
-                    Some(m) => st.send(m),
+                    Some(m) => {
+                        st.relayed += 1;
+                        st.send(m);
+                    }
                     None => v.pending = true,
                 }
                 LineChange::None
@@ -342,9 +353,16 @@ impl Interrupts {
     /// One line per vector for the state dump.
     pub fn dump(&self) -> String {
         let st = lock(&self.0);
-        let mut s = format!("  interrupts: {:?}", st.mode);
+        let mut s = format!(
+            "  interrupts: {:?}, {} relayed by the VMM",
+            st.mode, st.relayed
+        );
         if let Some(x) = &st.intx {
-            s += &format!(", INTx {}", if x.asserted { "asserted" } else { "idle" });
+            s += &format!(
+                ", INTx {} ({} assertions)",
+                if x.asserted { "asserted" } else { "idle" },
+                st.intx_count
+            );
         }
         s += "\n";
         for (i, v) in st.vectors.iter().enumerate() {

@@ -2,18 +2,21 @@
 #  - error cases, each one clear line and a non-zero status, before anything is set up;
 #  - with --iommu: L1 (intel_iommu=on) sees 1234:11e8 in its own IOMMU group, binds it to its
 #    vfio-pci and the DMA test passes against the physical device: DMA, unmapped DMA blocked,
-#    MSI through interrupt remapping, map/unmap rate;
+#    INTx and MSI through interrupt remapping, map/unmap rate; L0's NVMe controller, passed
+#    through beside it, works with L1's own nvme driver (MSI-X, DMA through L1's DMA domain);
 #  - SIGTERM while L1 runs: minivmm stops in order and releases the device;
 #  - without --iommu: L1 has no IOMMU; DMA to the guest-physical address of a locked buffer
-#    lands (all L1 RAM is mapped at IOVA = GPA); the device is taken again after the runs
-#    above, so release works.
+#    lands (all L1 RAM is mapped at IOVA = GPA), and the NVMe controller works too; the devices
+#    are taken again after the runs above, so release works.
 [ -n "$EDU_BDF" ] || { echo "L0 has no edu device bound to vfio-pci"; exit 1; }
+[ -n "$NVME_BDF" ] || { echo "L0 has no NVMe controller bound to vfio-pci"; exit 1; }
+nvme_mods=(--module nvme-auth --module nvme-core --module nvme --file "$NESTED_DIR/guest/nvme-check:/nvme-check")
 img="$NESTED_WORKDIR/l1-vfio.img"
 l1_initramfs "$img" "$NESTED_DIR/guest/init-iommu" \
     --module irqbypass --module vfio --module vfio_iommu_type1 --module vfio-pci-core \
-    --module vfio-pci --file "$EDU_VFIO_TEST:/edu-vfio-test"
+    --module vfio-pci "${nvme_mods[@]}" --file "$EDU_VFIO_TEST:/edu-vfio-test"
 img_noiommu="$NESTED_WORKDIR/l1-vfio-noiommu.img"
-l1_initramfs "$img_noiommu" "$NESTED_DIR/guest/init-vfio-noiommu" \
+l1_initramfs "$img_noiommu" "$NESTED_DIR/guest/init-vfio-noiommu" "${nvme_mods[@]}" \
     --file "$EDU_VFIO_TEST:/edu-vfio-test"
 img_wait="$NESTED_WORKDIR/l1-wait.img"
 l1_initramfs "$img_wait" "$NESTED_DIR/guest/init-wait"
@@ -46,15 +49,25 @@ error no-permission "No permission to open /dev/vfio/" \
 error caching-mode "needs caching-mode=on" "$MINIVMM" "${k[@]}" --iommu caching-mode=off --vfio "$EDU_BDF"
 
 # Behind the vIOMMU (with minivmm's info log, to see the BAR and RAM mappings).
+check_vfio_iommu() { check_vtd_l1 48 x2apic "$1" && check_nvme "$1"; }
 export RUST_LOG=info,vfio_ioctls=error
-line=$(l1_variant "$LOGDIR/60-vfio-iommu.log" "vfio+iommu" "check_vtd_l1 48 x2apic" \
-    --kernel "$BZIMAGE" --initramfs "$img" --cpus 2 --memory 512M --iommu --vfio "$EDU_BDF" \
+line=$(l1_variant "$LOGDIR/60-vfio-iommu.log" "vfio+iommu" check_vfio_iommu \
+    --kernel "$BZIMAGE" --initramfs "$img" --cpus 2 --memory 512M --iommu \
+    --vfio "$EDU_BDF" --vfio "$NVME_BDF" \
     --cmdline "console=ttyS0 panic=-1 intel_iommu=on") || { echo "$line"; exit 1; }
 echo "$line"
 iommu_line="$line"
 unset RUST_LOG
 expect "$LOGDIR/60-vfio-iommu.log" "^MINIVMM-GROUP 0000:00:01.0 0x1234:0x11e8 group=" "1234:11e8 at 00:01.0"
-expect "$LOGDIR/60-vfio-iommu.log" "vfio 0000:..:..\..: BAR 0 mapped into the guest at 0x" "BAR 0 as a KVM memory slot"
+expect "$LOGDIR/60-vfio-iommu.log" "vfio $EDU_BDF: BAR 0 mapped into the guest at 0x" "edu's BAR 0 as a KVM memory slot"
+expect "$LOGDIR/60-vfio-iommu.log" "vfio $NVME_BDF: MSI absent, MSI-X at 0x[0-9a-f]+ \([0-9]+ vectors, table in BAR 0\)" "the NVMe MSI-X capability"
+expect "$LOGDIR/60-vfio-iommu.log" "vfio $NVME_BDF: BAR 0 mapped into the guest at 0x[0-9a-f]+ \(0x[0-9a-f]+ bytes, [1-9] of [1-9] pieces\)" "NVMe BAR 0 mapped around its MSI-X table"
+expect "$LOGDIR/60-vfio-iommu.log" "vfio $EDU_BDF: INTx wired" "edu's INTx wired"
+# The NVMe interrupts L1 took came through KVM irqfds, none through the VMM's relay; edu's
+# INTx test asserted its line through the relay.
+grep -A1 "^ *passthrough $NVME_BDF" "$LOGDIR/60-vfio-iommu.log" | tail -n1 | grep -q " 0 relayed by the VMM" \
+    || { echo "NVMe vectors were relayed: $(grep -A1 "passthrough $NVME_BDF" "$LOGDIR/60-vfio-iommu.log" | tail -n1)"; exit 1; }
+expect "$LOGDIR/60-vfio-iommu.log" "INTx idle \([1-9][0-9]* assertions\)" "edu's INTx assertions"
 expect "$LOGDIR/60-vfio-iommu.log" "guest RAM mapped at IOVA = GPA in" "the background identity mapping"
 expect "$LOGDIR/60-vfio-iommu.log" "reset and released" "the device released at exit"
 
@@ -75,13 +88,14 @@ check_noiommu() {
     expect "$1" "^MINIVMM-EDU 0000:00:01.0" "the edu at 00:01.0" || return 1
     expect "$1" "^MINIVMM-TEST PASS dma-identity" "DMA at IOVA = GPA" || return 1
     expect "$1" "^MINIVMM-TEST edu-vfio-test: [0-9]+ passed, 0 failed" "no test failure" || return 1
+    check_nvme "$1" > /dev/null || return 1
     expect "$1" "reboot: Power down" "an ACPI poweroff" || return 1
     grep -m1 "PASS dma-identity" "$1" | sed 's/^MINIVMM-TEST //'
 }
 
 # Without a vIOMMU (L1 RAM below 256 MiB: QEMU's edu masks DMA addresses to 28 bits).
 line=$(l1_variant "$LOGDIR/60-vfio-noiommu.log" "vfio-noiommu" check_noiommu \
-    --kernel "$BZIMAGE" --initramfs "$img_noiommu" --memory 200M --vfio "$EDU_BDF" \
+    --kernel "$BZIMAGE" --initramfs "$img_noiommu" --memory 200M --vfio "$EDU_BDF" --vfio "$NVME_BDF" \
     --cmdline "console=ttyS0 panic=-1") || { echo "$line"; exit 1; }
 echo "$line"
 echo "$errors error cases; $iommu_line; sigterm ok; $line"
