@@ -30,16 +30,21 @@ impl RemappingUnit {
         self.tracker.mappings(device)
     }
 
-    fn device_state<M: GuestMemoryBackend>(&self, mem: &M, device: Bdf) -> DeviceState {
+    /// How the unit treats `device`'s DMA now. The context entry comes from the context
+    /// cache when it holds one (as a translation would use it, 6.2.2), so an IOTLB
+    /// invalidation costs no root and context reads.
+    fn device_state<M: GuestMemoryBackend>(&mut self, mem: &M, device: Bdf) -> DeviceState {
         if !self.translation_enabled() {
             return DeviceState::PassThrough;
         }
-        DeviceState::from_context(translation::lookup_context(
-            mem,
-            self.active_rtaddr,
-            device,
-            &self.walk,
-        ))
+        if let Some(c) = self.context_cache.get(&device) {
+            return DeviceState::from_context(Ok(*c));
+        }
+        let ctx = translation::lookup_context(mem, self.active_rtaddr, device, &self.walk);
+        if let Ok(c) = ctx {
+            self.context_cache.insert(device, c);
+        }
+        DeviceState::from_context(ctx)
     }
 
     /// Resyncs the tracked devices `which` selects (by address and last known domain) over
