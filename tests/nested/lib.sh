@@ -83,6 +83,7 @@ check_vtd_l1() {
     expect "$log" "^MINIVMM-EDU .* driver=vfio-pci" "edu bound to vfio-pci" || return 1
     expect "$log" "^MINIVMM-TEST PASS dma" "the DMA round trip" || return 1
     expect "$log" "^MINIVMM-TEST PASS unmapped-dma-blocked" "unmapped DMA blocked" || return 1
+    expect "$log" "^MINIVMM-TEST PASS dma-2m" "DMA through a 2 MiB superpage mapping" || return 1
     expect "$log" "^MINIVMM-TEST PASS intx" "INTx through the IOAPIC and interrupt remapping" || return 1
     expect "$log" "^MINIVMM-TEST PASS msi" "MSI through interrupt remapping" || return 1
     expect "$log" "^MINIVMM-TEST PASS map-unmap-bench" "the map/unmap run" || return 1

@@ -127,6 +127,8 @@ pub struct DmaStats {
     pub map_ns: u64,
     pub unmaps: u64,
     pub unmap_ns: u64,
+    /// The largest single host mapping made for a guest mapping.
+    pub largest: u64,
 }
 
 /// Why the container could not be set up.
@@ -253,7 +255,10 @@ impl VfioDma {
             st.stats.maps += 1;
             st.stats.map_ns += t.elapsed().as_nanos() as u64;
             match r {
-                Ok(()) => st.mappings += 1,
+                Ok(()) => {
+                    st.mappings += 1;
+                    st.stats.largest = st.stats.largest.max(len);
+                }
                 Err(e) => warn!(
                     "vfio {}: VFIO_IOMMU_MAP_DMA {:#x}+{len:#x}: {e}",
                     self.device,
@@ -331,10 +336,11 @@ impl VfioDma {
         let st = lock(&self.state);
         let avg = |ns: u64, n: u64| ns.checked_div(n).unwrap_or(0) / 1000;
         format!(
-            "vfio {}: {} host mappings{}; {} VFIO_IOMMU_MAP_DMA (avg {} us), {} VFIO_IOMMU_UNMAP_DMA (avg {} us)\n",
+            "vfio {}: {} host mappings{} (largest {:#x}); {} VFIO_IOMMU_MAP_DMA (avg {} us), {} VFIO_IOMMU_UNMAP_DMA (avg {} us)\n",
             self.device,
             st.mappings,
             if st.identity { " + all RAM at IOVA = GPA" } else { "" },
+            st.stats.largest,
             st.stats.maps,
             avg(st.stats.map_ns, st.stats.maps),
             st.stats.unmaps,

@@ -1,5 +1,5 @@
 //! Finding a host PCI device for passthrough and checking, before anything is opened, that
-//! VFIO can take it: it exists, it is bound to vfio-pci, the host has an IOMMU, its IOMMU group
+//! VFIO can take it: it exists, the host has an IOMMU, it is bound to vfio-pci, its IOMMU group
 //! is viable and its group file may be opened. Each failure is one clear sentence.
 
 use std::fs;
@@ -90,6 +90,10 @@ pub fn check_at(spec: &str, sys: &Path, dev_vfio: &Path) -> Result<HostDevice, H
     if !sysfs.exists() {
         return Err(HostDeviceError::NoSuchDevice(name));
     }
+    // No IOMMU first: without one, no driver binding can help.
+    let group = link_name(&sysfs.join("iommu_group"))
+        .and_then(|g| g.parse::<u32>().ok())
+        .ok_or_else(|| HostDeviceError::NoIommu(name.clone()))?;
     match link_name(&sysfs.join("driver")) {
         None => return Err(HostDeviceError::NoDriver(name)),
         Some(d) if d != "vfio-pci" => {
@@ -100,9 +104,6 @@ pub fn check_at(spec: &str, sys: &Path, dev_vfio: &Path) -> Result<HostDevice, H
         }
         Some(_) => {}
     }
-    let group = link_name(&sysfs.join("iommu_group"))
-        .and_then(|g| g.parse::<u32>().ok())
-        .ok_or_else(|| HostDeviceError::NoIommu(name.clone()))?;
     let members = sys.join(format!("kernel/iommu_groups/{group}/devices"));
     let mut others = Vec::new();
     if let Ok(entries) = fs::read_dir(&members) {
@@ -231,6 +232,14 @@ mod tests {
             check_fake(&no_iommu, "00:01.0"),
             Err(HostDeviceError::NoIommu(_))
         ));
+        let no_iommu_native = fake(Some("e1000e"), false, &[]);
+        assert!(
+            matches!(
+                check_fake(&no_iommu_native, "00:01.0"),
+                Err(HostDeviceError::NoIommu(_))
+            ),
+            "no IOMMU is reported before the driver binding"
+        );
         let shared = fake(
             Some("vfio-pci"),
             true,
@@ -247,7 +256,15 @@ mod tests {
             check_fake(&missing_file, "00:01.0"),
             Err(HostDeviceError::GroupOpen { .. })
         ));
-        for r in [ok, e1000, none, no_iommu, shared, missing_file] {
+        for r in [
+            ok,
+            e1000,
+            none,
+            no_iommu,
+            no_iommu_native,
+            shared,
+            missing_file,
+        ] {
             let _ = fs::remove_dir_all(r);
         }
     }

@@ -13,7 +13,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use edu::Bar0;
-use vfio::{DmaBuffer, Region, VfioDevice};
+use vfio::{DmaBuffer, HugeBuffer, Region, VfioDevice, HUGE_PAGE};
 
 /// VFIO region and IRQ indexes for PCI devices (include/uapi/linux/vfio.h).
 const BAR0_REGION: u32 = 0;
@@ -31,6 +31,8 @@ const PCI_COMMAND_MASTER: u16 = 0x4;
 const IOVA_BUF: u64 = 0x10_0000;
 const IOVA_UNMAPPED: u64 = 0x80_0000;
 const IOVA_BENCH: u64 = 0x100_0000;
+/// A 2 MiB-aligned IOVA for the superpage test.
+const IOVA_HUGE: u64 = 0x40_0000;
 pub(crate) const PAGE: u64 = 4096;
 /// Bytes moved per DMA: inside the 4 KiB device buffer, never ending exactly at its end.
 pub(crate) const XFER: u32 = 1024;
@@ -140,6 +142,32 @@ fn test_unmapped(bar: &dyn Bar0, buf: &mut DmaBuffer, base_iova: u64) -> Result<
     Ok(format!(
         "DMA to unmapped IOVA {IOVA_UNMAPPED:#x} did not land; device still works"
     ))
+}
+
+/// One 2 MiB mapping of a huge page (which the guest's IOMMU driver maps as a superpage):
+/// DMA to its first and last pages lands where it should.
+fn test_dma_2m(dev: &VfioDevice, bar: &dyn Bar0) -> Result<String, String> {
+    let Some(mut buf) = HugeBuffer::new().map_err(|e| e.to_string())? else {
+        return Err("the kernel gave no transparent huge page for a 2 MiB buffer".into());
+    };
+    dev.map_dma(buf.addr(), IOVA_HUGE, HUGE_PAGE as u64)
+        .map_err(|e| e.to_string())?;
+    let result = (|| {
+        let want = pattern(XFER as usize, 0x3c);
+        let last = HUGE_PAGE - PAGE as usize;
+        buf.as_mut_slice()[..XFER as usize].copy_from_slice(&want);
+        edu::dma(bar, IOVA_HUGE, edu::DMA_BUFFER, XFER, false)?;
+        edu::dma(bar, edu::DMA_BUFFER, IOVA_HUGE + last as u64, XFER, true)?;
+        if buf.as_slice()[last..last + XFER as usize] != want[..] {
+            return Err("DMA to the last page of the 2 MiB mapping did not land".into());
+        }
+        Ok(format!(
+            "2 MiB at IOVA {IOVA_HUGE:#x} (one huge page): first page -> device -> last page"
+        ))
+    })();
+    dev.unmap_dma(IOVA_HUGE, HUGE_PAGE as u64)
+        .map_err(|e| e.to_string())?;
+    result
 }
 
 fn eventfd() -> Result<OwnedFd, String> {
@@ -278,6 +306,7 @@ fn run_vfio(bdf: &str, bench_seconds: f64) -> Result<Outcome, String> {
         "unmapped-dma-blocked",
         test_unmapped(&bar, &mut buf, IOVA_BUF),
     );
+    out.record("dma-2m", test_dma_2m(&dev, &bar));
     out.record("intx", test_intx(&dev, &bar));
     out.record("msi", test_msi(&dev, &bar));
     dev.unmap_dma(IOVA_BUF, 2 * PAGE)
