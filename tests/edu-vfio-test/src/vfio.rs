@@ -310,72 +310,44 @@ pub struct DmaBuffer {
 /// 2 MiB, the size of a second-level superpage.
 pub const HUGE_PAGE: usize = 2 << 20;
 
-/// A 2 MiB-aligned, 2 MiB anonymous region backed by one transparent huge page (so it is
-/// contiguous in guest-physical memory), or None if the kernel gave small pages.
+/// One 2 MiB huge page (hugetlb), so the buffer is contiguous in guest-physical memory and
+/// naturally aligned: the guest's IOMMU driver maps it with one second-level superpage.
 pub struct HugeBuffer {
-    map: *mut u8,
     ptr: *mut u8,
 }
 
+/// Where the kernel keeps its count of reserved 2 MiB pages.
+const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
+
 impl HugeBuffer {
-    pub fn new() -> Result<Option<Self>, VfioError> {
-        let len = 2 * HUGE_PAGE;
-        // SAFETY: an anonymous private mapping; the result is checked before use.
-        let map = unsafe {
+    pub fn new() -> Result<Self, String> {
+        // Reserve a huge page if none is (needs root, as the rest of this program does).
+        let reserved = std::fs::read_to_string(NR_HUGEPAGES)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        if reserved == 0 {
+            std::fs::write(NR_HUGEPAGES, "1").map_err(|e| format!("{NR_HUGEPAGES}: {e}"))?;
+        }
+        // SAFETY: an anonymous private hugetlb mapping; the result is checked before use.
+        let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                len,
+                HUGE_PAGE,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_HUGETLB | libc::MAP_POPULATE,
                 -1,
                 0,
             )
         };
-        if map == libc::MAP_FAILED {
-            return Err(VfioError::Io(std::io::Error::last_os_error()));
+        if ptr == libc::MAP_FAILED {
+            return Err(format!(
+                "no 2 MiB huge page ({NR_HUGEPAGES}: {}): {}",
+                std::fs::read_to_string(NR_HUGEPAGES).unwrap_or_default().trim(),
+                std::io::Error::last_os_error()
+            ));
         }
-        let map = map.cast::<u8>();
-        let ptr = ((map as usize).next_multiple_of(HUGE_PAGE)) as *mut u8;
-        let buf = HugeBuffer { map, ptr };
-        // SAFETY: [ptr, ptr + 2 MiB) lies inside the mapping (it is 4 MiB long); advice and
-        // writes stay within it.
-        unsafe {
-            libc::madvise(ptr.cast(), HUGE_PAGE, libc::MADV_HUGEPAGE);
-            std::ptr::write_bytes(ptr, 0, HUGE_PAGE);
-        }
-        Ok(buf.is_huge().then_some(buf))
-    }
-
-    /// Whether the region is one huge page: the AnonHugePages of the mapping (in
-    /// /proc/self/smaps) that holds it.
-    fn is_huge(&self) -> bool {
-        let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
-            return false;
-        };
-        let at = self.ptr as usize;
-        let holds = |header: &str| {
-            let range = header.split_whitespace().next().unwrap_or("");
-            let mut ends = range.split('-').map(|x| usize::from_str_radix(x, 16).ok());
-            matches!((ends.next(), ends.next()), (Some(Some(s)), Some(Some(e))) if s <= at && at < e)
-        };
-        let is_field = |l: &&str| {
-            l.split_whitespace()
-                .next()
-                .is_some_and(|w| w.ends_with(':'))
-        };
-        let mut lines = smaps.lines().skip_while(|l| is_field(l) || !holds(l));
-        lines.next();
-        lines
-            .take_while(is_field)
-            .filter_map(|l| l.strip_prefix("AnonHugePages:"))
-            .any(|v| {
-                v.trim()
-                    .trim_end_matches(" kB")
-                    .trim()
-                    .parse::<u64>()
-                    .unwrap_or(0)
-                    >= 2048
-            })
+        Ok(HugeBuffer { ptr: ptr.cast() })
     }
 
     pub fn addr(&self) -> u64 {
@@ -395,8 +367,8 @@ impl HugeBuffer {
 
 impl Drop for HugeBuffer {
     fn drop(&mut self) {
-        // SAFETY: unmapping our own 4 MiB mapping; no references outlive self.
-        unsafe { libc::munmap(self.map.cast(), 2 * HUGE_PAGE) };
+        // SAFETY: unmapping our own mapping; no references outlive self.
+        unsafe { libc::munmap(self.ptr.cast(), HUGE_PAGE) };
     }
 }
 
