@@ -24,60 +24,15 @@ impl Trigger for LineTrigger {
     }
 }
 
-/// UART registers (PC16550D datasheet): data, interrupt enable, line and modem control.
-const REG_DATA: u64 = 0;
-const REG_IER: u64 = 1;
-const REG_LCR: u64 = 3;
-const REG_MCR: u64 = 4;
-/// IER: transmitter holding register empty interrupt; LCR: divisor latch access; MCR:
-/// loopback.
-const IER_THRI: u8 = 1 << 1;
-const LCR_DLAB: u8 = 1 << 7;
-const MCR_LOOP: u8 = 1 << 4;
-
-/// Lets the VMM batch the guest's writes to the data register instead of taking one exit per
-/// character (with KVM: coalesced port I/O). Batched bytes reach the UART, in order, before
-/// the guest's next access to any other register is handled. The UART turns batching on only
-/// while nothing observes a write at once: the transmit interrupt is off (the guest polls the
-/// line status instead, as Linux's console does) and loopback is off.
-pub trait TxBatching: Send + Sync {
-    fn set(&self, on: bool);
-}
-
 /// A 16550A UART whose output goes to `out`.
 pub struct SerialDevice {
     uart: Serial<LineTrigger, vm_superio::serial::NoEvents, Box<dyn Write + Send>>,
-    batching: Option<(Arc<dyn TxBatching>, bool)>,
 }
 
 impl SerialDevice {
     pub fn new(irq: Arc<dyn IrqLine>, out: Box<dyn Write + Send>) -> Self {
         SerialDevice {
             uart: Serial::new(LineTrigger(irq), out),
-            batching: None,
-        }
-    }
-
-    /// Lets `b` batch data register writes whenever that is invisible to the guest (see
-    /// [`TxBatching`]); after reset it is.
-    pub fn set_batching(&mut self, b: Arc<dyn TxBatching>) {
-        b.set(true);
-        self.batching = Some((b, true));
-        self.update_batching();
-    }
-
-    fn update_batching(&mut self) {
-        let Some((b, on)) = &mut self.batching else {
-            return;
-        };
-        if self.uart.read(REG_LCR as u8) & LCR_DLAB != 0 {
-            return;
-        }
-        let want = self.uart.read(REG_IER as u8) & IER_THRI == 0
-            && self.uart.read(REG_MCR as u8) & MCR_LOOP == 0;
-        if want != *on {
-            *on = want;
-            b.set(want);
         }
     }
 
@@ -107,9 +62,6 @@ impl BusDevice for SerialDevice {
             // Errors are the output writer's (e.g. a closed stdout): the byte is lost, as on
             // a disconnected line.
             let _ = self.uart.write(offset as u8, data[0]);
-            if offset != REG_DATA {
-                self.update_batching();
-            }
         }
     }
 }
@@ -180,40 +132,6 @@ mod tests {
         assert_eq!(b[0] & LSR_DATA_READY, LSR_DATA_READY);
         s.read(THR, &mut b);
         assert_eq!(b[0], b'x');
-    }
-
-    #[derive(Default)]
-    struct Batching(Mutex<Vec<bool>>);
-    impl TxBatching for Batching {
-        fn set(&self, on: bool) {
-            self.0.lock().unwrap().push(on);
-        }
-    }
-
-    #[test]
-    fn serial_batching_only_while_transmit_interrupt_and_loopback_are_off() {
-        let (mut s, _, sink) = dev();
-        let b = Arc::new(Batching::default());
-        s.set_batching(b.clone());
-        assert_eq!(*b.0.lock().unwrap(), vec![true], "on after reset");
-        s.write(IER, &[IER_RDI]);
-        assert_eq!(
-            b.0.lock().unwrap().len(),
-            1,
-            "RX interrupt alone changes nothing"
-        );
-        s.write(IER, &[IER_RDI | IER_THRI]);
-        s.write(THR, b"x");
-        s.write(IER, &[0]);
-        assert_eq!(*b.0.lock().unwrap(), vec![true, false, true]);
-        // With DLAB set, offset 1 is the divisor latch: no change.
-        s.write(REG_LCR, &[LCR_DLAB]);
-        s.write(IER, &[IER_THRI]);
-        s.write(REG_LCR, &[0x03]);
-        assert_eq!(*b.0.lock().unwrap(), vec![true, false, true]);
-        s.write(REG_MCR, &[MCR_LOOP]);
-        assert_eq!(*b.0.lock().unwrap(), vec![true, false, true, false]);
-        assert_eq!(*sink.0.lock().unwrap(), b"x");
     }
 
     #[test]

@@ -1,7 +1,6 @@
 //! minivmm: a small VMM for KVM guests with an emulated VT-d IOMMU and VFIO passthrough.
 
 mod cli;
-mod coalesced;
 mod console;
 mod control;
 mod cpuid;

@@ -169,8 +169,6 @@ pub struct VcpuContext {
     /// Raised (then each vCPU kicked) when the state dump is asked for: each vCPU prints its
     /// registers once per increment.
     pub dump: Arc<AtomicU64>,
-    /// Batched port writes, applied before any exit is handled.
-    pub coalesced: Option<Arc<crate::coalesced::CoalescedPort>>,
 }
 
 /// Local APIC register offsets in kvm_lapic_state: TPR, ISR and IRR (8 dwords each, 16 bytes
@@ -255,10 +253,6 @@ pub fn run(mut vcpu: VcpuFd, id: u32, ctx: &VcpuContext) {
                 return;
             }
         };
-        // Writes the guest batched before this exit happened before it, too.
-        if let Some(c) = &ctx.coalesced {
-            c.drain(&ctx.pio);
-        }
         if let Action::Stop(reason) = handle_exit(exit, &ctx.pio, &ctx.mmio, ctx.eoi.as_ref()) {
             let _ = ctx.stopped.send(reason);
             return;

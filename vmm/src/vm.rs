@@ -34,7 +34,6 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::cli::{Cli, DeviceKind, SerialMode};
-use crate::coalesced::CoalescedPort;
 use crate::console::ConsoleOut;
 use crate::control::VmControl;
 use crate::event_loop::{StdinHandler, StopHandler};
@@ -151,7 +150,6 @@ pub struct Vm {
     view: StateView,
     serial: Option<Arc<Mutex<SerialDevice>>>,
     console: Option<ConsoleOut>,
-    coalesced: Option<Arc<CoalescedPort>>,
     stdin: bool,
     control: Arc<VmControl>,
     stopped: Receiver<StopReason>,
@@ -473,14 +471,7 @@ impl Vm {
             vcpu::configure(&fd, id, cli.cpus, &supported, (id == 0).then_some(&boot))?;
             vcpus.push(fd);
         }
-        // The UART's data register is batched while the guest polls the line status.
-        let coalesced = match (&serial, vcpus.first()) {
-            (Some(s), Some(v)) => CoalescedPort::new(&kvm, vm.clone(), COM1_PORT).inspect(|c| {
-                c.attach(v);
-                lock(s).set_batching(c.clone());
-            }),
-            _ => None,
-        };
+
         Ok(Vm {
             vm,
             vcpus,
@@ -497,18 +488,13 @@ impl Vm {
             stdin: matches!(cli.serial, SerialMode::Stdio),
             serial,
             console,
-            coalesced,
             control,
             stopped,
         })
     }
 
-    /// What the guest printed reaches the console: batched port writes are applied and the
-    /// console's buffer written out.
+    /// What the guest printed so far reaches the console.
     fn flush_console(&self) {
-        if let Some(c) = &self.coalesced {
-            c.drain(&self.pio);
-        }
         if let Some(c) = &self.console {
             c.flush_now();
         }
@@ -547,7 +533,6 @@ impl Vm {
             stop: stop.clone(),
             stopped: self.control.sender(),
             dump: dump.clone(),
-            coalesced: self.coalesced.clone(),
         });
         let mut threads: Vec<JoinHandle<()>> = Vec::new();
         for (id, fd) in std::mem::take(&mut self.vcpus).into_iter().enumerate() {
