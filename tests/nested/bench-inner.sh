@@ -30,7 +30,7 @@ emulated_cmd=("$MINIVMM" --kernel "$BZIMAGE" --initramfs "$img" --cpus 2 --memor
 # twice a second from /proc with builtins too; nothing is forked while the VM runs.
 children() { # PID: the first child of PID (from /proc, no fork)
     local c=""
-    read -r c _ < "/proc/$1/task/$1/children" 2>/dev/null
+    read -r c _ < "/proc/$1/task/$1/children" 2>/dev/null || true
     printf -v REPLY '%s' "$c"
 }
 one() {
@@ -40,8 +40,8 @@ one() {
     sub=$!
     : > "$log"
     while :; do
-        IFS= read -r -t 0.5 line <&"$out"
-        rc=$?
+        rc=0
+        IFS= read -r -t 0.5 line <&"$out" || rc=$?
         if [ $rc -eq 0 ]; then
             printf '%s\n' "$line" >> "$log"
             if [ -z "$t_init" ] && [[ $line == MINIVMM-L1-UP* ]]; then t_init=$EPOCHREALTIME; fi
