@@ -343,7 +343,9 @@ impl HugeBuffer {
         if ptr == libc::MAP_FAILED {
             return Err(format!(
                 "no 2 MiB huge page ({NR_HUGEPAGES}: {}): {}",
-                std::fs::read_to_string(NR_HUGEPAGES).unwrap_or_default().trim(),
+                std::fs::read_to_string(NR_HUGEPAGES)
+                    .unwrap_or_default()
+                    .trim(),
                 std::io::Error::last_os_error()
             ));
         }
