@@ -12,5 +12,6 @@ cargo build --release
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --quiet -p edu-vfio-test \
     --target x86_64-unknown-linux-gnu
 export MINIVMM="$PWD/target/release/minivmm"
+tests/nested/build-idle.sh
 export EDU_VFIO_TEST="$PWD/target/x86_64-unknown-linux-gnu/release/edu-vfio-test"
 exec tests/nested/run-l0.sh --timeout "${BENCH_TIMEOUT:-3000}" tests/nested/bench-inner.sh

@@ -16,10 +16,5 @@ if [ -z "${EDU_VFIO_TEST:-}" ] || [ -z "${MINIVMM_STATIC:-}" ]; then
     MINIVMM_STATIC="$root/target/x86_64-unknown-linux-gnu/release/minivmm"
 fi
 export EDU_VFIO_TEST MINIVMM_STATIC
-# The idle payload L0 keeps running during the suite (see tests/payloads/idle.S).
-work="$here/work"
-mkdir -p "$work"
-cc -c -o "$work/idle.o" "$here/../payloads/idle.S"
-ld -m elf_x86_64 -Ttext=0x100000 -z noseparate-code -nostdlib -o "$work/idle64.elf" "$work/idle.o"
-objcopy -I elf64-x86-64 -O elf32-i386 "$work/idle64.elf" "$work/idle.elf"
+"$here/build-idle.sh"
 exec "$here/run-l0.sh" --timeout "${NESTED_TIMEOUT:-2400}" "$here/inner-all.sh"
