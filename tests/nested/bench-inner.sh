@@ -113,7 +113,7 @@ row "runs counted / failed (lab)" "$(wc -l < "$tmp/minivmm.txt") / $(wc -l < "$t
     "$(wc -l < "$tmp/qemu.txt") / $(wc -l < "$tmp/qemu.failed")" \
     "$(wc -l < "$tmp/emulated.txt") / $(wc -l < "$tmp/emulated.failed")"
 for i in $(seq "$runs"); do
-    for what in "register writes handled" VFIO_IOMMU_MAP_DMA; do
+    for what in "tail writes handled" VFIO_IOMMU_MAP_DMA; do
         grep -h -m1 "$what" "$tmp/minivmm-$i.log" 2>/dev/null | sed "s/^ */minivmm cost (run $i): /" || true
     done
 done
