@@ -13,7 +13,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use edu::Bar0;
-use vfio::{DmaBuffer, HugeBuffer, Region, VfioDevice, HUGE_PAGE};
+use vfio::{DmaBuffer, Region, VfioDevice, HUGE_PAGE};
 
 /// VFIO region and IRQ indexes for PCI devices (include/uapi/linux/vfio.h).
 const BAR0_REGION: u32 = 0;
@@ -147,7 +147,7 @@ fn test_unmapped(bar: &dyn Bar0, buf: &mut DmaBuffer, base_iova: u64) -> Result<
 /// One 2 MiB mapping of a huge page (which the guest's IOMMU driver maps as a superpage):
 /// DMA to its first and last pages lands where it should.
 fn test_dma_2m(dev: &VfioDevice, bar: &dyn Bar0) -> Result<String, String> {
-    let mut buf = HugeBuffer::new()?;
+    let mut buf = DmaBuffer::huge()?;
     dev.map_dma(buf.addr(), IOVA_HUGE, HUGE_PAGE as u64)
         .map_err(|e| e.to_string())?;
     let result = (|| {
@@ -193,17 +193,30 @@ fn wait_signalled(fd: &OwnedFd) -> bool {
     n == 1
 }
 
+/// Runs `f` with an eventfd signalled by the device's interrupt `index`; the eventfd is
+/// detached again whatever `f` returns.
+fn with_irq_eventfd(
+    dev: &VfioDevice,
+    index: u32,
+    f: impl FnOnce(&OwnedFd) -> Result<String, String>,
+) -> Result<String, String> {
+    let efd = eventfd()?;
+    dev.set_irq_eventfd(index, Some(efd.as_raw_fd()))
+        .map_err(|e| e.to_string())?;
+    let result = f(&efd);
+    dev.set_irq_eventfd(index, None)
+        .map_err(|e| e.to_string())?;
+    result
+}
+
 /// Legacy INTx (MSI off): the device's level-triggered interrupt reaches us through VFIO,
 /// is acknowledged at the device and unmasked, several times in a row.
 fn test_intx(dev: &VfioDevice, bar: &dyn Bar0) -> Result<String, String> {
-    let efd = eventfd()?;
-    dev.set_irq_eventfd(INTX_IRQ_INDEX, Some(efd.as_raw_fd()))
-        .map_err(|e| e.to_string())?;
-    let result = (|| {
+    with_irq_eventfd(dev, INTX_IRQ_INDEX, |efd| {
         let start = Instant::now();
         for round in 0..INTX_ROUNDS {
             bar.write32(edu::REG_IRQ_RAISE, 1 << round)?;
-            let arrived = wait_signalled(&efd);
+            let arrived = wait_signalled(efd);
             let status = bar.read32(edu::REG_IRQ_STATUS)?;
             bar.write32(edu::REG_IRQ_ACK, status)?;
             dev.unmask_intx().map_err(|e| e.to_string())?;
@@ -222,20 +235,14 @@ fn test_intx(dev: &VfioDevice, bar: &dyn Bar0) -> Result<String, String> {
             "{INTX_ROUNDS} INTx interrupts delivered, acknowledged and unmasked in {} us",
             start.elapsed().as_micros()
         ))
-    })();
-    dev.set_irq_eventfd(INTX_IRQ_INDEX, None)
-        .map_err(|e| e.to_string())?;
-    result
+    })
 }
 
 fn test_msi(dev: &VfioDevice, bar: &dyn Bar0) -> Result<String, String> {
-    let efd = eventfd()?;
-    dev.set_irq_eventfd(MSI_IRQ_INDEX, Some(efd.as_raw_fd()))
-        .map_err(|e| e.to_string())?;
-    let result = (|| {
+    with_irq_eventfd(dev, MSI_IRQ_INDEX, |efd| {
         bar.write32(edu::REG_IRQ_RAISE, 0x1)?;
         let start = Instant::now();
-        let arrived = wait_signalled(&efd);
+        let arrived = wait_signalled(efd);
         let status = bar.read32(edu::REG_IRQ_STATUS)?;
         bar.write32(edu::REG_IRQ_ACK, status)?;
         if !arrived {
@@ -248,10 +255,7 @@ fn test_msi(dev: &VfioDevice, bar: &dyn Bar0) -> Result<String, String> {
             "MSI delivered in {} us",
             start.elapsed().as_micros()
         ))
-    })();
-    dev.set_irq_eventfd(MSI_IRQ_INDEX, None)
-        .map_err(|e| e.to_string())?;
-    result
+    })
 }
 
 fn bench_map_unmap(dev: &VfioDevice, seconds: f64) -> Result<String, String> {

@@ -301,7 +301,7 @@ impl VfioDevice {
     }
 }
 
-/// Anonymous, locked, page-aligned memory for DMA buffers.
+/// Anonymous, page-aligned memory for DMA buffers: locked small pages, or one huge page.
 pub struct DmaBuffer {
     ptr: *mut u8,
     len: usize,
@@ -310,17 +310,42 @@ pub struct DmaBuffer {
 /// 2 MiB, the size of a second-level superpage.
 pub const HUGE_PAGE: usize = 2 << 20;
 
-/// One 2 MiB huge page (hugetlb), so the buffer is contiguous in guest-physical memory and
-/// naturally aligned: the guest's IOMMU driver maps it with one second-level superpage.
-pub struct HugeBuffer {
-    ptr: *mut u8,
-}
-
 /// Where the kernel keeps its count of reserved 2 MiB pages.
 const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
 
-impl HugeBuffer {
-    pub fn new() -> Result<Self, String> {
+impl DmaBuffer {
+    pub fn new(len: usize) -> Result<Self, VfioError> {
+        // SAFETY: an anonymous private mapping; the result is checked before use.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(VfioError::Io(std::io::Error::last_os_error()));
+        }
+        // SAFETY: [ptr, ptr+len) is the mapping just created; locking it keeps its pages put.
+        if unsafe { libc::mlock(ptr, len) } != 0 {
+            let err = std::io::Error::last_os_error();
+            // SAFETY: unmapping the mapping created above, which nothing else references.
+            unsafe { libc::munmap(ptr, len) };
+            return Err(VfioError::Io(err));
+        }
+        Ok(DmaBuffer {
+            ptr: ptr.cast(),
+            len,
+        })
+    }
+
+    /// One 2 MiB huge page (hugetlb), so the buffer is contiguous in guest-physical memory
+    /// and naturally aligned: the guest's IOMMU driver maps it with one second-level
+    /// superpage. Hugetlb pages are never swapped, so it is not mlock()ed.
+    pub fn huge() -> Result<Self, String> {
         // Reserve a huge page if none is (needs root, as the rest of this program does).
         let reserved = std::fs::read_to_string(NR_HUGEPAGES)
             .ok()
@@ -349,57 +374,9 @@ impl HugeBuffer {
                 std::io::Error::last_os_error()
             ));
         }
-        Ok(HugeBuffer { ptr: ptr.cast() })
-    }
-
-    pub fn addr(&self) -> u64 {
-        self.ptr as u64
-    }
-
-    pub fn as_slice(&self) -> &[u8] {
-        // SAFETY: the 2 MiB at `ptr` are mapped for the life of self (see DmaBuffer).
-        unsafe { std::slice::from_raw_parts(self.ptr, HUGE_PAGE) }
-    }
-
-    pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: as above, and &mut self rules out other references.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, HUGE_PAGE) }
-    }
-}
-
-impl Drop for HugeBuffer {
-    fn drop(&mut self) {
-        // SAFETY: unmapping our own mapping; no references outlive self.
-        unsafe { libc::munmap(self.ptr.cast(), HUGE_PAGE) };
-    }
-}
-
-impl DmaBuffer {
-    pub fn new(len: usize) -> Result<Self, VfioError> {
-        // SAFETY: an anonymous private mapping; the result is checked before use.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(VfioError::Io(std::io::Error::last_os_error()));
-        }
-        // SAFETY: [ptr, ptr+len) is the mapping just created; locking it keeps its pages put.
-        if unsafe { libc::mlock(ptr, len) } != 0 {
-            let err = std::io::Error::last_os_error();
-            // SAFETY: unmapping the mapping created above, which nothing else references.
-            unsafe { libc::munmap(ptr, len) };
-            return Err(VfioError::Io(err));
-        }
         Ok(DmaBuffer {
             ptr: ptr.cast(),
-            len,
+            len: HUGE_PAGE,
         })
     }
 
