@@ -11,6 +11,7 @@ mod fault_reason;
 pub mod faults;
 pub mod interrupt_remapping;
 pub mod invalidation_queue;
+pub mod ratelimit;
 pub mod registers;
 #[cfg(test)]
 pub(crate) mod test_utils;
