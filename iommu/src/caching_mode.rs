@@ -237,6 +237,19 @@ impl MapTracker {
         self.devices.iter().map(|(b, v)| (*b, v.domain)).collect()
     }
 
+    /// Drops `m` from what is reported for `device` (the consumer could not map it), so the
+    /// next resync over it reports it again. Returns whether it was held.
+    pub fn forget(&mut self, device: Bdf, m: &Mapping) -> bool {
+        let Some(view) = self.devices.get_mut(&device) else {
+            return false;
+        };
+        if view.ranges.get(&m.iova) != Some(m) {
+            return false;
+        }
+        view.ranges.remove(&m.iova);
+        true
+    }
+
     /// The ranges currently reported for `device`.
     pub fn mappings(&self, device: Bdf) -> Vec<Mapping> {
         self.devices

@@ -24,4 +24,4 @@ pub use config::IommuConfig;
 pub use fault_reason::FaultReason;
 pub use interrupt_remapping::InterruptRequest;
 pub use types::{Bdf, BdfParseError, Iova};
-pub use unit::{DmaOutcome, InterruptOutcome, InterruptSink, RemappingUnit};
+pub use unit::{DmaOutcome, InterruptOutcome, InterruptSink, MapFailure, RemappingUnit};

@@ -98,6 +98,8 @@ pub struct RemappingUnit {
     interrupt_entries_changed: bool,
     tracker: MapTracker,
     map_events: Vec<(Bdf, MapEvent)>,
+    /// How far the consumer has carried out the map events (see `map_events_applied`).
+    host: tracking::HostSync,
     sink: Box<dyn InterruptSink>,
 }
 
@@ -141,6 +143,7 @@ impl RemappingUnit {
             interrupt_entries_changed: false,
             tracker: MapTracker::default(),
             map_events: Vec::new(),
+            host: tracking::HostSync::default(),
             sink,
         }
     }
@@ -346,6 +349,11 @@ impl RemappingUnit {
         let fm = (self.ccmd >> 32) & 3;
         self.invalidate_context(mem, cirg, did, sid, fm);
         self.ccmd = (self.ccmd & !(CCMD_ICC | (3 << CCMD_CAIG_SHIFT))) | (cirg << CCMD_CAIG_SHIFT);
+        // ICC clears when the invalidation is complete, host effects included.
+        if self.host_effects_outstanding() {
+            self.ccmd |= CCMD_ICC;
+            self.host.ccmd_pending = true;
+        }
     }
 
     fn invalidate_context<M: GuestMemoryBackend>(
@@ -382,6 +390,11 @@ impl RemappingUnit {
         self.invalidate_iotlb(mem, iirg, did, addr, am);
         self.iotlb_reg =
             (self.iotlb_reg & !(IOTLB_IVT | (3 << IOTLB_IAIG_SHIFT))) | (iirg << IOTLB_IAIG_SHIFT);
+        // IVT clears when the invalidation is complete, host effects included.
+        if self.host_effects_outstanding() {
+            self.iotlb_reg |= IOTLB_IVT;
+            self.host.iotlb_pending = true;
+        }
     }
 
     fn invalidate_iotlb<M: GuestMemoryBackend>(
@@ -413,8 +426,9 @@ impl RemappingUnit {
         }
     }
 
-    /// Processes descriptors from IQH to IQT (bounded by the queue size).
-    fn process_queue<M: GuestMemoryBackend>(&mut self, mem: &M) {
+    /// Processes descriptors from IQH to IQT (bounded by the queue size). It stops at a wait
+    /// descriptor while map events are outstanding; `map_events_applied` resumes it.
+    pub(super) fn process_queue<M: GuestMemoryBackend>(&mut self, mem: &M) {
         if self.gsts & GSTS_QIES == 0 || self.fsts_q & FSTS_IQE != 0 {
             return;
         }
@@ -425,9 +439,16 @@ impl RemappingUnit {
         let mut budget = entries;
         while head != tail && budget > 0 {
             budget -= 1;
-            match invalidation_queue::read(mem, base + head * 16).and_then(|d| self.execute(mem, d))
-            {
-                Ok(()) => head = (head + 1) % entries,
+            let step = invalidation_queue::read(mem, base + head * 16).and_then(|d| {
+                if self.waits_for_host(&d) {
+                    return Ok(false);
+                }
+                self.execute(mem, d).map(|()| true)
+            });
+            match step {
+                Ok(true) => head = (head + 1) % entries,
+                // IQH stays at the wait: it has not completed (see `waits_for_host`).
+                Ok(false) => break,
                 Err(e) => {
                     warn!("vt-d: invalidation queue error at descriptor {head}: {e}");
                     self.fsts_q |= FSTS_IQE;
@@ -590,6 +611,12 @@ impl RemappingUnit {
                 maps.len()
             );
         }
+        if self.host.failures > 0 {
+            s += &format!("  {} host mapping failures\n", self.host.failures);
+        }
+        if self.host_effects_outstanding() {
+            s += "  completions waiting for map events to be applied\n";
+        }
         for r in self.faults.records() {
             s += &format!("  fault: {} {:?} at {:#x}\n", r.source, r.reason, r.info);
         }
@@ -600,10 +627,13 @@ impl RemappingUnit {
 mod interrupts;
 pub use interrupts::InterruptOutcome;
 mod tracking;
+pub use tracking::MapFailure;
 
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_interrupts;
+#[cfg(test)]
+mod tests_ordering;
 #[cfg(test)]
 mod tests_tracking;

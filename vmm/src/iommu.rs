@@ -8,7 +8,7 @@ use devices::bus::{lock, BusDevice};
 use devices::dma::{DmaAccess, DmaError};
 use devices::interrupt::{InterruptError, InterruptRoutes, IrqfdRouting, MsiMessage, MsiTrigger};
 use iommu::{
-    Bdf, DmaOutcome, InterruptOutcome, InterruptRequest, InterruptSink, Iova, MapEvent,
+    Bdf, DmaOutcome, InterruptOutcome, InterruptRequest, InterruptSink, Iova, MapEvent, MapFailure,
     RemappingUnit,
 };
 use log::{debug, warn};
@@ -17,9 +17,19 @@ use vmm_sys_util::eventfd::EventFd;
 
 const PAGE_SIZE: u64 = 0x1000;
 
+/// Why a listener could not carry out a map event on the host.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ListenerError(pub String);
+
 /// Who shadows a device's DMA mappings (VFIO): receives the caching-mode events.
 pub trait MapListener: Send + Sync {
-    fn map_event(&self, device: Bdf, event: MapEvent);
+    /// Carries out `event` on the host before returning: the guest is told the invalidation
+    /// that produced it is complete only afterwards. An error for a `Map` means nothing of the
+    /// range is left mapped (the unit forgets it, so a later invalidation retries, and records
+    /// a fault for the device); for an `Unmap` it means the listener could not remove the
+    /// mapping and has stopped the device from reaching memory instead (fail closed).
+    fn map_event(&self, device: Bdf, event: MapEvent) -> Result<(), ListenerError>;
 
     /// A line for the state dump (what the listener holds, what it cost).
     fn summary(&self) -> String {
@@ -42,6 +52,10 @@ pub struct Iommu {
     /// level-triggered pins, passed-through devices' vectors).
     routes: Mutex<Vec<Arc<dyn InterruptRoutes>>>,
     listeners: Mutex<HashMap<Bdf, Arc<dyn MapListener>>>,
+    /// Held by whoever changes the unit's state in a way that produces map events, from the
+    /// change until the events are applied and acknowledged: events reach the listeners in the
+    /// order the unit produced them. Taken before `unit`.
+    host_sync: Mutex<()>,
     /// Register writes the guest made and the time spent handling them, with the map/unmap
     /// work they trigger: IQT writes (queued invalidations) and the others (among them the
     /// enabling of translation, which removes the identity mapping) apart.
@@ -55,33 +69,53 @@ impl Iommu {
             mem,
             routes: Mutex::new(Vec::new()),
             listeners: Mutex::new(HashMap::new()),
+            host_sync: Mutex::new(()),
             writes: Mutex::new(WriteStats::default()),
         })
     }
 
     /// Starts shadowing `device`'s DMA into `listener`, beginning with its current state.
     pub fn track(&self, device: Bdf, listener: Arc<dyn MapListener>) {
+        let _sync = lock(&self.host_sync);
         lock(&self.listeners).insert(device, listener);
-        let events = {
-            let mut unit = lock(&self.unit);
-            unit.track(&self.mem, device);
-            unit.take_map_events()
-        };
-        self.dispatch(events);
+        lock(&self.unit).track(&self.mem, device);
+        self.apply_map_events();
     }
 
-    /// Hands map events to their devices' listeners (with the unit unlocked).
-    fn dispatch(&self, events: Vec<(Bdf, MapEvent)>) {
-        if events.is_empty() {
-            return;
+    /// Carries out the unit's map events and acknowledges them until it has none left (the
+    /// completion contract of `iommu::unit::tracking`): an acknowledgement can let the queue
+    /// run on to its next wait descriptor, which may have produced more. Call with
+    /// `host_sync` held and the unit unlocked; the loop ends because each round completes at
+    /// least one wait of a queue whose tail cannot move meanwhile.
+    fn apply_map_events(&self) {
+        loop {
+            let events = lock(&self.unit).take_map_events();
+            if events.is_empty() {
+                return;
+            }
+            let failures = self.dispatch(events);
+            lock(&self.unit).map_events_applied(&self.mem, &failures);
         }
+    }
+
+    /// Hands map events to their devices' listeners (with the unit unlocked); returns the
+    /// maps they could not make.
+    fn dispatch(&self, events: Vec<(Bdf, MapEvent)>) -> Vec<MapFailure> {
         let listeners = lock(&self.listeners);
+        let mut failures = Vec::new();
         for (device, event) in events {
-            match listeners.get(&device) {
-                Some(l) => l.map_event(device, event),
-                None => debug!("vt-d: {device}: {event:?}"),
+            let Some(l) = listeners.get(&device) else {
+                debug!("vt-d: {device}: {event:?}");
+                continue;
+            };
+            if let Err(e) = l.map_event(device, event) {
+                iommu::warn_limited!("vt-d: {device}: {event:?} not carried out on the host: {e}");
+                if let MapEvent::Map(mapping) = event {
+                    failures.push(MapFailure { device, mapping });
+                }
             }
         }
+        failures
     }
 
     /// Registers routes to recompute when the guest changes interrupt remapping state.
@@ -130,16 +164,16 @@ impl BusDevice for DrhdRegisters {
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         let start = std::time::Instant::now();
-        let (events, changed) = {
+        let sync = lock(&self.0.host_sync);
+        let changed = {
             let mut unit = lock(&self.0.unit);
             unit.write(&self.0.mem, offset, data);
-            (
-                unit.take_map_events(),
-                unit.take_interrupt_entries_changed(),
-            )
+            unit.take_interrupt_entries_changed()
         };
-        // Mappings are in place before the vCPU that invalidated resumes.
-        self.0.dispatch(events);
+        // Mappings are in place before the vCPU that invalidated resumes, and before any
+        // invalidation behind them reports completion to the guest.
+        self.0.apply_map_events();
+        drop(sync);
         if changed {
             self.0.refresh_interrupt_routes();
         }
@@ -353,3 +387,6 @@ impl DmaAccess for DirectDma {
             })
     }
 }
+
+#[cfg(test)]
+mod tests;

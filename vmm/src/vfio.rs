@@ -14,7 +14,7 @@ use log::{debug, warn};
 use vfio_ioctls::VfioContainer;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
-use crate::iommu::{Iommu, MapListener};
+use crate::iommu::{Iommu, ListenerError, MapListener};
 use crate::vm::VmError;
 
 /// What passed-through functions are wired to in the VM.
@@ -360,12 +360,12 @@ impl MapListener for VfioDma {
         VfioDma::summary(self)
     }
 
-    fn map_event(&self, device: Bdf, event: MapEvent) {
+    fn map_event(&self, device: Bdf, event: MapEvent) -> Result<(), ListenerError> {
         debug!("vfio {} ({device}): {event:?}", self.device);
         if event == MapEvent::PassThrough(true) {
             let st = lock(&self.state);
             if st.identity || st.pending {
-                return;
+                return Ok(());
             }
             drop(st);
             // Translation went off or the context became pass-through: the device may DMA
@@ -373,7 +373,7 @@ impl MapListener for VfioDma {
             if let Err(e) = self.map_identity() {
                 warn!("{e}");
             }
-            return;
+            return Ok(());
         }
         let mut st = self.settled();
         match event {
@@ -381,6 +381,8 @@ impl MapListener for VfioDma {
             MapEvent::Map(m) => self.map(&m, &mut st),
             MapEvent::Unmap { iova, size } => self.unmap(iova, size, &mut st),
         }
+        // Failures are still only logged here (R-1, R-2: next commit).
+        Ok(())
     }
 }
 

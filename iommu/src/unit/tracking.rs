@@ -1,12 +1,58 @@
 //! The unit's side of caching mode: which devices a consumer tracks, resyncing them on
-//! invalidations and mode changes, and handing out the resulting map/unmap events.
+//! invalidations and mode changes, handing out the resulting map/unmap events, and completing
+//! invalidations only once the consumer has carried them out.
+//!
+//! # Completion contract
+//!
+//! An invalidation is complete for the guest when an invalidation wait descriptor behind it
+//! writes its status, sets ICS.IWC and raises the completion event, and IQH moves past it
+//! (VT-d 6.5.2.8), or when IOTLB_REG.IVT or CCMD.ICC clears (6.5.1). For a tracked device the
+//! host's mappings (VFIO's) are part of what is invalidated, so the unit holds every such
+//! completion back while map events are outstanding: produced and not yet taken with
+//! [`RemappingUnit::take_map_events`], or taken and not yet acknowledged with
+//! [`RemappingUnit::map_events_applied`]. The queue stops at the wait descriptor (IQH points
+//! at it, nothing of it is visible) and resumes on the acknowledgement. A consumer therefore
+//! loops: take the events; if there are none, stop; apply them with the unit unlocked; call
+//! `map_events_applied` with the maps that failed; take again (the queue may have run on to
+//! its next wait). Completions with nothing outstanding happen at once, as before.
 
 use vm_memory::GuestMemoryBackend;
 
 use super::RemappingUnit;
 use crate::caching_mode::{DeviceState, MapEvent, Mapping};
+use crate::faults::FaultRecord;
+use crate::invalidation_queue::Descriptor;
+use crate::registers::{CCMD_ICC, IOTLB_IVT};
 use crate::translation;
-use crate::Bdf;
+use crate::{Bdf, FaultReason};
+
+/// The fault recorded for a map the host could not make. The guest's tables allow the
+/// translation but the remapping hardware cannot use it; the nearest VT-d reason is an error
+/// on access to the translation structures of the request (07h, 7.1.3): the device's DMA to
+/// that IOVA fails as if its second-level entry could not be used. The VT-d model has no
+/// "host resources exhausted" reason.
+const HOST_MAP_FAULT: FaultReason = FaultReason::PagingEntryAccess;
+
+/// Where the consumer stands with the events the unit handed out.
+#[derive(Debug, Default)]
+pub(super) struct HostSync {
+    /// Events were taken and are not yet acknowledged.
+    unacked: bool,
+    /// IOTLB_REG.IVT is held set until the events are applied.
+    pub(super) iotlb_pending: bool,
+    /// CCMD.ICC is held set until the events are applied.
+    pub(super) ccmd_pending: bool,
+    /// Map events the consumer could not carry out, since reset.
+    pub(super) failures: u64,
+}
+
+/// A `Map` event the consumer could not carry out on the host (for VFIO: the
+/// `VFIO_IOMMU_MAP_DMA` failed, or the target is not RAM). Nothing of it may be left mapped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapFailure {
+    pub device: Bdf,
+    pub mapping: Mapping,
+}
 
 impl RemappingUnit {
     /// Starts reporting map/unmap events for `device`, beginning with its current state.
@@ -15,14 +61,74 @@ impl RemappingUnit {
         self.resync_tracked(mem, |(b, _)| b == device, None);
     }
 
+    /// Stops reporting `device`'s events; those not yet taken are dropped. A consumer that had
+    /// a completion waiting on them acknowledges with `map_events_applied`.
     pub fn untrack(&mut self, device: Bdf) {
         self.tracker.remove(device);
         self.map_events.retain(|(b, _)| *b != device);
     }
 
-    /// The events produced since the last call, in order.
+    /// The events produced since the last call, in order. The caller must carry them out and
+    /// then call [`map_events_applied`](Self::map_events_applied): until it does, the
+    /// invalidations that produced them stay incomplete (see the module documentation).
     pub fn take_map_events(&mut self) -> Vec<(Bdf, MapEvent)> {
-        std::mem::take(&mut self.map_events)
+        let events = std::mem::take(&mut self.map_events);
+        if !events.is_empty() {
+            self.host.unacked = true;
+        }
+        events
+    }
+
+    /// The consumer has carried out every event taken so far, except the maps in `failures`
+    /// (of which nothing may be left on the host). Failed ranges are forgotten, so a later
+    /// invalidation over them maps them again, and recorded as primary faults of their device
+    /// (unless its context sets FPD). Then, if no new events are waiting, the held-back
+    /// completions happen: IVT and ICC clear, and the queue runs on, maybe to its next wait.
+    pub fn map_events_applied<M: GuestMemoryBackend>(&mut self, mem: &M, failures: &[MapFailure]) {
+        self.host.unacked = false;
+        for f in failures {
+            self.host_map_failed(f);
+        }
+        if self.host_effects_outstanding() {
+            return;
+        }
+        if std::mem::take(&mut self.host.iotlb_pending) {
+            self.iotlb_reg &= !IOTLB_IVT;
+        }
+        if std::mem::take(&mut self.host.ccmd_pending) {
+            self.ccmd &= !CCMD_ICC;
+        }
+        self.process_queue(mem);
+    }
+
+    /// Whether events are produced and not taken, or taken and not acknowledged.
+    pub(super) fn host_effects_outstanding(&self) -> bool {
+        self.host.unacked || !self.map_events.is_empty()
+    }
+
+    /// Whether descriptor `d` must wait for the host: a wait descriptor completes only after
+    /// the host effects of the descriptors before it.
+    pub(super) fn waits_for_host(&self, d: &Descriptor) -> bool {
+        matches!(d, Descriptor::Wait { .. }) && self.host_effects_outstanding()
+    }
+
+    fn host_map_failed(&mut self, f: &MapFailure) {
+        self.tracker.forget(f.device, &f.mapping);
+        // The consumer logs the host's error; the guest learns of it from the fault.
+        self.host.failures += 1;
+        if self.context_cache.get(&f.device).is_some_and(|c| c.fpd) {
+            return;
+        }
+        let rec = FaultRecord {
+            source: f.device,
+            reason: HOST_MAP_FAULT,
+            info: f.mapping.iova,
+            // T: a mapping the device may write reports a write request (the most it can do).
+            read: !f.mapping.write,
+        };
+        if self.faults.record(rec) {
+            self.fault_event.fire(self.sink.as_ref());
+        }
     }
 
     /// What is currently reported as mapped for `device`.
