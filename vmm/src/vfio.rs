@@ -3,19 +3,21 @@
 //! all guest RAM is mapped at IOVA = GPA; once the guest translates, the container holds exactly
 //! the guest's mappings, fed by the VT-d model's caching-mode notifications.
 
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 
 use devices::interrupt::{IrqfdRouting, MsiTrigger};
 use devices::ioapic::{Ioapic, IoapicPin};
 use devices::pci::{intx_gsi, PciRoot};
 use devices::vfio::{GuestMmioMapper, HostDevice, Interrupts, VfioPciDevice, VfioPciWiring};
-use iommu::{Bdf, MapEvent, Mapping};
-use log::{debug, warn};
-use vfio_ioctls::VfioContainer;
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use iommu::Bdf;
+use log::warn;
+use vm_memory::GuestMemoryMmap;
 
-use crate::iommu::{Iommu, ListenerError, MapListener};
+use crate::iommu::Iommu;
 use crate::vm::VmError;
+
+mod dma;
+pub use dma::{VfioDma, VfioDmaError, VfioHost};
 
 /// What passed-through functions are wired to in the VM.
 pub struct Wiring<'a> {
@@ -80,7 +82,11 @@ pub fn attach(
             lock(w.ioapic).set_resample(gsi, Some(Arc::new(dev.interrupts())));
         }
     }
-    let dma = Arc::new(VfioDma::new(container, w.mem.clone(), &host.name));
+    let host_dma = VfioHost {
+        container,
+        function: dev.host_function(),
+    };
+    let dma = Arc::new(VfioDma::new(Arc::new(host_dma), w.mem.clone(), &host.name));
     // Guest RAM is mapped for the device's DMA while the guest boots; the guest's first
     // command register write (bus mastering) waits for it.
     dma.map_identity_in_background()?;
@@ -100,290 +106,8 @@ pub fn attach(
     })
 }
 
-/// One device's host container and what is mapped in it.
-pub struct VfioDma {
-    container: Arc<VfioContainer>,
-    mem: GuestMemoryMmap,
-    device: String,
-    state: Mutex<DmaState>,
-    /// Signalled when a background identity mapping completes.
-    done: Condvar,
-}
-
-#[derive(Default)]
-struct DmaState {
-    identity: bool,
-    /// An identity mapping is being made on a background thread.
-    pending: bool,
-    /// Host mappings made for guest mappings (iova, size), for accounting.
-    mappings: usize,
-    stats: DmaStats,
-}
-
-/// What following the guest's mappings has cost: VFIO calls made and the time spent in them.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct DmaStats {
-    pub maps: u64,
-    pub map_ns: u64,
-    pub unmaps: u64,
-    pub unmap_ns: u64,
-    /// The largest single host mapping made for a guest mapping.
-    pub largest: u64,
-}
-
-/// Why the container could not be set up.
-#[derive(Debug, thiserror::Error)]
-#[error("VFIO: mapping guest memory for {0}: {1}")]
-pub struct VfioDmaError(String, vfio_ioctls::VfioError);
-
-impl VfioDma {
-    pub fn new(container: Arc<VfioContainer>, mem: GuestMemoryMmap, device: &str) -> Self {
-        VfioDma {
-            container,
-            mem,
-            device: device.to_string(),
-            state: Mutex::new(DmaState::default()),
-            done: Condvar::new(),
-        }
-    }
-
-    /// Waits until no background identity mapping is in flight; returns the state.
-    fn settled(&self) -> std::sync::MutexGuard<'_, DmaState> {
-        let mut st = lock(&self.state);
-        while st.pending {
-            st = self.done.wait(st).unwrap_or_else(|p| p.into_inner());
-        }
-        st
-    }
-
-    /// Starts mapping all guest RAM at IOVA = GPA on a thread of its own (pinning hundreds of
-    /// MiB takes seconds, which the guest spends booting). Everything that changes the
-    /// container, and the device's bus mastering (see `DmaGate`), waits for it.
-    pub fn map_identity_in_background(self: &Arc<Self>) -> Result<(), VfioDmaError> {
-        {
-            let mut st = self.settled();
-            if st.identity {
-                return Ok(());
-            }
-            st.pending = true;
-        }
-        let me = self.clone();
-        let spawned = std::thread::Builder::new()
-            .name("vfio-map".into())
-            .spawn(move || {
-                let r = me.map_identity_now();
-                let mut st = lock(&me.state);
-                st.pending = false;
-                match r {
-                    Ok(()) => st.identity = true,
-                    Err(e) => warn!("{e}"),
-                }
-                me.done.notify_all();
-            });
-        if spawned.is_err() {
-            lock(&self.state).pending = false;
-            return self.map_identity();
-        }
-        Ok(())
-    }
-
-    fn map_identity_now(&self) -> Result<(), VfioDmaError> {
-        let start = std::time::Instant::now();
-        // SAFETY: guest RAM is mapped for the life of the VM and only ever accessed through
-        // vm-memory's volatile accessors, never through Rust references, which is what
-        // sharing it with a DMA-capable device requires. The mapping is removed before the
-        // memory goes (unmap_identity, or the container's release at exit).
-        unsafe { self.container.vfio_map_guest_memory(&self.mem) }
-            .map_err(|e| VfioDmaError(self.device.clone(), e))?;
-        log::info!(
-            "vfio {}: guest RAM mapped at IOVA = GPA in {:.1}s",
-            self.device,
-            start.elapsed().as_secs_f64()
-        );
-        Ok(())
-    }
-
-    /// Maps all guest RAM at IOVA = GPA.
-    pub fn map_identity(&self) -> Result<(), VfioDmaError> {
-        let mut st = self.settled();
-        if st.identity {
-            return Ok(());
-        }
-        // SAFETY: guest RAM is mapped for the life of the VM and only ever accessed through
-        // vm-memory's volatile accessors, never through Rust references, which is what
-        // sharing it with a DMA-capable device requires. The mapping is removed before the
-        // memory goes (unmap_identity, or the container's release at exit).
-        unsafe { self.container.vfio_map_guest_memory(&self.mem) }
-            .map_err(|e| VfioDmaError(self.device.clone(), e))?;
-        st.identity = true;
-        Ok(())
-    }
-
-    fn unmap_identity(&self, st: &mut DmaState) {
-        if !st.identity {
-            return;
-        }
-        if let Err(e) = self.container.vfio_unmap_guest_memory(&self.mem) {
-            warn!("vfio {}: unmapping guest RAM: {e}", self.device);
-        }
-        st.identity = false;
-    }
-
-    /// Maps a guest mapping: each piece of its GPA range that is RAM, at the matching IOVA.
-    fn map(&self, m: &Mapping, st: &mut DmaState) {
-        let mut done = 0u64;
-        while done < m.size {
-            let gpa = GuestAddress(m.gpa + done);
-            let Some(region) = self.mem.find_region(gpa) else {
-                warn!(
-                    "vfio {}: guest mapped IOVA {:#x} to {:#x}, which is not RAM; not mapped",
-                    self.device,
-                    m.iova + done,
-                    gpa.0
-                );
-                return;
-            };
-            let off = gpa.0 - region.start_addr().0;
-            let len = (region.len() - off).min(m.size - done);
-            let Ok(host) = self.mem.get_host_address(gpa) else {
-                return;
-            };
-            let t = std::time::Instant::now();
-            // SAFETY: as in map_identity: guest RAM outlives the mapping and is only accessed
-            // volatilely; the range lies within one region, checked above.
-            let r = unsafe { map_dma(&self.container, m.iova + done, len, host, m.read, m.write) };
-            st.stats.maps += 1;
-            st.stats.map_ns += t.elapsed().as_nanos() as u64;
-            match r {
-                Ok(()) => {
-                    st.mappings += 1;
-                    st.stats.largest = st.stats.largest.max(len);
-                }
-                Err(e) => warn!(
-                    "vfio {}: VFIO_IOMMU_MAP_DMA {:#x}+{len:#x}: {e}",
-                    self.device,
-                    m.iova + done
-                ),
-            }
-            done += len;
-        }
-    }
-
-    fn unmap(&self, iova: u64, size: u64, st: &mut DmaState) {
-        let t = std::time::Instant::now();
-        let r = self.container.vfio_dma_unmap(iova, size as usize);
-        st.stats.unmaps += 1;
-        st.stats.unmap_ns += t.elapsed().as_nanos() as u64;
-        match r {
-            Ok(()) => st.mappings = st.mappings.saturating_sub(1),
-            Err(e) => warn!(
-                "vfio {}: VFIO_IOMMU_UNMAP_DMA {iova:#x}+{size:#x}: {e}",
-                self.device
-            ),
-        }
-    }
-}
-
-/// VFIO_IOMMU_MAP_DMA (linux/vfio.h) with the guest's permissions: vfio-ioctls only maps
-/// read-write, and a page the guest gave the device read-only must stay so.
-const VFIO_IOMMU_MAP_DMA: libc::c_ulong = 0x3b71; // _IO(';', 100 + 13)
-
-/// # Safety
-/// `host..host + size` must stay mapped, and only be accessed volatilely, until unmapped.
-unsafe fn map_dma(
-    container: &VfioContainer,
-    iova: u64,
-    size: u64,
-    host: *mut u8,
-    read: bool,
-    write: bool,
-) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    use vfio_bindings::bindings::vfio::{
-        vfio_iommu_type1_dma_map, VFIO_DMA_MAP_FLAG_READ, VFIO_DMA_MAP_FLAG_WRITE,
-    };
-    let mut flags = 0;
-    if read {
-        flags |= VFIO_DMA_MAP_FLAG_READ;
-    }
-    if write {
-        flags |= VFIO_DMA_MAP_FLAG_WRITE;
-    }
-    let map = vfio_iommu_type1_dma_map {
-        argsz: std::mem::size_of::<vfio_iommu_type1_dma_map>() as u32,
-        flags,
-        vaddr: host as u64,
-        iova,
-        size,
-    };
-    // SAFETY: the container fd is open for the life of `container`; the argument is a valid,
-    // fully initialised vfio_iommu_type1_dma_map the kernel only reads; the memory contract is
-    // the caller's.
-    let ret = unsafe { libc::ioctl(container.as_raw_fd(), VFIO_IOMMU_MAP_DMA, &map) };
-    if ret != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-impl VfioDma {
-    /// A line on what the container holds and what keeping it in step has cost.
-    pub fn summary(&self) -> String {
-        let st = lock(&self.state);
-        let avg = |ns: u64, n: u64| ns.checked_div(n).unwrap_or(0) / 1000;
-        format!(
-            "vfio {}: {} host mappings{} (largest {:#x}); {} VFIO_IOMMU_MAP_DMA (avg {} us), {} VFIO_IOMMU_UNMAP_DMA (avg {} us)\n",
-            self.device,
-            st.mappings,
-            if st.identity { " + all RAM at IOVA = GPA" } else { "" },
-            st.stats.largest,
-            st.stats.maps,
-            avg(st.stats.map_ns, st.stats.maps),
-            st.stats.unmaps,
-            avg(st.stats.unmap_ns, st.stats.unmaps),
-        )
-    }
-}
-
-impl devices::vfio::DmaGate for VfioDma {
-    fn wait_ready(&self) {
-        drop(self.settled());
-    }
-}
-
-impl MapListener for VfioDma {
-    fn summary(&self) -> String {
-        VfioDma::summary(self)
-    }
-
-    fn map_event(&self, device: Bdf, event: MapEvent) -> Result<(), ListenerError> {
-        debug!("vfio {} ({device}): {event:?}", self.device);
-        if event == MapEvent::PassThrough(true) {
-            let st = lock(&self.state);
-            if st.identity || st.pending {
-                return Ok(());
-            }
-            drop(st);
-            // Translation went off or the context became pass-through: the device may DMA
-            // to any GPA from now on.
-            if let Err(e) = self.map_identity() {
-                warn!("{e}");
-            }
-            return Ok(());
-        }
-        let mut st = self.settled();
-        match event {
-            MapEvent::PassThrough(_) => self.unmap_identity(&mut st),
-            MapEvent::Map(m) => self.map(&m, &mut st),
-            MapEvent::Unmap { iova, size } => self.unmap(iova, size, &mut st),
-        }
-        // Failures are still only logged here (R-1, R-2: next commit).
-        Ok(())
-    }
 }
 
 /// BARs mapped into the guest as KVM memory slots.

@@ -28,7 +28,10 @@ const CONFIG_DWORDS: usize = 1024;
 /// What the device waits on before the guest may turn bus mastering on: its DMA mappings
 /// being in place (the VMM may still be making them).
 pub trait DmaGate: Send + Sync {
-    fn wait_ready(&self);
+    /// Waits until the mappings are settled; false if the device must not master at all (its
+    /// mappings could not be made, or it was stopped after a host unmap failed): the write
+    /// then leaves bus mastering off.
+    fn wait_ready(&self) -> bool;
 }
 
 /// Why a device could not be opened.
@@ -180,6 +183,11 @@ impl VfioPciDevice {
         self.address
     }
 
+    /// The host function, for whoever must stop its DMA when the host's mappings fail.
+    pub fn host_function(&self) -> Arc<dyn HostFunction> {
+        self.host.clone()
+    }
+
     /// Command register writes that turn bus mastering on wait for `gate` first.
     pub fn set_dma_gate(&mut self, gate: Arc<dyn DmaGate>) {
         self.gate = Some(gate);
@@ -255,13 +263,16 @@ impl PciDevice for VfioPciDevice {
         }
         let base = reg_idx * 4 + offset as usize;
         // Turning bus mastering on waits until the device's DMA mappings are in place.
-        let command = REG_COMMAND.checked_sub(base).and_then(|i| data.get(i));
-        if command.is_some_and(|c| c & COMMAND_BUS_MASTER != 0) {
+        let command = REG_COMMAND.checked_sub(base).filter(|i| *i < data.len());
+        let mut data = data.to_vec();
+        if let Some(i) = command.filter(|i| data[*i] & COMMAND_BUS_MASTER != 0) {
             if let Some(g) = &self.gate {
-                g.wait_ready();
+                if !g.wait_ready() {
+                    data[i] &= !COMMAND_BUS_MASTER;
+                }
             }
         }
-        let (change, forward) = self.config.write(base, data);
+        let (change, forward) = self.config.write(base, &data);
         for (off, bytes) in forward {
             self.host.write(CONFIG_REGION, off as u64, &bytes);
         }

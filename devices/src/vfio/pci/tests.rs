@@ -237,8 +237,9 @@ fn bars_map_around_the_msix_pages() {
 fn bus_master_waits_for_the_dma_gate() {
     struct Gate(Mutex<u32>);
     impl DmaGate for Gate {
-        fn wait_ready(&self) {
+        fn wait_ready(&self) -> bool {
             *self.0.lock().unwrap() += 1;
+            true
         }
     }
     let mut r = rig();
@@ -248,6 +249,22 @@ fn bus_master_waits_for_the_dma_gate() {
     assert_eq!(*g.0.lock().unwrap(), 0);
     r.dev.write_config_register(1, 0, &[0x06]);
     assert_eq!(*g.0.lock().unwrap(), 1);
+}
+
+#[test]
+fn bus_master_refused_by_the_dma_gate_stays_off() {
+    struct Closed;
+    impl DmaGate for Closed {
+        fn wait_ready(&self) -> bool {
+            false
+        }
+    }
+    let mut r = rig();
+    r.dev.set_dma_gate(Arc::new(Closed));
+    r.dev.write_config_register(1, 0, &[0x06]);
+    let command = r.dev.read_config_register(1) & 0xffff;
+    assert_eq!(command & 0x4, 0, "bus mastering stays off");
+    assert_eq!(command & 0x2, 0x2, "the rest of the write goes through");
 }
 
 #[test]
