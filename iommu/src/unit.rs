@@ -218,7 +218,9 @@ impl RemappingUnit {
         data.copy_from_slice(&v.to_le_bytes()[..data.len()]);
     }
 
-    /// A register write of 4 or 8 bytes.
+    /// A register write of 4 or 8 bytes. An invalidation it starts for a tracked device may
+    /// complete (wait descriptor, IVT, ICC) only after the consumer has taken and acknowledged
+    /// the map events it produced: see [`RemappingUnit::map_events_applied`].
     pub fn write<M: GuestMemoryBackend>(&mut self, mem: &M, offset: u64, data: &[u8]) {
         let len = data.len() as u64;
         if !(len == 4 || len == 8) || !offset.is_multiple_of(len) || offset >= REG_SIZE {
