@@ -139,6 +139,7 @@ impl Watchdog {
         std::thread::Builder::new()
             .name("stop-watchdog".into())
             .spawn(move || {
+                crate::seccomp::sandbox_thread(crate::seccomp::ThreadClass::Watchdog);
                 let reason = loop {
                     match rx.recv_timeout(SIGNAL_POLL) {
                         Ok(reason) => break reason,

@@ -12,6 +12,7 @@ mod iommu;
 mod layout;
 mod lifecycle;
 mod memory;
+mod seccomp;
 mod terminal;
 mod vcpu;
 mod vfio;
@@ -34,6 +35,10 @@ fn main() {
         std::process::exit(1);
     }
     let cli = cli::Cli::parse();
+    if let Err(e) = seccomp::set_mode(cli.seccomp) {
+        eprintln!("minivmm: error: {e}");
+        std::process::exit(1);
+    }
     if let Err(e) = lifecycle::start_watchdog() {
         eprintln!("minivmm: error: cannot start a thread: {e}");
         std::process::exit(1);

@@ -171,6 +171,7 @@ impl VfioDma {
         let spawned = std::thread::Builder::new()
             .name("vfio-map".into())
             .spawn(move || {
+                crate::seccomp::device_thread_started("vfio-map");
                 let r = me.map_identity_now();
                 let mut st = lock(&me.state);
                 st.pending = false;

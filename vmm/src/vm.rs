@@ -42,6 +42,7 @@ use crate::interrupts::KvmMsi;
 use crate::iommu::{DirectDma, DrhdRegisters, Iommu, IommuDma, RemappedMsi, UnitInterrupts};
 use crate::layout::*;
 use crate::memory::{self, MemoryError};
+use crate::seccomp::ThreadClass;
 use crate::terminal::RawTerminal;
 use crate::vcpu::{self, VcpuContext, VcpuError};
 use crate::vfio::KvmMmioMapper;
@@ -78,6 +79,8 @@ pub enum VmError {
     Vfio(#[from] devices::vfio::VfioPciError),
     #[error(transparent)]
     VfioDma(#[from] crate::vfio::VfioDmaError),
+    #[error("{0}")]
+    Sandbox(String),
     #[error("Stopped by signal {0} during setup")]
     Stopped(i32),
     #[error("--vfio behind --iommu needs caching-mode=on: without it the guest's mappings cannot be followed")]
@@ -251,6 +254,7 @@ fn stop_point() -> Result<(), VmError> {
 
 impl Vm {
     pub fn build(cli: &Cli) -> Result<Vm, VmError> {
+        devices::set_thread_start_hook(crate::seccomp::device_thread_started);
         // Host devices are checked before anything is set up.
         if !cli.vfio.is_empty() && cli.iommu.is_some_and(|c| !c.caching_mode) {
             return Err(VmError::VfioNeedsCachingMode);
@@ -546,7 +550,10 @@ impl Vm {
                 .name(format!("vcpu{id}"))
                 .spawn(move || {
                     crate::lifecycle::test_panic_point(&format!("vcpu{id}"));
-                    vcpu::run(fd, id as u32, &ctx);
+                    match crate::seccomp::sandbox(ThreadClass::Vcpu) {
+                        Ok(()) => vcpu::run(fd, id as u32, &ctx),
+                        Err(e) => drop(ctx.stopped.send(StopReason::Error(e.to_string()))),
+                    }
                     control.notify();
                 })
                 .map_err(VmError::Thread)?;
@@ -574,6 +581,10 @@ impl Vm {
             }
             _ => None,
         };
+        // Everything the loop and the stop need is open: the main thread's sandbox goes on
+        // (the device threads took theirs as they started).
+        crate::seccomp::check().map_err(VmError::Sandbox)?;
+        crate::seccomp::sandbox(ThreadClass::Main).map_err(|e| VmError::Sandbox(e.to_string()))?;
         let mut signalled = None;
         while !stopping.load(Ordering::Acquire) {
             if let Some(sig) = crate::lifecycle::stop_signal() {

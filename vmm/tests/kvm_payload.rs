@@ -236,6 +236,7 @@ fn help_documents_every_flag() {
         "--memory",
         "--serial",
         "--debug-exit",
+        "--seccomp",
     ] {
         assert!(text.contains(flag), "--help lacks {flag}");
     }
@@ -453,4 +454,62 @@ fn vcpu_panic_stops_vm_with_one_error_line() {
             && err.contains("test panic requested"),
         "stderr: {err}"
     );
+}
+
+#[test]
+fn seccomp_filter_is_on_by_default_in_every_thread() {
+    require_kvm();
+    let elf = payload("idle");
+    let child = minivmm()
+        .args([
+            "--kernel",
+            elf.to_str().unwrap(),
+            "--memory",
+            "32M",
+            "--cpus",
+            "2",
+        ])
+        .args(["--serial", "off"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("minivmm runs");
+    let pid = child.id();
+    let threads = || -> Vec<(String, String)> {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|d| {
+                d.filter_map(|t| {
+                    let p = t.ok()?.path();
+                    let comm = std::fs::read_to_string(p.join("comm")).ok()?;
+                    let status = std::fs::read_to_string(p.join("status")).ok()?;
+                    let mode = status
+                        .lines()
+                        .find(|l| l.starts_with("Seccomp:"))?
+                        .to_string();
+                    Some((comm.trim().to_string(), mode))
+                })
+                .collect()
+            })
+            .unwrap_or_default()
+    };
+    // Wait until both vCPUs run (they take their filters as they start).
+    let start = std::time::Instant::now();
+    while threads()
+        .iter()
+        .filter(|(c, _)| c.starts_with("vcpu"))
+        .count()
+        < 2
+    {
+        assert!(start.elapsed().as_secs() < 20, "vCPUs never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let seen = threads();
+    kill(pid, libc::SIGTERM);
+    let out = wait_bounded(child, 20);
+    for (comm, mode) in &seen {
+        // Seccomp: 2 is filter mode (proc(5)).
+        assert!(mode.ends_with('2'), "thread {comm}: {mode}; all: {seen:?}");
+    }
+    assert!(seen.iter().any(|(c, _)| c == "minivmm"), "{seen:?}");
+    assert_eq!(out.status.code(), Some(128 + libc::SIGTERM));
 }
