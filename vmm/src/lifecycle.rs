@@ -108,12 +108,19 @@ pub fn install_panic_hook() {
     }));
 }
 
-/// Debug builds only: panics if `MINIVMM_TEST_PANIC` names this thread, so the end-to-end
-/// tests can check what a panic in a vCPU or device thread does to the VM.
-pub fn test_panic_point(thread: &str) {
+/// Debug builds only: a fault the end-to-end tests inject into a named thread, from
+/// `MINIVMM_TEST_FAULT`: `panic:THREAD` panics there, `hang:THREAD` never returns (as a vCPU
+/// held inside a device handler would), so the tests can check what each does to the VM.
+pub fn test_fault_point(thread: &str) {
     #[cfg(debug_assertions)]
-    if std::env::var("MINIVMM_TEST_PANIC").is_ok_and(|t| t == thread) {
-        panic!("test panic requested in {thread}");
+    if let Ok(spec) = std::env::var("MINIVMM_TEST_FAULT") {
+        match spec.split_once(':') {
+            Some(("panic", t)) if t == thread => panic!("test panic requested in {thread}"),
+            Some(("hang", t)) if t == thread => loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            },
+            _ => {}
+        }
     }
     #[cfg(not(debug_assertions))]
     let _ = thread;

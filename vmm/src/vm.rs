@@ -549,9 +549,13 @@ impl Vm {
             let t = std::thread::Builder::new()
                 .name(format!("vcpu{id}"))
                 .spawn(move || {
-                    crate::lifecycle::test_panic_point(&format!("vcpu{id}"));
+                    let name = format!("vcpu{id}");
+                    crate::lifecycle::test_fault_point(&name);
                     match crate::seccomp::sandbox(ThreadClass::Vcpu) {
-                        Ok(()) => vcpu::run(fd, id as u32, &ctx),
+                        Ok(()) => {
+                            crate::lifecycle::test_fault_point(&format!("{name}-sandboxed"));
+                            vcpu::run(fd, id as u32, &ctx)
+                        }
                         Err(e) => drop(ctx.stopped.send(StopReason::Error(e.to_string()))),
                     }
                     control.notify();

@@ -408,6 +408,46 @@ fn sigterm_with_setup_stuck_exits_after_the_stop_deadline() {
 }
 
 #[test]
+fn sigterm_with_vcpu_stuck_exits_after_the_stop_deadline() {
+    require_kvm();
+    let elf = payload("idle");
+    // Debug builds only: vCPU 1 never returns (as if held inside a device handler).
+    let child = minivmm()
+        .args([
+            "--kernel",
+            elf.to_str().unwrap(),
+            "--memory",
+            "32M",
+            "--cpus",
+            "2",
+        ])
+        .args(["--serial", "off"])
+        .env("MINIVMM_TEST_FAULT", "hang:vcpu1-sandboxed")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("minivmm runs");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let t = std::time::Instant::now();
+    kill(child.id(), libc::SIGTERM);
+    let out = wait_bounded(child, 20);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(128 + libc::SIGTERM),
+        "stderr: {err}"
+    );
+    assert!(
+        err.contains("stopped by signal 15") && err.contains("exiting anyway"),
+        "stderr: {err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    assert!(
+        t.elapsed().as_secs() < 10,
+        "bounded by the 5 s stop deadline"
+    );
+}
+
+#[test]
 fn sigterm_while_running_stops_in_order_with_status_143() {
     require_kvm();
     let elf = payload("idle");
@@ -437,11 +477,12 @@ fn sigterm_while_running_stops_in_order_with_status_143() {
 fn vcpu_panic_stops_vm_with_one_error_line() {
     require_kvm();
     let elf = payload("idle");
-    // Debug builds only: the named thread panics as it starts (see vmm/src/lifecycle.rs).
+    // Debug builds only: the named thread panics as it starts (see vmm/src/lifecycle.rs),
+    // under its seccomp filter.
     let child = minivmm()
         .args(["--kernel", elf.to_str().unwrap(), "--memory", "32M"])
         .args(["--serial", "off"])
-        .env("MINIVMM_TEST_PANIC", "vcpu0")
+        .env("MINIVMM_TEST_FAULT", "panic:vcpu0-sandboxed")
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("minivmm runs");
