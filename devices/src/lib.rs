@@ -18,3 +18,19 @@ pub mod vfio;
 pub mod vm_control;
 
 pub use iommu::Bdf;
+
+/// Called first thing on every thread a device model starts, with the thread's name: the VMM
+/// puts the thread's seccomp sandbox on there. Unset (tests), nothing happens.
+static THREAD_START_HOOK: std::sync::OnceLock<fn(&str)> = std::sync::OnceLock::new();
+
+/// Sets the hook device threads run as they start (the first call wins).
+pub fn set_thread_start_hook(hook: fn(&str)) {
+    let _ = THREAD_START_HOOK.set(hook);
+}
+
+/// Runs the thread-start hook for the calling thread, named `name`.
+pub(crate) fn thread_started(name: &str) {
+    if let Some(hook) = THREAD_START_HOOK.get() {
+        hook(name);
+    }
+}

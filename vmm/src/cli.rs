@@ -60,6 +60,13 @@ pub struct Cli {
     /// mapped for its DMA at IOVA = guest-physical address.
     #[arg(long = "vfio", value_name = "DEVICE")]
     pub vfio: Vec<String>,
+
+    /// The seccomp sandbox: each thread (vCPUs, device threads, the main loop) may make only
+    /// the system calls it needs once the guest runs. on: a forbidden call ends minivmm with
+    /// a line naming the thread and the call (status 159); log: it is allowed and the kernel
+    /// logs it (audit log / dmesg); off: no filter.
+    #[arg(long, value_name = "MODE", default_value = "on")]
+    pub seccomp: crate::seccomp::SeccompMode,
 }
 
 /// An emulated device `--device` adds.
@@ -179,6 +186,21 @@ mod tests {
         assert_eq!(c.debug_exit, None);
         assert_eq!(c.iommu, None);
         assert!(c.devices.is_empty());
+        assert_eq!(c.seccomp, crate::seccomp::SeccompMode::On);
+    }
+
+    #[test]
+    fn cli_seccomp_modes() {
+        use crate::seccomp::SeccompMode;
+        for (arg, mode) in [
+            ("on", SeccompMode::On),
+            ("log", SeccompMode::Log),
+            ("off", SeccompMode::Off),
+        ] {
+            let c = parse(&["--kernel", "k", &format!("--seccomp={arg}")]).unwrap();
+            assert_eq!(c.seccomp, mode);
+        }
+        assert!(parse(&["--kernel", "k", "--seccomp=strict"]).is_err());
     }
 
     #[test]

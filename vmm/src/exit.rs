@@ -60,7 +60,7 @@ impl StopReason {
             StopReason::PowerOff | StopReason::Reset | StopReason::DebugExit(_) => None,
             StopReason::GuestPanic => Some("the guest kernel panicked".into()),
             StopReason::TripleFault => Some("the guest triple-faulted (CPU shutdown)".into()),
-            StopReason::Error(e) => Some(e.clone()),
+            StopReason::Error(e) => Some(format!("error: {e}")),
             StopReason::Signal(sig) => Some(format!("stopped by signal {sig}; devices released")),
         }
     }

@@ -10,7 +10,9 @@ mod interrupts;
 mod iommu;
 #[allow(dead_code)]
 mod layout;
+mod lifecycle;
 mod memory;
+mod seccomp;
 mod terminal;
 mod vcpu;
 mod vfio;
@@ -25,18 +27,37 @@ fn main() {
     )
     .format_timestamp_millis()
     .init();
+    lifecycle::install_panic_hook();
+    // Before anything is set up: a stop signal during setup (opening and resetting VFIO
+    // functions, mapping guest RAM for them) also ends the VMM in order.
+    if let Err(e) = lifecycle::catch_stop_signals() {
+        eprintln!("minivmm: error: cannot catch stop signals: {e}");
+        std::process::exit(1);
+    }
     let cli = cli::Cli::parse();
-    let code = match vm::Vm::build(&cli).and_then(vm::Vm::run) {
-        Ok(reason) => {
-            if let Some(msg) = reason.message() {
-                eprintln!("minivmm: {msg}");
-            }
-            reason.exit_status()
-        }
-        Err(e) => {
-            eprintln!("minivmm: error: {e}");
-            1
-        }
+    if let Err(e) = seccomp::set_mode(cli.seccomp) {
+        eprintln!("minivmm: error: {e}");
+        std::process::exit(1);
+    }
+    if let Err(e) = lifecycle::start_watchdog() {
+        eprintln!("minivmm: error: cannot start a thread: {e}");
+        std::process::exit(1);
+    }
+    let run = std::panic::catch_unwind(|| vm::Vm::build(&cli).and_then(vm::Vm::run));
+    let reason = match run {
+        Ok(Ok(reason)) => reason,
+        // A setup step a stop signal interrupted fails; the signal is the reason.
+        Ok(Err(e)) => match lifecycle::stop_signal() {
+            Some(sig) => exit::StopReason::Signal(sig),
+            None => exit::StopReason::Error(e.to_string()),
+        },
+        // The main thread panicked: the hook recorded the line.
+        Err(_) => exit::StopReason::Error(
+            lifecycle::first_panic().unwrap_or_else(|| "the main thread panicked".into()),
+        ),
     };
-    std::process::exit(code);
+    if let Some(msg) = reason.message() {
+        eprintln!("minivmm: {msg}");
+    }
+    std::process::exit(reason.exit_status());
 }

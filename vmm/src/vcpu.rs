@@ -11,7 +11,6 @@ use kvm_bindings::{
     kvm_fpu, kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_segment, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd};
-use log::warn;
 
 use crate::cpuid;
 use crate::exit::{handle_exit, Action, EoiHandler, Exit, StopReason};
@@ -211,6 +210,29 @@ fn describe(vcpu: &VcpuFd, id: u32) -> String {
     )
 }
 
+/// What becomes of a KVM exit the run loop has no handler for.
+#[derive(Debug, PartialEq, Eq)]
+enum Unhandled {
+    /// Informational (an interrupt window, a TPR access): enter the guest again.
+    Retry,
+    /// The vCPU cannot make progress (re-entering repeats the exit at 100% CPU): stop the VM.
+    Fatal,
+}
+
+fn unhandled(exit: &VcpuExit) -> Unhandled {
+    match exit {
+        VcpuExit::IrqWindowOpen
+        | VcpuExit::Nmi
+        | VcpuExit::SetTpr
+        | VcpuExit::TprAccess
+        | VcpuExit::Intr => Unhandled::Retry,
+        // Unsupported, Unknown, Exception, InternalError, FailEntry, MemoryFault (a BAR whose
+        // host mapping faults), MSR and hypercall exits minivmm never enabled, and other
+        // architectures' exits: the same exit would come back at once.
+        _ => Unhandled::Fatal,
+    }
+}
+
 /// Runs a vCPU until the VM stops. A stop is reported on `ctx.stopped` (by whichever thread
 /// sees it first; the main thread keeps only the first).
 pub fn run(mut vcpu: VcpuFd, id: u32, ctx: &VcpuContext) {
@@ -241,10 +263,17 @@ pub fn run(mut vcpu: VcpuFd, id: u32, ctx: &VcpuContext) {
                 let _ = ctx.stopped.send(StopReason::Error(msg));
                 return;
             }
-            Ok(other) => {
-                warn!("vCPU {id}: unhandled KVM exit {other:?}");
-                continue;
-            }
+            Ok(other) => match unhandled(&other) {
+                Unhandled::Retry => {
+                    iommu::warn_limited!("vCPU {id}: unhandled KVM exit {other:?}; re-entering");
+                    continue;
+                }
+                Unhandled::Fatal => {
+                    let msg = format!("vCPU {id}: KVM exit {other:?} cannot be handled");
+                    let _ = ctx.stopped.send(StopReason::Error(msg));
+                    return;
+                }
+            },
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Exit::Interrupted,
             Err(e) => {
                 let _ = ctx
@@ -274,6 +303,36 @@ mod tests {
         assert_eq!(regs[APIC_LVT_LINT0 + 1] as u8, 0x07);
         set_lvt_mode(&mut regs, APIC_LVT_LINT1, APIC_MODE_NMI);
         assert_eq!(regs[APIC_LVT_LINT1 + 1] as u8, 0x04);
+    }
+
+    #[test]
+    fn unhandled_exit_without_progress_is_fatal() {
+        for exit in [
+            VcpuExit::Unsupported(99),
+            VcpuExit::Exception,
+            VcpuExit::Unknown,
+            VcpuExit::InternalError,
+            VcpuExit::FailEntry(1, 0),
+            VcpuExit::MemoryFault {
+                flags: 0,
+                gpa: 0xfe00_0000,
+                size: 4096,
+            },
+        ] {
+            assert_eq!(unhandled(&exit), Unhandled::Fatal, "{exit:?}");
+        }
+    }
+
+    #[test]
+    fn unhandled_exit_informational_is_retried() {
+        for exit in [
+            VcpuExit::IrqWindowOpen,
+            VcpuExit::Nmi,
+            VcpuExit::TprAccess,
+            VcpuExit::SetTpr,
+        ] {
+            assert_eq!(unhandled(&exit), Unhandled::Retry, "{exit:?}");
+        }
     }
 
     #[test]

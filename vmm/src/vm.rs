@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -42,6 +42,7 @@ use crate::interrupts::KvmMsi;
 use crate::iommu::{DirectDma, DrhdRegisters, Iommu, IommuDma, RemappedMsi, UnitInterrupts};
 use crate::layout::*;
 use crate::memory::{self, MemoryError};
+use crate::seccomp::ThreadClass;
 use crate::terminal::RawTerminal;
 use crate::vcpu::{self, VcpuContext, VcpuError};
 use crate::vfio::KvmMmioMapper;
@@ -78,6 +79,10 @@ pub enum VmError {
     Vfio(#[from] devices::vfio::VfioPciError),
     #[error(transparent)]
     VfioDma(#[from] crate::vfio::VfioDmaError),
+    #[error("{0}")]
+    Sandbox(String),
+    #[error("Stopped by signal {0} during setup")]
+    Stopped(i32),
     #[error("--vfio behind --iommu needs caching-mode=on: without it the guest's mappings cannot be followed")]
     VfioNeedsCachingMode,
 }
@@ -118,9 +123,6 @@ impl StateView {
 
 /// Set by SIGUSR1: print the interrupt and IOMMU state.
 static DUMP_REQUESTED: AtomicBool = AtomicBool::new(false);
-/// Set by SIGTERM, SIGINT or SIGHUP: stop the VM.
-static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
-
 /// The IOAPIC's level-triggered routes, recomputed after interrupt entry invalidations.
 struct IoapicRoutes(Arc<Mutex<Ioapic>>);
 
@@ -241,8 +243,18 @@ fn acpi_config(cli: &Cli, prt: &[devices::pci::PrtRoute]) -> acpi::AcpiConfig {
     }
 }
 
+/// Setup's check for a stop signal between its longer steps: what was set up so far is
+/// dropped on the way out, which releases passed-through devices in order.
+fn stop_point() -> Result<(), VmError> {
+    match crate::lifecycle::stop_signal() {
+        Some(sig) => Err(VmError::Stopped(sig)),
+        None => Ok(()),
+    }
+}
+
 impl Vm {
     pub fn build(cli: &Cli) -> Result<Vm, VmError> {
+        devices::set_thread_start_hook(crate::seccomp::device_thread_started);
         // Host devices are checked before anything is set up.
         if !cli.vfio.is_empty() && cli.iommu.is_some_and(|c| !c.caching_mode) {
             return Err(VmError::VfioNeedsCachingMode);
@@ -284,6 +296,10 @@ impl Vm {
 
         let (control, stopped) = VmControl::new().map_err(|e| VmError::EventLoop(e.to_string()))?;
         let control = Arc::new(control);
+        {
+            let control = control.clone();
+            crate::lifecycle::on_panic_stop(move |reason| control.stop(reason));
+        }
         let kvm_routes: Arc<KvmMsi> = Arc::new(KvmMsi::new(vm.clone()));
         let kvm_msi: Arc<dyn MsiTrigger> = kvm_routes.clone();
         let iommu = cli.iommu.map(|cfg| {
@@ -407,6 +423,7 @@ impl Vm {
                 .filter(|s| usize::from(*s) < devices::pci::root::NUM_DEVICES)
                 .ok_or(PciError::BusFull)?;
             passthrough.push(crate::vfio::attach(&pci, host, slot, &wiring)?);
+            stop_point()?;
         }
         pio.insert(
             PCI_CONFIG_PORT.into(),
@@ -460,6 +477,7 @@ impl Vm {
             devices::acpi_pm::RESET_VALUE,
         )?;
 
+        stop_point()?;
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(|e| VmError::Kvm("KVM_GET_SUPPORTED_CPUID", e))?;
@@ -510,20 +528,10 @@ impl Vm {
         }
         register_signal_handler(libc::SIGUSR1, dump_request)
             .map_err(|e| VmError::EventLoop(format!("signal handler: {e}")))?;
-        extern "C" fn stop_request(
-            sig: libc::c_int,
-            _: *mut libc::siginfo_t,
-            _: *mut libc::c_void,
-        ) {
-            STOP_SIGNAL.store(sig, Ordering::Release);
+        // A stop signal during setup ends the VM before any vCPU runs.
+        if let Some(sig) = crate::lifecycle::stop_signal() {
+            return Ok(StopReason::Signal(sig));
         }
-        // A stop request ends the VM in order, so passed-through devices are reset and
-        // released and their DMA mappings removed.
-        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-            register_signal_handler(sig, stop_request)
-                .map_err(|e| VmError::EventLoop(format!("signal handler: {e}")))?;
-        }
-
         let stop = Arc::new(AtomicBool::new(false));
         let dump = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let ctx = Arc::new(VcpuContext {
@@ -541,7 +549,15 @@ impl Vm {
             let t = std::thread::Builder::new()
                 .name(format!("vcpu{id}"))
                 .spawn(move || {
-                    vcpu::run(fd, id as u32, &ctx);
+                    let name = format!("vcpu{id}");
+                    crate::lifecycle::test_fault_point(&name);
+                    match crate::seccomp::sandbox(ThreadClass::Vcpu) {
+                        Ok(()) => {
+                            crate::lifecycle::test_fault_point(&format!("{name}-sandboxed"));
+                            vcpu::run(fd, id as u32, &ctx)
+                        }
+                        Err(e) => drop(ctx.stopped.send(StopReason::Error(e.to_string()))),
+                    }
                     control.notify();
                 })
                 .map_err(VmError::Thread)?;
@@ -569,10 +585,13 @@ impl Vm {
             }
             _ => None,
         };
+        // Everything the loop and the stop need is open: the main thread's sandbox goes on
+        // (the device threads took theirs as they started).
+        crate::seccomp::check().map_err(VmError::Sandbox)?;
+        crate::seccomp::sandbox(ThreadClass::Main).map_err(|e| VmError::Sandbox(e.to_string()))?;
         let mut signalled = None;
         while !stopping.load(Ordering::Acquire) {
-            let sig = STOP_SIGNAL.swap(0, Ordering::AcqRel);
-            if sig != 0 {
+            if let Some(sig) = crate::lifecycle::stop_signal() {
                 signalled = Some(StopReason::Signal(sig));
                 break;
             }
@@ -591,13 +610,16 @@ impl Vm {
                 }
             }
         }
-        self.flush_console();
-        log::info!("state at exit:\n{}", self.view.dump());
         let reason = signalled.unwrap_or_else(|| {
             self.stopped
                 .try_recv()
                 .unwrap_or_else(|_| StopReason::Error("all vCPUs stopped unexpectedly".into()))
         });
+        // From here on the stop is bounded: a vCPU held inside a device handler, or a device
+        // that hangs while released, does not keep minivmm up past the deadline.
+        crate::lifecycle::arm_stop_deadline(&reason);
+        self.flush_console();
+        log::info!("state at exit:\n{}", self.view.dump());
 
         stop.store(true, Ordering::Release);
         for t in &threads {

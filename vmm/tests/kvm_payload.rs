@@ -29,7 +29,9 @@ fn payload(name: &str) -> PathBuf {
     static HELLO: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     static HELLO_PVH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     static VTD: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    static IDLE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     match name {
+        "idle" => IDLE.get_or_init(|| assemble("idle", false)).clone(),
         "vtd" => VTD.get_or_init(|| assemble("vtd", false)).clone(),
         "hello" => HELLO.get_or_init(|| assemble("hello", false)).clone(),
         "hello-pvh" => HELLO_PVH.get_or_init(|| assemble("hello", true)).clone(),
@@ -234,6 +236,7 @@ fn help_documents_every_flag() {
         "--memory",
         "--serial",
         "--debug-exit",
+        "--seccomp",
     ] {
         assert!(text.contains(flag), "--help lacks {flag}");
     }
@@ -285,4 +288,271 @@ fn without_iommu_the_drhd_is_absent() {
     let (code, stdout, _) = run_vtd(&["--device", "edu"]);
     assert!(stdout.contains("vtd: FAIL VER"), "{stdout}");
     assert_eq!(code, Some(0x61));
+}
+
+/// Waits up to `secs` for `child`; a process still running then is killed and the test fails
+/// (a wedged VMM).
+fn wait_bounded(mut child: std::process::Child, secs: u64) -> Output {
+    let start = std::time::Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if start.elapsed() > std::time::Duration::from_secs(secs) {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("wait");
+            panic!(
+                "minivmm still running after {secs} s (wedged); stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("wait")
+}
+
+/// Whether process `pid` is blocked in open(2)/openat(2) (field 1 of /proc/PID/syscall).
+fn blocked_in_open(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/syscall"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .is_some_and(|nr| nr == libc::SYS_open.to_string() || nr == libc::SYS_openat.to_string())
+}
+
+fn kill(pid: u32, sig: i32) {
+    // SAFETY: signals a child this test started and has not reaped.
+    unsafe { libc::kill(pid as i32, sig) };
+}
+
+#[test]
+fn sigterm_during_setup_stops_in_order_with_status_143() {
+    require_kvm();
+    // The kernel is a FIFO: minivmm blocks opening it, halfway through setting the VM up
+    // (KVM, RAM and devices are made), until the test opens the other end.
+    let fifo = Path::new(env!("CARGO_TARGET_TMPDIR")).join("setup-fifo");
+    let _ = std::fs::remove_file(&fifo);
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    let child = minivmm()
+        .args(["--kernel", fifo.to_str().unwrap(), "--memory", "64M"])
+        .args(["--debug-exit"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("minivmm runs");
+    let pid = child.id();
+    let start = std::time::Instant::now();
+    while !blocked_in_open(pid) {
+        assert!(
+            start.elapsed().as_secs() < 20,
+            "minivmm never opened the kernel"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    kill(pid, libc::SIGTERM);
+    // Let the open finish (std retries it after the signal); setup then stops at its next
+    // step, or fails reading a kernel from a pipe: either way the signal is the reason.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    if let Ok(mut w) = std::fs::OpenOptions::new().write(true).open(&fifo) {
+        use std::io::Write;
+        let _ = w.write_all(&std::fs::read(payload("hello")).unwrap());
+    }
+    let out = wait_bounded(child, 20);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(128 + libc::SIGTERM),
+        "stderr: {err}"
+    );
+    assert!(
+        err.contains("stopped by signal 15; devices released"),
+        "stderr: {err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+}
+
+#[test]
+fn sigterm_with_setup_stuck_exits_after_the_stop_deadline() {
+    require_kvm();
+    // As above, but nobody ever opens the FIFO: setup never reaches its next step.
+    let fifo = Path::new(env!("CARGO_TARGET_TMPDIR")).join("stuck-fifo");
+    let _ = std::fs::remove_file(&fifo);
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    let child = minivmm()
+        .args(["--kernel", fifo.to_str().unwrap(), "--memory", "64M"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("minivmm runs");
+    let pid = child.id();
+    let start = std::time::Instant::now();
+    while !blocked_in_open(pid) {
+        assert!(
+            start.elapsed().as_secs() < 20,
+            "minivmm never opened the kernel"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    kill(pid, libc::SIGTERM);
+    let out = wait_bounded(child, 20);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(128 + libc::SIGTERM),
+        "stderr: {err}"
+    );
+    assert!(
+        err.contains("stopped by signal 15") && err.contains("exiting anyway"),
+        "stderr: {err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+}
+
+#[test]
+fn sigterm_with_vcpu_stuck_exits_after_the_stop_deadline() {
+    require_kvm();
+    let elf = payload("idle");
+    // Debug builds only: vCPU 1 never returns (as if held inside a device handler).
+    let child = minivmm()
+        .args([
+            "--kernel",
+            elf.to_str().unwrap(),
+            "--memory",
+            "32M",
+            "--cpus",
+            "2",
+        ])
+        .args(["--serial", "off"])
+        .env("MINIVMM_TEST_FAULT", "hang:vcpu1-sandboxed")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("minivmm runs");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let t = std::time::Instant::now();
+    kill(child.id(), libc::SIGTERM);
+    let out = wait_bounded(child, 20);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(128 + libc::SIGTERM),
+        "stderr: {err}"
+    );
+    assert!(
+        err.contains("stopped by signal 15") && err.contains("exiting anyway"),
+        "stderr: {err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    assert!(
+        t.elapsed().as_secs() < 10,
+        "bounded by the 5 s stop deadline"
+    );
+}
+
+#[test]
+fn sigterm_while_running_stops_in_order_with_status_143() {
+    require_kvm();
+    let elf = payload("idle");
+    let child = minivmm()
+        .args(["--kernel", elf.to_str().unwrap(), "--memory", "32M"])
+        .args(["--serial", "off"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("minivmm runs");
+    // Long enough for setup and the guest to start on this emulated KVM.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    kill(child.id(), libc::SIGTERM);
+    let out = wait_bounded(child, 20);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(128 + libc::SIGTERM),
+        "stderr: {err}"
+    );
+    assert!(
+        err.contains("stopped by signal 15; devices released"),
+        "stderr: {err}"
+    );
+}
+
+#[test]
+fn vcpu_panic_stops_vm_with_one_error_line() {
+    require_kvm();
+    let elf = payload("idle");
+    // Debug builds only: the named thread panics as it starts (see vmm/src/lifecycle.rs),
+    // under its seccomp filter.
+    let child = minivmm()
+        .args(["--kernel", elf.to_str().unwrap(), "--memory", "32M"])
+        .args(["--serial", "off"])
+        .env("MINIVMM_TEST_FAULT", "panic:vcpu0-sandboxed")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("minivmm runs");
+    let out = wait_bounded(child, 20);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    assert!(
+        err.starts_with("minivmm: error: thread vcpu0 panicked")
+            && err.contains("test panic requested"),
+        "stderr: {err}"
+    );
+}
+
+#[test]
+fn seccomp_filter_is_on_by_default_in_every_thread() {
+    require_kvm();
+    let elf = payload("idle");
+    let child = minivmm()
+        .args([
+            "--kernel",
+            elf.to_str().unwrap(),
+            "--memory",
+            "32M",
+            "--cpus",
+            "2",
+        ])
+        .args(["--serial", "off"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("minivmm runs");
+    let pid = child.id();
+    let threads = || -> Vec<(String, String)> {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|d| {
+                d.filter_map(|t| {
+                    let p = t.ok()?.path();
+                    let comm = std::fs::read_to_string(p.join("comm")).ok()?;
+                    let status = std::fs::read_to_string(p.join("status")).ok()?;
+                    let mode = status
+                        .lines()
+                        .find(|l| l.starts_with("Seccomp:"))?
+                        .to_string();
+                    Some((comm.trim().to_string(), mode))
+                })
+                .collect()
+            })
+            .unwrap_or_default()
+    };
+    // Wait until both vCPUs run (they take their filters as they start).
+    let start = std::time::Instant::now();
+    while threads()
+        .iter()
+        .filter(|(c, _)| c.starts_with("vcpu"))
+        .count()
+        < 2
+    {
+        assert!(start.elapsed().as_secs() < 20, "vCPUs never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let seen = threads();
+    kill(pid, libc::SIGTERM);
+    let out = wait_bounded(child, 20);
+    // KVM's own workers (kvm-nx-lpage-recovery) may be listed among the tasks; they are
+    // kernel threads, not minivmm's.
+    for (comm, mode) in seen.iter().filter(|(c, _)| !c.starts_with("kvm-")) {
+        // Seccomp: 2 is filter mode (proc(5)).
+        assert!(mode.ends_with('2'), "thread {comm}: {mode}; all: {seen:?}");
+    }
+    assert!(seen.iter().any(|(c, _)| c == "minivmm"), "{seen:?}");
+    assert_eq!(out.status.code(), Some(128 + libc::SIGTERM));
 }

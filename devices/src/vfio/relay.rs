@@ -58,6 +58,7 @@ impl Relay {
         let thread = std::thread::Builder::new()
             .name("vfio-irq".into())
             .spawn(move || {
+                crate::thread_started("vfio-irq");
                 let mut events = vec![EpollEvent::default(); 16];
                 loop {
                     let n = match watcher.epoll.wait(-1, &mut events) {

@@ -192,6 +192,7 @@ impl VfioDma {
         let spawned = std::thread::Builder::new()
             .name("vfio-map".into())
             .spawn(move || {
+                crate::seccomp::device_thread_started("vfio-map");
                 let mut settle = Settle {
                     dma: &me,
                     result: None,

@@ -1,0 +1,156 @@
+use std::process::Command;
+
+use super::*;
+
+/// Environment variable that tells [`probe`] (run in a child process) what to do.
+const PROBE: &str = "MINIVMM_SECCOMP_PROBE";
+
+/// Runs [`probe`] in a child process (the test binary again) with `mode` and `call`; returns
+/// (exit status, stdout, stderr). The filter and a trap end only the child.
+fn run_probe(mode: &str, call: &str) -> (Option<i32>, String, String) {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "seccomp::tests::probe",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+        ])
+        .args(["--test-threads=1"])
+        .env(PROBE, format!("{mode}:{call}"))
+        .output()
+        .expect("test binary runs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The child's side: a thread named seccomp-probe takes the vCPU filter and makes `call`.
+#[test]
+#[ignore = "run by the seccomp tests in a child process"]
+fn probe() {
+    let Ok(spec) = std::env::var(PROBE) else {
+        return;
+    };
+    let (mode, call) = spec.split_once(':').unwrap();
+    let mode = match mode {
+        "on" => SeccompMode::On,
+        "log" => SeccompMode::Log,
+        _ => SeccompMode::Off,
+    };
+    set_mode(mode).unwrap();
+    let call = call.to_string();
+    std::thread::Builder::new()
+        .name("seccomp-probe".into())
+        .spawn(move || {
+            sandbox(ThreadClass::Vcpu).unwrap();
+            // SAFETY: plain system calls on values that need no memory of ours to stay valid
+            // (the winsize buffer is a local).
+            unsafe {
+                match call.as_str() {
+                    "socket" => {
+                        libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+                    }
+                    "getpid" => {
+                        libc::getpid();
+                    }
+                    "tiocgwinsz" => {
+                        let mut ws: libc::winsize = std::mem::zeroed();
+                        libc::ioctl(libc::STDERR_FILENO, libc::TIOCGWINSZ, &mut ws);
+                    }
+                    other => panic!("unknown probe call {other}"),
+                }
+            }
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    println!("PROBE-SURVIVED");
+}
+
+#[test]
+fn seccomp_on_forbidden_syscall_traps_with_one_line() {
+    let (code, stdout, stderr) = run_probe("on", "socket");
+    assert_eq!(
+        code,
+        Some(FORBIDDEN_EXIT),
+        "stdout {stdout} stderr {stderr}"
+    );
+    assert!(!stdout.contains("PROBE-SURVIVED"));
+    assert!(
+        stderr.contains(&format!(
+            "seccomp: thread seccomp-probe made a forbidden system call {} (socket)",
+            libc::SYS_socket
+        )),
+        "stderr: {stderr}"
+    );
+}
+
+#[test]
+fn seccomp_on_allowed_syscall_passes() {
+    let (code, stdout, stderr) = run_probe("on", "getpid");
+    assert_eq!(code, Some(0), "stdout {stdout} stderr {stderr}");
+    assert!(stdout.contains("PROBE-SURVIVED"));
+}
+
+#[test]
+fn seccomp_on_ioctl_outside_thread_list_traps() {
+    // TIOCGWINSZ is the main thread's, never a vCPU's.
+    let (code, _, stderr) = run_probe("on", "tiocgwinsz");
+    assert_eq!(code, Some(FORBIDDEN_EXIT), "stderr {stderr}");
+    assert!(stderr.contains("(ioctl)"), "stderr: {stderr}");
+}
+
+#[test]
+fn seccomp_log_forbidden_syscall_passes() {
+    let (code, stdout, stderr) = run_probe("log", "socket");
+    assert_eq!(code, Some(0), "stdout {stdout} stderr {stderr}");
+    assert!(stdout.contains("PROBE-SURVIVED"));
+}
+
+#[test]
+fn seccomp_filter_builds_for_every_class() {
+    for class in [
+        ThreadClass::Vcpu,
+        ThreadClass::Device,
+        ThreadClass::DmaMap,
+        ThreadClass::Main,
+        ThreadClass::Watchdog,
+    ] {
+        for mode in [SeccompMode::On, SeccompMode::Log] {
+            assert!(
+                !filter(class, mode).unwrap().is_empty(),
+                "{class:?} {mode:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn seccomp_ioctl_numbers_match_the_kernel_headers() {
+    // Values from include/uapi/linux/kvm.h and vfio.h as strace prints them on x86_64.
+    assert_eq!(allowlist::KVM_RUN, 0xae80);
+    assert_eq!(allowlist::KVM_GET_REGS, 0x8090_ae81);
+    assert_eq!(allowlist::KVM_SIGNAL_MSI, 0x4020_aea5);
+    assert_eq!(allowlist::KVM_SET_GSI_ROUTING, 0x4008_ae6a);
+    assert_eq!(allowlist::KVM_IRQFD, 0x4020_ae76);
+    assert_eq!(allowlist::KVM_SET_USER_MEMORY_REGION, 0x4020_ae46);
+    assert_eq!(allowlist::VFIO_DEVICE_SET_IRQS, 0x3b6e);
+    assert_eq!(allowlist::VFIO_IOMMU_MAP_DMA, 0x3b71);
+}
+
+#[test]
+fn seccomp_forbidden_line_names_thread_and_call() {
+    let mut name = [0u8; 16];
+    name[..5].copy_from_slice(b"vcpu3");
+    let l = forbidden_line(&name, libc::SYS_execve);
+    let s = std::str::from_utf8(&l.buf[..l.len]).unwrap();
+    assert!(
+        s.starts_with(
+            "minivmm: error: seccomp: thread vcpu3 made a forbidden system call 59 (execve)"
+        ),
+        "{s}"
+    );
+    assert!(s.ends_with('\n') && s.matches('\n').count() == 1);
+}
