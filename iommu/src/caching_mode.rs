@@ -9,15 +9,13 @@ use std::collections::{BTreeMap, HashMap};
 use log::warn;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
-use crate::translation::{ContextEntry, DmaFault, TranslationType, WalkConfig};
+use crate::translation::{sl_entry_kind, ContextEntry, DmaFault, TranslationType, WalkConfig};
 use crate::Bdf;
 
-/// Second-level entry bits (9.8): R (0), W (1), PS (7); address bits 47:12.
+/// Second-level entry bits (9.8): R (0), W (1); address bits 47:12.
 const SL_R: u64 = 1 << 0;
 const SL_W: u64 = 1 << 1;
-const SL_PS: u64 = 1 << 7;
 const ADDR_MASK: u64 = ((1 << 48) - 1) & !0xfff;
-const SL_RESERVED_ADDR: u64 = ((1 << 52) - 1) & !((1 << 48) - 1);
 /// At most this many table entries are read per resync: a guest's tables can be made to
 /// alias themselves, and a walk must stay bounded. 4 Mi entries covers 16 GiB in 4 KiB pages.
 const WALK_BUDGET: usize = 4 << 20;
@@ -153,22 +151,14 @@ impl<M: GuestMemoryBackend> Walker<'_, M> {
             let Ok(e) = self.mem.read_obj::<u64>(GuestAddress(table + index * 8)) else {
                 return;
             };
-            if e & (SL_R | SL_W) == 0 || e & SL_RESERVED_ADDR != 0 {
+            if e & (SL_R | SL_W) == 0 {
                 continue;
             }
+            let Some(superpage) = sl_entry_kind(e, level, self.cfg) else {
+                continue;
+            };
             let iova = base + (index << shift);
             let (r, w) = (rw.0 && e & SL_R != 0, rw.1 && e & SL_W != 0);
-            let superpage = e & SL_PS != 0;
-            if superpage {
-                let ok = match level {
-                    2 => self.cfg.sllps & 1 != 0,
-                    3 => self.cfg.sllps & 2 != 0,
-                    _ => false,
-                };
-                if !ok {
-                    continue;
-                }
-            }
             if level == 1 || superpage {
                 let size = 1u64 << shift;
                 if (e & ADDR_MASK) & (size - 1) != 0 || !(r || w) {

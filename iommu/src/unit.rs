@@ -14,6 +14,8 @@ use crate::config::IommuConfig;
 use crate::faults::{FaultLog, FaultRecord};
 use crate::interrupt_remapping::Irte;
 use crate::invalidation_queue::{self, Descriptor, QueueError};
+use crate::iotlb::Iotlb;
+use crate::limits::Limits;
 use crate::registers::*;
 use crate::translation::{self, ContextEntry, DmaFault, Translation, WalkConfig};
 use crate::{Bdf, FaultReason, Iova};
@@ -74,6 +76,8 @@ pub enum DmaOutcome {
 pub struct RemappingUnit {
     cfg: IommuConfig,
     walk: WalkConfig,
+    #[allow(dead_code)] // read by the caching-mode bounds in the next change
+    limits: Limits,
     gsts: u32,
     rtaddr: u64,
     active_rtaddr: u64,
@@ -91,7 +95,7 @@ pub struct RemappingUnit {
     iva: u64,
     iotlb_reg: u64,
     context_cache: HashMap<Bdf, ContextEntry>,
-    iotlb: HashMap<(u16, u64), Translation>,
+    iotlb: Iotlb,
     /// Interrupt entry cache: decoded IRTEs by index.
     iec: HashMap<u32, Irte>,
     /// Set when the guest invalidated interrupt entries (or moved the table).
@@ -111,14 +115,22 @@ fn merge32(old: u64, offset_in_qword: u64, v: u32) -> u64 {
 
 impl RemappingUnit {
     pub fn new(cfg: IommuConfig, sink: Box<dyn InterruptSink>) -> Self {
+        Self::with_limits(cfg, sink, Limits::default())
+    }
+
+    /// A unit with other bounds than [`Limits::default`] (tests use small ones).
+    pub fn with_limits(cfg: IommuConfig, sink: Box<dyn InterruptSink>, limits: Limits) -> Self {
         let cap = cfg.cap();
+        let device_tlb = cfg.device_iotlb;
         RemappingUnit {
             cfg,
             walk: WalkConfig {
                 sagaw: (cap >> crate::registers::cap::SAGAW_SHIFT) & 0x1f,
                 sllps: (cap >> crate::registers::cap::SLLPS_SHIFT) & 0xf,
                 pass_through: true,
+                device_tlb,
             },
+            limits,
             gsts: 0,
             rtaddr: 0,
             active_rtaddr: 0,
@@ -136,7 +148,7 @@ impl RemappingUnit {
             iva: 0,
             iotlb_reg: 0,
             context_cache: HashMap::new(),
-            iotlb: HashMap::new(),
+            iotlb: Iotlb::new(limits.iotlb_entries),
             iec: HashMap::new(),
             interrupt_entries_changed: false,
             tracker: MapTracker::default(),
@@ -394,16 +406,17 @@ impl RemappingUnit {
     ) {
         match granularity {
             2 => {
-                self.iotlb.retain(|(d, _), _| *d != did);
+                self.iotlb.invalidate_domain(did);
                 self.resync_tracked(mem, |(_, d)| d == Some(did), None);
             }
             3 => {
+                // 2^AM pages from ADDR aligned down to their size (6.5.2.3); the range may
+                // reach the top of the address space (end None).
                 let span = 1u64 << (12 + am.min(63 - 12));
                 let base = addr & !(span - 1);
-                self.iotlb.retain(|(d, page), t| {
-                    *d != did || t.iova_base + t.page_size <= base || *page >= base + span
-                });
-                let end = base.saturating_add(span);
+                let end = base.checked_add(span);
+                self.iotlb.invalidate_range(did, base, end);
+                let end = end.unwrap_or(u64::MAX);
                 self.resync_tracked(mem, |(_, d)| d == Some(did), Some((base, end)));
             }
             _ => {
@@ -420,24 +433,41 @@ impl RemappingUnit {
         }
         let entries = 1u64 << (8 + (self.iqa & IQA_QS_MASK));
         let base = self.iqa & IQA_ADDR_MASK;
-        let tail = (self.iqt >> IQ_INDEX_SHIFT) % entries;
-        let mut head = (self.iqh >> IQ_INDEX_SHIFT) % entries;
+        let tail = self.iqt >> IQ_INDEX_SHIFT;
+        let mut head = self.iqh >> IQ_INDEX_SHIFT;
+        if tail >= entries || head >= entries {
+            // A tail past the queue's end (6.5.2, 11.4.11.2), or a head left there by a
+            // smaller QS: an invalidation queue error, not an index taken modulo the size.
+            self.queue_error(head, &QueueError::BeyondQueue(tail));
+            return;
+        }
         let mut budget = entries;
         while head != tail && budget > 0 {
             budget -= 1;
-            match invalidation_queue::read(mem, base + head * 16).and_then(|d| self.execute(mem, d))
+            let at = base
+                .checked_add(head * invalidation_queue::DESCRIPTOR_SIZE)
+                .ok_or(QueueError::Fetch(base));
+            match at
+                .and_then(|a| invalidation_queue::read(mem, a))
+                .and_then(|d| self.execute(mem, d))
             {
                 Ok(()) => head = (head + 1) % entries,
                 Err(e) => {
-                    warn!("vt-d: invalidation queue error at descriptor {head}: {e}");
-                    self.fsts_q |= FSTS_IQE;
-                    self.iqh = head << IQ_INDEX_SHIFT;
-                    self.fault_event.fire(self.sink.as_ref());
+                    self.queue_error(head, &e);
                     return;
                 }
             }
         }
         self.iqh = head << IQ_INDEX_SHIFT;
+    }
+
+    /// An invalidation queue error (6.5.2.10): IQE set, the head left at the descriptor
+    /// that caused it, the fault event raised; nothing more runs until software clears IQE.
+    fn queue_error(&mut self, head: u64, e: &QueueError) {
+        crate::warn_limited!("vt-d: invalidation queue error at descriptor {head}: {e}");
+        self.fsts_q |= FSTS_IQE;
+        self.iqh = (head << IQ_INDEX_SHIFT) & IQ_INDEX_MASK;
+        self.fault_event.fire(self.sink.as_ref());
     }
 
     fn execute<M: GuestMemoryBackend>(&mut self, mem: &M, d: Descriptor) -> Result<(), QueueError> {
@@ -528,15 +558,17 @@ impl RemappingUnit {
                 }
             }
         };
-        let page = iova.0 & !0xfff;
-        if let Some(t) = self.iotlb.get(&(ctx.did, page)) {
+        if let Some(t) = self.iotlb.get(ctx.did, iova.0) {
             if t.permits(write) {
-                return DmaOutcome::Translated(*t);
+                return DmaOutcome::Translated(t);
             }
         }
         match translation::translate(mem, &ctx, iova, write, &self.walk) {
             Ok(t) => {
-                self.iotlb.insert((ctx.did, page), t);
+                // Pass-through needs no walk, so nothing is cached for it (as in QEMU).
+                if ctx.tt != translation::TranslationType::PassThrough {
+                    self.iotlb.insert(ctx.did, t);
+                }
                 DmaOutcome::Translated(t)
             }
             Err(f) => {
@@ -568,10 +600,11 @@ impl RemappingUnit {
             self.iqt >> IQ_INDEX_SHIFT
         );
         s += &format!(
-            "  FSTS {:#x}, context cache {} entries, IOTLB {} entries, interrupt entry cache {} entries\n",
+            "  FSTS {:#x}, context cache {} entries, IOTLB {}/{} entries, interrupt entry cache {} entries\n",
             self.fsts(),
             self.context_cache.len(),
             self.iotlb.len(),
+            self.iotlb.capacity(),
             self.iec.len()
         );
         let mut contexts: Vec<_> = self.context_cache.iter().collect();
@@ -603,6 +636,8 @@ mod tracking;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_bounds;
 #[cfg(test)]
 mod tests_interrupts;
 #[cfg(test)]
