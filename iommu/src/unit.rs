@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 
-use log::warn;
 use vm_memory::GuestMemoryBackend;
 
 use crate::caching_mode::{MapEvent, MapTracker};
@@ -76,8 +75,8 @@ pub enum DmaOutcome {
 pub struct RemappingUnit {
     cfg: IommuConfig,
     walk: WalkConfig,
-    #[allow(dead_code)] // read by the caching-mode bounds in the next change
     limits: Limits,
+    work: tracking::WalkWork,
     gsts: u32,
     rtaddr: u64,
     active_rtaddr: u64,
@@ -131,6 +130,7 @@ impl RemappingUnit {
                 device_tlb,
             },
             limits,
+            work: tracking::WalkWork::default(),
             gsts: 0,
             rtaddr: 0,
             active_rtaddr: 0,
@@ -236,6 +236,7 @@ impl RemappingUnit {
         let mut b = [0u8; 8];
         b[..data.len()].copy_from_slice(data);
         let v = u64::from_le_bytes(b);
+        self.begin_work();
         if len == 8 {
             self.write32(mem, offset, v as u32, Some(v));
             self.write32(mem, offset + 4, (v >> 32) as u32, Some(v));
@@ -275,6 +276,7 @@ impl RemappingUnit {
                 self.iqt = merge32(self.iqt, half, v) & IQ_INDEX_MASK;
                 if half == 0 {
                     self.process_queue(mem);
+                    self.end_queue_write();
                 }
             }
             _ if q == CCMD_REG => {
@@ -316,7 +318,9 @@ impl RemappingUnit {
                     // Enabling the queue starts it at its head (11.4.11.1).
                     self.iqh = 0;
                 } else if self.iqh != self.iqt {
-                    warn!("vt-d: guest disabled queued invalidation with work pending");
+                    crate::warn_limited!(
+                        "vt-d: guest disabled queued invalidation with work pending"
+                    );
                 }
             }
             if on {
@@ -506,14 +510,15 @@ impl RemappingUnit {
     }
 
     fn report(&mut self, source: Bdf, iova: Iova, write: bool, f: DmaFault) {
-        warn!(
+        // Fault processing disabled (context FPD): neither recorded nor logged.
+        if f.fpd {
+            return;
+        }
+        crate::warn_limited!(
             "vt-d: DMA {} of {iova} by {source} blocked: {:?}",
             if write { "write" } else { "read" },
             f.reason
         );
-        if f.fpd {
-            return;
-        }
         let rec = FaultRecord {
             source,
             reason: f.reason,
@@ -615,14 +620,28 @@ impl RemappingUnit {
                 c.did, c.tt, c.levels, c.slptptr
             );
         }
-        for (b, _) in self.tracker.devices() {
+        let mut tracked = self.tracker.devices();
+        tracked.sort();
+        let mut peaks = String::new();
+        for (b, _) in tracked {
             let maps = self.tracker.mappings(b);
             let bytes: u64 = maps.iter().map(|m| m.size).sum();
             s += &format!(
                 "  tracked {b}: {} ranges, {bytes:#x} bytes mapped\n",
                 maps.len()
             );
+            if let Some(r) = self.tracker.range_stats(b) {
+                peaks += &format!(", {b} peak {} ranges ({} refused)", r.peak, r.refused);
+            }
         }
+        s += &format!(
+            "  limits: largest walk {} entries per invalidation, {} per IQT write (budgets {} per domain, {} per write); range cap {}{peaks}\n",
+            self.work.peak_invalidation,
+            self.work.peak_queue_write,
+            self.limits.walk_entries_per_domain,
+            self.limits.walk_entries_per_write,
+            self.limits.tracked_ranges_per_device,
+        );
         for r in self.faults.records() {
             s += &format!("  fault: {} {:?} at {:#x}\n", r.source, r.reason, r.info);
         }
@@ -640,5 +659,7 @@ mod tests;
 mod tests_bounds;
 #[cfg(test)]
 mod tests_interrupts;
+#[cfg(test)]
+mod tests_limits;
 #[cfg(test)]
 mod tests_tracking;

@@ -380,6 +380,10 @@ impl MapListener for VfioDma {
             MapEvent::PassThrough(_) => self.unmap_identity(&mut st),
             MapEvent::Map(m) => self.map(&m, &mut st),
             MapEvent::Unmap { iova, size } => self.unmap(iova, size, &mut st),
+            MapEvent::RangeLimit { limit } => log::error!(
+                "vfio {} ({device}): the guest mapped more than {limit} ranges; DMA to the rest is refused",
+                self.device
+            ),
         }
     }
 }
