@@ -33,6 +33,8 @@ pub enum QueueError {
     StatusWrite(u64),
     #[error("Queue tail {0} is beyond the queue")]
     BeyondQueue(u64),
+    #[error("Descriptor {0} of the queue at {1:#x} lies past the top of the address space")]
+    AddressOverflow(u64, u64),
 }
 
 /// A decoded descriptor.

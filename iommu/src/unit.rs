@@ -450,7 +450,7 @@ impl RemappingUnit {
             budget -= 1;
             let at = base
                 .checked_add(head * invalidation_queue::DESCRIPTOR_SIZE)
-                .ok_or(QueueError::Fetch(base));
+                .ok_or(QueueError::AddressOverflow(head, base));
             match at
                 .and_then(|a| invalidation_queue::read(mem, a))
                 .and_then(|d| self.execute(mem, d))
