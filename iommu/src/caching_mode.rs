@@ -6,21 +6,18 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use log::warn;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
-use crate::translation::{ContextEntry, DmaFault, TranslationType, WalkConfig};
+use crate::limits::WALK_ENTRIES_PER_DOMAIN;
+use crate::translation::{sl_entry_kind, ContextEntry, DmaFault, TranslationType, WalkConfig};
 use crate::Bdf;
 
-/// Second-level entry bits (9.8): R (0), W (1), PS (7); address bits 47:12.
+mod diff;
+
+/// Second-level entry bits (9.8): R (0), W (1); address bits 47:12.
 const SL_R: u64 = 1 << 0;
 const SL_W: u64 = 1 << 1;
-const SL_PS: u64 = 1 << 7;
 const ADDR_MASK: u64 = ((1 << 48) - 1) & !0xfff;
-const SL_RESERVED_ADDR: u64 = ((1 << 52) - 1) & !((1 << 48) - 1);
-/// At most this many table entries are read per resync: a guest's tables can be made to
-/// alias themselves, and a walk must stay bounded. 4 Mi entries covers 16 GiB in 4 KiB pages.
-const WALK_BUDGET: usize = 4 << 20;
 
 /// One IOVA range mapped to guest-physical memory with uniform permissions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,6 +79,9 @@ pub enum MapEvent {
     /// translation off or a pass-through context) or translated again (false). Range events
     /// only describe the translated state.
     PassThrough(bool),
+    /// The device reached its cap on tracked ranges ([`crate::limits`]): ranges past it are
+    /// not mapped, so its DMA there is refused. Sent once per tracked device.
+    RangeLimit { limit: usize },
 }
 
 /// What a device's DMA currently reaches, as last reported.
@@ -90,6 +90,44 @@ struct DeviceView {
     pass_through: bool,
     domain: Option<u16>,
     ranges: BTreeMap<u64, Mapping>,
+    /// The most ranges tracked at once.
+    peak: usize,
+    /// Ranges left unmapped by the cap, over the device's life.
+    refused: u64,
+    /// [`MapEvent::RangeLimit`] was sent.
+    limit_reported: bool,
+}
+
+/// How much a resync may do.
+#[derive(Clone, Copy, Debug)]
+pub struct ResyncBounds {
+    /// Table entries the walk may read.
+    pub walk_entries: usize,
+    /// Ranges the device may have tracked.
+    pub max_ranges: usize,
+}
+
+/// What one resync did.
+#[derive(Debug, Default)]
+pub struct ResyncOutcome {
+    pub events: Vec<MapEvent>,
+    /// Table entries read.
+    pub walked: usize,
+    /// The walk ran out of budget at this IOVA: the tracked ranges it could not re-verify
+    /// were dropped (reported as unmapped).
+    pub unverified: Option<u64>,
+    /// The cap on tracked ranges left this IOVA (and maybe more) unmapped.
+    pub refused: Option<u64>,
+    /// Steps of the diff, for tests that bound the work.
+    pub diff_steps: u64,
+}
+
+/// Tracked ranges of a device: now, at most, and refused by the cap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RangeStats {
+    pub current: usize,
+    pub peak: usize,
+    pub refused: u64,
 }
 
 /// The reported state of every tracked device.
@@ -135,6 +173,9 @@ struct Walker<'a, M> {
     mem: &'a M,
     cfg: &'a WalkConfig,
     budget: usize,
+    walked: usize,
+    /// The first IOVA the budget left unwalked.
+    exhausted_at: Option<u64>,
     out: Vec<Mapping>,
 }
 
@@ -147,28 +188,23 @@ impl<M: GuestMemoryBackend> Walker<'_, M> {
         let last = ((end - 1).min(base + (512 << shift) - 1) - base) >> shift;
         for index in first..=last {
             if self.budget == 0 {
+                self.exhausted_at
+                    .get_or_insert((base + (index << shift)).max(start));
                 return;
             }
             self.budget -= 1;
+            self.walked += 1;
             let Ok(e) = self.mem.read_obj::<u64>(GuestAddress(table + index * 8)) else {
                 return;
             };
-            if e & (SL_R | SL_W) == 0 || e & SL_RESERVED_ADDR != 0 {
+            if e & (SL_R | SL_W) == 0 {
                 continue;
             }
+            let Some(superpage) = sl_entry_kind(e, level, self.cfg) else {
+                continue;
+            };
             let iova = base + (index << shift);
             let (r, w) = (rw.0 && e & SL_R != 0, rw.1 && e & SL_W != 0);
-            let superpage = e & SL_PS != 0;
-            if superpage {
-                let ok = match level {
-                    2 => self.cfg.sllps & 1 != 0,
-                    3 => self.cfg.sllps & 2 != 0,
-                    _ => false,
-                };
-                if !ok {
-                    continue;
-                }
-            }
             if level == 1 || superpage {
                 let size = 1u64 << shift;
                 if (e & ADDR_MASK) & (size - 1) != 0 || !(r || w) {
@@ -191,8 +227,49 @@ impl<M: GuestMemoryBackend> Walker<'_, M> {
     }
 }
 
-/// The coalesced mappings of `ctx`'s tables that overlap `[start, end)`. Leaves are reported
-/// whole, so the result may extend past the range.
+/// The result of a bounded walk.
+#[derive(Debug, Default)]
+pub struct Walk {
+    /// Coalesced mappings, sorted by IOVA; complete up to `exhausted_at`.
+    pub mappings: Vec<Mapping>,
+    /// Table entries read.
+    pub walked: usize,
+    /// The budget ran out before this IOVA was walked.
+    pub exhausted_at: Option<u64>,
+}
+
+/// The coalesced mappings of `ctx`'s tables that overlap `[start, end)`, reading at most
+/// `budget` table entries (a guest's tables can be made to alias themselves). Leaves are
+/// reported whole, so the result may extend past the range.
+pub fn walk_bounded<M: GuestMemoryBackend>(
+    mem: &M,
+    ctx: &ContextEntry,
+    (start, end): (u64, u64),
+    cfg: &WalkConfig,
+    budget: usize,
+) -> Walk {
+    let limit = 1u64 << ctx.address_width();
+    let end = end.min(limit);
+    if start >= end {
+        return Walk::default();
+    }
+    let mut w = Walker {
+        mem,
+        cfg,
+        budget,
+        walked: 0,
+        exhausted_at: None,
+        out: Vec::new(),
+    };
+    w.walk(ctx.slptptr, ctx.levels.into(), 0, start, end, (true, true));
+    Walk {
+        mappings: w.out,
+        walked: w.walked,
+        exhausted_at: w.exhausted_at,
+    }
+}
+
+/// [`walk_bounded`] with the per-domain budget of [`crate::limits`].
 pub fn walk_range<M: GuestMemoryBackend>(
     mem: &M,
     ctx: &ContextEntry,
@@ -200,22 +277,7 @@ pub fn walk_range<M: GuestMemoryBackend>(
     end: u64,
     cfg: &WalkConfig,
 ) -> Vec<Mapping> {
-    let limit = 1u64 << ctx.address_width();
-    let end = end.min(limit);
-    if start >= end {
-        return Vec::new();
-    }
-    let mut w = Walker {
-        mem,
-        cfg,
-        budget: WALK_BUDGET,
-        out: Vec::new(),
-    };
-    w.walk(ctx.slptptr, ctx.levels.into(), 0, start, end, (true, true));
-    if w.budget == 0 {
-        warn!("vt-d: page walk budget exhausted; mappings past the budget are ignored");
-    }
-    w.out
+    walk_bounded(mem, ctx, (start, end), cfg, WALK_ENTRIES_PER_DOMAIN).mappings
 }
 
 impl MapTracker {
@@ -250,6 +312,15 @@ impl MapTracker {
         true
     }
 
+    /// How many ranges `device` has tracked: now, at most, and refused by the cap.
+    pub fn range_stats(&self, device: Bdf) -> Option<RangeStats> {
+        self.devices.get(&device).map(|v| RangeStats {
+            current: v.ranges.len(),
+            peak: v.peak,
+            refused: v.refused,
+        })
+    }
+
     /// The ranges currently reported for `device`.
     pub fn mappings(&self, device: Bdf) -> Vec<Mapping> {
         self.devices
@@ -259,7 +330,9 @@ impl MapTracker {
     }
 
     /// Brings `device`'s view of `[start, end)` (the whole space for `None`) up to date with
-    /// its tables and returns the events that describe the change.
+    /// its tables and returns the events that describe the change. Within `bounds`: past
+    /// the walk budget, ranges that could not be re-verified are dropped (fail closed);
+    /// past the range cap, new ranges are not mapped.
     pub fn resync<M: GuestMemoryBackend>(
         &mut self,
         mem: &M,
@@ -267,11 +340,12 @@ impl MapTracker {
         state: DeviceState,
         range: Option<(u64, u64)>,
         cfg: &WalkConfig,
-    ) -> Vec<MapEvent> {
+        bounds: ResyncBounds,
+    ) -> ResyncOutcome {
+        let mut out = ResyncOutcome::default();
         let Some(view) = self.devices.get_mut(&device) else {
-            return Vec::new();
+            return out;
         };
-        let mut events = Vec::new();
         let pass_through = matches!(state, DeviceState::PassThrough);
         let ctx = match state {
             DeviceState::Translated(c) => Some(c),
@@ -287,13 +361,18 @@ impl MapTracker {
         view.domain = domain;
         let (mut start, mut end) = range.unwrap_or((0, u64::MAX));
         let mut new = Vec::new();
+        let mut budget = bounds.walk_entries;
         // Grow the range until it cuts no reported range and no leaf: at most a few rounds,
         // since each round only widens it to existing boundaries.
         for _ in 0..4 {
-            new = match &ctx {
-                Some(c) => walk_range(mem, c, start, end, cfg),
-                None => Vec::new(),
+            let walk = match &ctx {
+                Some(c) => walk_bounded(mem, c, (start, end), cfg, budget),
+                None => Walk::default(),
             };
+            budget -= walk.walked;
+            out.walked += walk.walked;
+            out.unverified = walk.exhausted_at;
+            new = walk.mappings;
             let (mut s, mut e) = (start, end);
             for m in view
                 .ranges
@@ -311,38 +390,45 @@ impl MapTracker {
             }
             (start, end) = (s, e);
         }
-        let old: Vec<Mapping> = view
+        let mut old: Vec<Mapping> = view
             .ranges
             .range(..end)
             .rev()
             .take_while(|(_, m)| m.end() > start)
             .map(|(_, m)| *m)
             .collect();
-        // A reported range the tables still map identically stays as it is, even where the
-        // walk now coalesces it with neighbours: remapping it would open a window in which
-        // the device's DMA to it faults. What the kept ranges do not cover is new.
-        let (kept, gone): (Vec<Mapping>, Vec<Mapping>) = old
-            .iter()
-            .rev()
-            .partition(|o| new.iter().any(|n| n.covers(o)));
-        for m in &gone {
+        old.reverse();
+        // What the walk did not reach counts as unmapped: the diff drops it.
+        let d = diff::diff(&old, &new);
+        out.diff_steps = d.steps;
+        for m in &d.gone {
             view.ranges.remove(&m.iova);
-            events.push(MapEvent::Unmap {
+            out.events.push(MapEvent::Unmap {
                 iova: m.iova,
                 size: m.size,
             });
         }
         if pass_through != view.pass_through {
             view.pass_through = pass_through;
-            events.push(MapEvent::PassThrough(pass_through));
+            out.events.push(MapEvent::PassThrough(pass_through));
         }
-        for n in new {
-            for m in n.minus(&kept) {
-                view.ranges.insert(m.iova, m);
-                events.push(MapEvent::Map(m));
+        for m in d.added {
+            if view.ranges.len() >= bounds.max_ranges {
+                out.refused.get_or_insert(m.iova);
+                view.refused += 1;
+                continue;
             }
+            view.ranges.insert(m.iova, m);
+            out.events.push(MapEvent::Map(m));
         }
-        events
+        if out.refused.is_some() && !view.limit_reported {
+            view.limit_reported = true;
+            out.events.push(MapEvent::RangeLimit {
+                limit: bounds.max_ranges,
+            });
+        }
+        view.peak = view.peak.max(view.ranges.len());
+        out
     }
 }
 

@@ -39,6 +39,8 @@ const IRTE_RESERVED_LO: u64 = (0x7 << 12) | (0xff << 24);
 const IRTE_XAPIC_DST_RESERVED: u64 = (0xff << 32) | (0xffff << 48);
 /// IRTE high qword: SID (15:0), SQ (17:16), SVT (19:18), reserved (63:20).
 const IRTE_HI_RESERVED: u64 = !0xf_ffff;
+/// Bytes per IRTE (9.10).
+const IRTE_SIZE: u64 = 16;
 /// Delivery modes an IRTE may carry: fixed, lowest priority, SMI, NMI, INIT, ExtINT.
 const VALID_DELIVERY_MODES: [u8; 6] = [0, 1, 2, 4, 5, 7];
 
@@ -58,12 +60,13 @@ impl InterruptRequest {
     }
 
     /// The interrupt index a remappable request selects: handle, plus subhandle when SHV
-    /// is set (5.1.2.2).
+    /// is set (5.1.2.2). The sum is not truncated: an index past the largest table (up to
+    /// 0x1fffe) is out of range (fault 21h, 5.1.4), never a wrap to a low entry.
     pub fn index(&self) -> u32 {
         let handle = ((self.address >> ADDR_HANDLE_SHIFT) & 0x7fff) as u32
             | (u32::from(self.address & ADDR_HANDLE_15 != 0) << 15);
         if self.address & ADDR_SHV != 0 {
-            handle.wrapping_add(self.data & 0xffff) & 0xffff
+            handle + (self.data & 0xffff)
         } else {
             handle
         }
@@ -213,13 +216,15 @@ pub fn read_irte<M: GuestMemoryBackend>(
     if index >= table_entries(irta) {
         return Err(fault(FaultReason::IrIndexOutOfRange, idx));
     }
-    let addr = (irta & IRTA_ADDR_MASK) + u64::from(index) * 16;
-    let read = |a: u64| {
-        mem.read_obj::<u64>(GuestAddress(a))
-            .map_err(|_| fault(FaultReason::IrTableAccess, idx))
+    // A table that would run past the top of the address space cannot be read (23h).
+    let read = |offset: u64| {
+        (irta & IRTA_ADDR_MASK)
+            .checked_add(u64::from(index) * IRTE_SIZE + offset)
+            .and_then(|a| mem.read_obj::<u64>(GuestAddress(a)).ok())
+            .ok_or(fault(FaultReason::IrTableAccess, idx))
     };
-    let lo = read(addr)?;
-    let hi = read(addr + 8)?;
+    let lo = read(0)?;
+    let hi = read(8)?;
     decode(lo, hi, irta & IRTA_EIME != 0).map_err(|reason| InterruptFault {
         reason,
         index: idx,

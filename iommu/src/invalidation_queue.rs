@@ -17,6 +17,9 @@ const WAIT_IF: u64 = 1 << 4;
 const WAIT_SW: u64 = 1 << 5;
 const WAIT_FN: u64 = 1 << 6;
 
+/// Bytes per descriptor in 128-bit mode (6.5.2).
+pub const DESCRIPTOR_SIZE: u64 = 16;
+
 /// Why a descriptor could not be processed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum QueueError {
@@ -28,6 +31,10 @@ pub enum QueueError {
     Reserved(&'static str),
     #[error("Status write to {0:#x} failed")]
     StatusWrite(u64),
+    #[error("Queue tail {0} is beyond the queue")]
+    BeyondQueue(u64),
+    #[error("Descriptor {0} of the queue at {1:#x} lies past the top of the address space")]
+    AddressOverflow(u64, u64),
 }
 
 /// A decoded descriptor.
@@ -65,9 +72,10 @@ pub fn read<M: GuestMemoryBackend>(mem: &M, addr: u64) -> Result<Descriptor, Que
     let lo: u64 = mem
         .read_obj(GuestAddress(addr))
         .map_err(|_| QueueError::Fetch(addr))?;
-    let hi: u64 = mem
-        .read_obj(GuestAddress(addr + 8))
-        .map_err(|_| QueueError::Fetch(addr))?;
+    let hi: u64 = addr
+        .checked_add(8)
+        .and_then(|a| mem.read_obj(GuestAddress(a)).ok())
+        .ok_or(QueueError::Fetch(addr))?;
     if lo & TYPE_HIGH_MASK != 0 {
         return Err(QueueError::BadType(lo & (0xf | TYPE_HIGH_MASK)));
     }

@@ -11,6 +11,8 @@ mod fault_reason;
 pub mod faults;
 pub mod interrupt_remapping;
 pub mod invalidation_queue;
+mod iotlb;
+pub mod limits;
 pub mod ratelimit;
 pub mod registers;
 #[cfg(test)]

@@ -26,6 +26,9 @@ const HAW_BITS: u64 = 48;
 const ADDR_MASK: u64 = ((1 << HAW_BITS) - 1) & !0xfff;
 /// Bits 51:HAW of an entry are reserved (bits 63:52 are ignored or software-available).
 const SL_RESERVED_ADDR: u64 = ((1 << 52) - 1) & !((1 << HAW_BITS) - 1);
+/// SNP (bit 11, 9.8) is reserved without snoop control (ECAP.SC = 0, as here); QEMU
+/// (`VTD_SPTE_PAGE_L*_RSVD_MASK`) checks it at every level.
+const SL_SNP: u64 = 1 << 11;
 const PAGE_SHIFT: u64 = 12;
 const LEVEL_STRIDE: u64 = 9;
 
@@ -38,6 +41,8 @@ pub struct WalkConfig {
     pub sllps: u64,
     /// ECAP.PT.
     pub pass_through: bool,
+    /// ECAP.DT: without it, context TT=01b is a reserved encoding (9.3).
+    pub device_tlb: bool,
 }
 
 /// Context entry translation types (9.3 TT).
@@ -146,7 +151,7 @@ pub fn lookup_context<M: GuestMemoryBackend>(
     }
     let tt = match (lo >> CTX_TT_SHIFT) & 0x3 {
         0 => TranslationType::Untranslated,
-        1 => TranslationType::DeviceTlb,
+        1 if cfg.device_tlb => TranslationType::DeviceTlb,
         2 if cfg.pass_through => TranslationType::PassThrough,
         _ => return Err(with_fpd(FaultReason::ContextEntryInvalid)),
     };
@@ -165,6 +170,25 @@ pub fn lookup_context<M: GuestMemoryBackend>(
         slptptr: lo & ADDR_MASK,
         fpd,
     })
+}
+
+/// Checks the reserved bits of a present second-level entry at `level` (9.8): whether it
+/// is a superpage leaf, or None if reserved bits are set. PS (bit 7) is a page-size bit at
+/// levels 2 and 3 (reserved there without CAP.SLLPS support), reserved at level 4, and
+/// ignored in a 4 KiB leaf (level 1).
+pub fn sl_entry_kind(e: u64, level: u64, cfg: &WalkConfig) -> Option<bool> {
+    if e & (SL_RESERVED_ADDR | SL_SNP) != 0 {
+        return None;
+    }
+    if level == 1 || e & SL_PS == 0 {
+        return Some(false);
+    }
+    let allowed = match level {
+        2 => cfg.sllps & 1 != 0,
+        3 => cfg.sllps & 2 != 0,
+        _ => false,
+    };
+    allowed.then_some(true)
 }
 
 /// Walks the second-level tables of `ctx` for `iova`; `write` selects the permission the
@@ -207,22 +231,11 @@ pub fn translate<M: GuestMemoryBackend>(
         if e & (SL_R | SL_W) == 0 {
             return Err(with_fpd(denied));
         }
-        if e & SL_RESERVED_ADDR != 0 {
+        let Some(superpage) = sl_entry_kind(e, level, cfg) else {
             return Err(with_fpd(FaultReason::PagingEntryReserved));
-        }
+        };
         r &= e & SL_R != 0;
         w &= e & SL_W != 0;
-        let superpage = e & SL_PS != 0;
-        if superpage {
-            let allowed = match level {
-                2 => cfg.sllps & 1 != 0,
-                3 => cfg.sllps & 2 != 0,
-                _ => false,
-            };
-            if !allowed {
-                return Err(with_fpd(FaultReason::PagingEntryReserved));
-            }
-        }
         if level == 1 || superpage {
             let size = 1u64 << shift;
             let gpa_base = e & ADDR_MASK & !(size - 1);

@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 
-use log::warn;
 use vm_memory::GuestMemoryBackend;
 
 use crate::caching_mode::{MapEvent, MapTracker};
@@ -14,6 +13,8 @@ use crate::config::IommuConfig;
 use crate::faults::{FaultLog, FaultRecord};
 use crate::interrupt_remapping::Irte;
 use crate::invalidation_queue::{self, Descriptor, QueueError};
+use crate::iotlb::Iotlb;
+use crate::limits::Limits;
 use crate::registers::*;
 use crate::translation::{self, ContextEntry, DmaFault, Translation, WalkConfig};
 use crate::{Bdf, FaultReason, Iova};
@@ -74,6 +75,8 @@ pub enum DmaOutcome {
 pub struct RemappingUnit {
     cfg: IommuConfig,
     walk: WalkConfig,
+    limits: Limits,
+    work: tracking::WalkWork,
     gsts: u32,
     rtaddr: u64,
     active_rtaddr: u64,
@@ -91,7 +94,7 @@ pub struct RemappingUnit {
     iva: u64,
     iotlb_reg: u64,
     context_cache: HashMap<Bdf, ContextEntry>,
-    iotlb: HashMap<(u16, u64), Translation>,
+    iotlb: Iotlb,
     /// Interrupt entry cache: decoded IRTEs by index.
     iec: HashMap<u32, Irte>,
     /// Set when the guest invalidated interrupt entries (or moved the table).
@@ -113,14 +116,23 @@ fn merge32(old: u64, offset_in_qword: u64, v: u32) -> u64 {
 
 impl RemappingUnit {
     pub fn new(cfg: IommuConfig, sink: Box<dyn InterruptSink>) -> Self {
+        Self::with_limits(cfg, sink, Limits::default())
+    }
+
+    /// A unit with other bounds than [`Limits::default`] (tests use small ones).
+    pub fn with_limits(cfg: IommuConfig, sink: Box<dyn InterruptSink>, limits: Limits) -> Self {
         let cap = cfg.cap();
+        let device_tlb = cfg.device_iotlb;
         RemappingUnit {
             cfg,
             walk: WalkConfig {
                 sagaw: (cap >> crate::registers::cap::SAGAW_SHIFT) & 0x1f,
                 sllps: (cap >> crate::registers::cap::SLLPS_SHIFT) & 0xf,
                 pass_through: true,
+                device_tlb,
             },
+            limits,
+            work: tracking::WalkWork::default(),
             gsts: 0,
             rtaddr: 0,
             active_rtaddr: 0,
@@ -138,7 +150,7 @@ impl RemappingUnit {
             iva: 0,
             iotlb_reg: 0,
             context_cache: HashMap::new(),
-            iotlb: HashMap::new(),
+            iotlb: Iotlb::new(limits.iotlb_entries),
             iec: HashMap::new(),
             interrupt_entries_changed: false,
             tracker: MapTracker::default(),
@@ -229,6 +241,7 @@ impl RemappingUnit {
         let mut b = [0u8; 8];
         b[..data.len()].copy_from_slice(data);
         let v = u64::from_le_bytes(b);
+        self.begin_work();
         if len == 8 {
             self.write32(mem, offset, v as u32, Some(v));
             self.write32(mem, offset + 4, (v >> 32) as u32, Some(v));
@@ -268,6 +281,7 @@ impl RemappingUnit {
                 self.iqt = merge32(self.iqt, half, v) & IQ_INDEX_MASK;
                 if half == 0 {
                     self.process_queue(mem);
+                    self.end_queue_write();
                 }
             }
             _ if q == CCMD_REG => {
@@ -309,7 +323,9 @@ impl RemappingUnit {
                     // Enabling the queue starts it at its head (11.4.11.1).
                     self.iqh = 0;
                 } else if self.iqh != self.iqt {
-                    warn!("vt-d: guest disabled queued invalidation with work pending");
+                    crate::warn_limited!(
+                        "vt-d: guest disabled queued invalidation with work pending"
+                    );
                 }
             }
             if on {
@@ -409,16 +425,17 @@ impl RemappingUnit {
     ) {
         match granularity {
             2 => {
-                self.iotlb.retain(|(d, _), _| *d != did);
+                self.iotlb.invalidate_domain(did);
                 self.resync_tracked(mem, |(_, d)| d == Some(did), None);
             }
             3 => {
+                // 2^AM pages from ADDR aligned down to their size (6.5.2.3); the range may
+                // reach the top of the address space (end None).
                 let span = 1u64 << (12 + am.min(63 - 12));
                 let base = addr & !(span - 1);
-                self.iotlb.retain(|(d, page), t| {
-                    *d != did || t.iova_base + t.page_size <= base || *page >= base + span
-                });
-                let end = base.saturating_add(span);
+                let end = base.checked_add(span);
+                self.iotlb.invalidate_range(did, base, end);
+                let end = end.unwrap_or(u64::MAX);
                 self.resync_tracked(mem, |(_, d)| d == Some(did), Some((base, end)));
             }
             _ => {
@@ -436,31 +453,47 @@ impl RemappingUnit {
         }
         let entries = 1u64 << (8 + (self.iqa & IQA_QS_MASK));
         let base = self.iqa & IQA_ADDR_MASK;
-        let tail = (self.iqt >> IQ_INDEX_SHIFT) % entries;
-        let mut head = (self.iqh >> IQ_INDEX_SHIFT) % entries;
+        let tail = self.iqt >> IQ_INDEX_SHIFT;
+        let mut head = self.iqh >> IQ_INDEX_SHIFT;
+        if tail >= entries || head >= entries {
+            // A tail past the queue's end (6.5.2, 11.4.11.2), or a head left there by a
+            // smaller QS: an invalidation queue error, not an index taken modulo the size.
+            self.queue_error(head, &QueueError::BeyondQueue(tail));
+            return;
+        }
         let mut budget = entries;
         while head != tail && budget > 0 {
             budget -= 1;
-            let step = invalidation_queue::read(mem, base + head * 16).and_then(|d| {
-                if self.waits_for_host(&d) {
-                    return Ok(false);
-                }
-                self.execute(mem, d).map(|()| true)
-            });
+            let step = base
+                .checked_add(head * invalidation_queue::DESCRIPTOR_SIZE)
+                .ok_or(QueueError::AddressOverflow(head, base))
+                .and_then(|a| invalidation_queue::read(mem, a))
+                .and_then(|d| {
+                    if self.waits_for_host(&d) {
+                        return Ok(false);
+                    }
+                    self.execute(mem, d).map(|()| true)
+                });
             match step {
                 Ok(true) => head = (head + 1) % entries,
                 // IQH stays at the wait: it has not completed (see `waits_for_host`).
                 Ok(false) => break,
                 Err(e) => {
-                    warn!("vt-d: invalidation queue error at descriptor {head}: {e}");
-                    self.fsts_q |= FSTS_IQE;
-                    self.iqh = head << IQ_INDEX_SHIFT;
-                    self.fault_event.fire(self.sink.as_ref());
+                    self.queue_error(head, &e);
                     return;
                 }
             }
         }
         self.iqh = head << IQ_INDEX_SHIFT;
+    }
+
+    /// An invalidation queue error (6.5.2.10): IQE set, the head left at the descriptor
+    /// that caused it, the fault event raised; nothing more runs until software clears IQE.
+    fn queue_error(&mut self, head: u64, e: &QueueError) {
+        crate::warn_limited!("vt-d: invalidation queue error at descriptor {head}: {e}");
+        self.fsts_q |= FSTS_IQE;
+        self.iqh = (head << IQ_INDEX_SHIFT) & IQ_INDEX_MASK;
+        self.fault_event.fire(self.sink.as_ref());
     }
 
     fn execute<M: GuestMemoryBackend>(&mut self, mem: &M, d: Descriptor) -> Result<(), QueueError> {
@@ -499,14 +532,15 @@ impl RemappingUnit {
     }
 
     fn report(&mut self, source: Bdf, iova: Iova, write: bool, f: DmaFault) {
-        warn!(
+        // Fault processing disabled (context FPD): neither recorded nor logged.
+        if f.fpd {
+            return;
+        }
+        crate::warn_limited!(
             "vt-d: DMA {} of {iova} by {source} blocked: {:?}",
             if write { "write" } else { "read" },
             f.reason
         );
-        if f.fpd {
-            return;
-        }
         let rec = FaultRecord {
             source,
             reason: f.reason,
@@ -551,15 +585,17 @@ impl RemappingUnit {
                 }
             }
         };
-        let page = iova.0 & !0xfff;
-        if let Some(t) = self.iotlb.get(&(ctx.did, page)) {
+        if let Some(t) = self.iotlb.get(ctx.did, iova.0) {
             if t.permits(write) {
-                return DmaOutcome::Translated(*t);
+                return DmaOutcome::Translated(t);
             }
         }
         match translation::translate(mem, &ctx, iova, write, &self.walk) {
             Ok(t) => {
-                self.iotlb.insert((ctx.did, page), t);
+                // Pass-through needs no walk, so nothing is cached for it (as in QEMU).
+                if ctx.tt != translation::TranslationType::PassThrough {
+                    self.iotlb.insert(ctx.did, t);
+                }
                 DmaOutcome::Translated(t)
             }
             Err(f) => {
@@ -591,10 +627,11 @@ impl RemappingUnit {
             self.iqt >> IQ_INDEX_SHIFT
         );
         s += &format!(
-            "  FSTS {:#x}, context cache {} entries, IOTLB {} entries, interrupt entry cache {} entries\n",
+            "  FSTS {:#x}, context cache {} entries, IOTLB {}/{} entries, interrupt entry cache {} entries\n",
             self.fsts(),
             self.context_cache.len(),
             self.iotlb.len(),
+            self.iotlb.capacity(),
             self.iec.len()
         );
         let mut contexts: Vec<_> = self.context_cache.iter().collect();
@@ -605,13 +642,19 @@ impl RemappingUnit {
                 c.did, c.tt, c.levels, c.slptptr
             );
         }
-        for (b, _) in self.tracker.devices() {
+        let mut tracked = self.tracker.devices();
+        tracked.sort();
+        let mut peaks = String::new();
+        for (b, _) in tracked {
             let maps = self.tracker.mappings(b);
             let bytes: u64 = maps.iter().map(|m| m.size).sum();
             s += &format!(
                 "  tracked {b}: {} ranges, {bytes:#x} bytes mapped\n",
                 maps.len()
             );
+            if let Some(r) = self.tracker.range_stats(b) {
+                peaks += &format!(", {b} peak {} ranges ({} refused)", r.peak, r.refused);
+            }
         }
         if self.host.failures > 0 {
             s += &format!("  {} host mapping failures\n", self.host.failures);
@@ -619,6 +662,14 @@ impl RemappingUnit {
         if self.host_effects_outstanding() {
             s += "  completions waiting for map events to be applied\n";
         }
+        s += &format!(
+            "  limits: largest walk {} entries per invalidation, {} per IQT write (budgets {} per domain, {} per write); range cap {}{peaks}\n",
+            self.work.peak_invalidation,
+            self.work.peak_queue_write,
+            self.limits.walk_entries_per_domain,
+            self.limits.walk_entries_per_write,
+            self.limits.tracked_ranges_per_device,
+        );
         for r in self.faults.records() {
             s += &format!("  fault: {} {:?} at {:#x}\n", r.source, r.reason, r.info);
         }
@@ -634,7 +685,11 @@ pub use tracking::MapFailure;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_bounds;
+#[cfg(test)]
 mod tests_interrupts;
+#[cfg(test)]
+mod tests_limits;
 #[cfg(test)]
 mod tests_ordering;
 #[cfg(test)]

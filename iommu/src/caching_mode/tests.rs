@@ -8,6 +8,7 @@ fn cfg() -> WalkConfig {
         sagaw: 0b110,
         sllps: 0b11,
         pass_through: true,
+        device_tlb: false,
     }
 }
 

@@ -6,6 +6,7 @@ const CFG: WalkConfig = WalkConfig {
     sagaw: 0b110,
     sllps: 0b11,
     pass_through: true,
+    device_tlb: false,
 };
 const RW: u64 = 3;
 

@@ -1,7 +1,6 @@
 //! The unit's interrupt remapping path (VT-d spec 5.1): IRES/CFIS/EIME gating, the interrupt
 //! entry cache and its invalidation, and interrupt fault recording.
 
-use log::warn;
 use vm_memory::GuestMemoryBackend;
 
 use super::RemappingUnit;
@@ -82,11 +81,15 @@ impl RemappingUnit {
     }
 
     fn interrupt_fault(&mut self, req: &InterruptRequest, f: InterruptFault) -> InterruptOutcome {
-        warn!(
-            "vt-d: interrupt {:#x}/{:#x} from {} blocked: {:?}",
-            req.address, req.data, req.source, f.reason
-        );
+        // Fault processing disabled (IRTE FPD): neither recorded nor logged.
         if !f.fpd {
+            crate::warn_limited!(
+                "vt-d: interrupt {:#x}/{:#x} from {} blocked: {:?}",
+                req.address,
+                req.data,
+                req.source,
+                f.reason
+            );
             let rec = FaultRecord {
                 source: req.source,
                 reason: f.reason,

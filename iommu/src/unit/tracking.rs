@@ -1,6 +1,7 @@
 //! The unit's side of caching mode: which devices a consumer tracks, resyncing them on
-//! invalidations and mode changes, handing out the resulting map/unmap events, and completing
-//! invalidations only once the consumer has carried them out.
+//! invalidations and mode changes within the work and range bounds of [`crate::limits`],
+//! handing out the resulting map/unmap events, and completing invalidations only once the
+//! consumer has carried them out.
 //!
 //! # Completion contract
 //!
@@ -19,7 +20,7 @@
 use vm_memory::GuestMemoryBackend;
 
 use super::RemappingUnit;
-use crate::caching_mode::{DeviceState, MapEvent, Mapping};
+use crate::caching_mode::{DeviceState, MapEvent, Mapping, RangeStats, ResyncBounds};
 use crate::faults::FaultRecord;
 use crate::invalidation_queue::Descriptor;
 use crate::registers::{CCMD_ICC, IOTLB_IVT};
@@ -54,10 +55,27 @@ pub struct MapFailure {
     pub mapping: Mapping,
 }
 
+/// Table-walk work of the current register write, and the largest seen (for choosing the
+/// limits: [`RemappingUnit::state_dump`] prints them).
+#[derive(Debug, Default)]
+pub(super) struct WalkWork {
+    /// Entries the current write may still read.
+    remaining: usize,
+    /// Entries read in the current write.
+    in_write: usize,
+    /// The most entries one invalidation (register, descriptor or mode change) read.
+    pub(super) peak_invalidation: usize,
+    /// The most entries one IQT write read, all its descriptors together.
+    pub(super) peak_queue_write: usize,
+    /// Steps of the resync diffs so far (tests bound the work with it).
+    pub(super) diff_steps: u64,
+}
+
 impl RemappingUnit {
     /// Starts reporting map/unmap events for `device`, beginning with its current state.
     pub fn track<M: GuestMemoryBackend>(&mut self, mem: &M, device: Bdf) {
         self.tracker.add(device);
+        self.begin_work();
         self.resync_tracked(mem, |(b, _)| b == device, None);
     }
 
@@ -136,6 +154,28 @@ impl RemappingUnit {
         self.tracker.mappings(device)
     }
 
+    /// How many ranges `device` has tracked: now, at most, and refused by the cap.
+    pub fn tracked_range_stats(&self, device: Bdf) -> Option<RangeStats> {
+        self.tracker.range_stats(device)
+    }
+
+    /// A register write (or a new tracked device) starts with a fresh walk budget.
+    pub(super) fn begin_work(&mut self) {
+        self.work.remaining = self.limits.walk_entries_per_write;
+        self.work.in_write = 0;
+    }
+
+    /// Records the walk of one invalidation that started when `in_write` was `before`.
+    fn end_invalidation(&mut self, before: usize) {
+        let walked = self.work.in_write - before;
+        self.work.peak_invalidation = self.work.peak_invalidation.max(walked);
+    }
+
+    /// Records the walk of one IQT write.
+    pub(super) fn end_queue_write(&mut self) {
+        self.work.peak_queue_write = self.work.peak_queue_write.max(self.work.in_write);
+    }
+
     /// How the unit treats `device`'s DMA now. The context entry comes from the context
     /// cache when it holds one (as a translation would use it, 6.2.2), so an IOTLB
     /// invalidation costs no root and context reads.
@@ -164,6 +204,7 @@ impl RemappingUnit {
         if self.tracker.is_empty() {
             return;
         }
+        let before = self.work.in_write;
         let mut devices: Vec<Bdf> = self
             .tracker
             .devices()
@@ -174,9 +215,50 @@ impl RemappingUnit {
         devices.sort();
         for device in devices {
             let state = self.device_state(mem, device);
-            let events = self.tracker.resync(mem, device, state, range, &self.walk);
+            let fpd = matches!(state, DeviceState::Translated(c) if c.fpd);
+            let bounds = ResyncBounds {
+                walk_entries: self.work.remaining.min(self.limits.walk_entries_per_domain),
+                max_ranges: self.limits.tracked_ranges_per_device,
+            };
+            let out = self
+                .tracker
+                .resync(mem, device, state, range, &self.walk, bounds);
+            self.work.remaining -= out.walked;
+            self.work.in_write += out.walked;
+            self.work.diff_steps += out.diff_steps;
             self.map_events
-                .extend(events.into_iter().map(|e| (device, e)));
+                .extend(out.events.into_iter().map(|e| (device, e)));
+            if let Some(iova) = out.unverified {
+                self.bound_fault(device, iova, fpd, "walk budget exhausted: ranges from there on are unmapped until the next invalidation");
+            }
+            if let Some(iova) = out.refused {
+                self.bound_fault(
+                    device,
+                    iova,
+                    fpd,
+                    "too many tracked ranges: ranges from there on are not mapped",
+                );
+            }
+        }
+        self.end_invalidation(before);
+    }
+
+    /// A tracked device hit a bound: its DMA to `iova` (and beyond) will be refused. The
+    /// guest sees a fault record there, as for a paging-entry access that failed (07h),
+    /// unless the context entry disabled fault processing.
+    fn bound_fault(&mut self, device: Bdf, iova: u64, fpd: bool, what: &str) {
+        if fpd {
+            return;
+        }
+        crate::warn_limited!("vt-d: {device} at IOVA {iova:#x}: {what}");
+        let rec = FaultRecord {
+            source: device,
+            reason: FaultReason::PagingEntryAccess,
+            info: iova,
+            read: false,
+        };
+        if self.faults.record(rec) {
+            self.fault_event.fire(self.sink.as_ref());
         }
     }
 }

@@ -73,7 +73,7 @@ impl MapListener for Listener {
                     return Err(ListenerError("ENOSPC".into()));
                 }
             }
-            MapEvent::PassThrough(_) => {}
+            MapEvent::PassThrough(_) | MapEvent::RangeLimit { .. } => {}
         }
         Ok(())
     }

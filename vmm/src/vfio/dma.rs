@@ -431,6 +431,13 @@ impl MapListener for VfioDma {
             }
             MapEvent::Map(m) => self.map(&m, &mut st),
             MapEvent::Unmap { iova, size } => self.unmap(iova, size, &mut st),
+            MapEvent::RangeLimit { limit } => {
+                error!(
+                    "vfio {} ({device}): the guest mapped more than {limit} ranges; DMA to the rest is refused",
+                    self.device
+                );
+                Ok(())
+            }
         };
         Ok(r?)
     }
