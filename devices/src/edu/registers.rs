@@ -57,6 +57,18 @@ pub const DMA_ADDR_MASK: u64 = (1 << 28) - 1;
 /// First register that also accepts 64-bit accesses.
 const FIRST_WIDE_REG: u64 = 0x80;
 
+/// From 34 on, n! has at least 32 factors of two, so n! mod 2^32 is 0.
+const FACTORIAL_ZERO_FROM: u32 = 34;
+
+/// n! modulo 2^32, what QEMU's edu computes in a `uint32_t`: O(1) in n, since every n from
+/// [`FACTORIAL_ZERO_FROM`] on gives 0 (a guest-chosen n must not cost the vCPU O(n)).
+fn factorial_u32(n: u32) -> u32 {
+    if n >= FACTORIAL_ZERO_FROM {
+        return 0;
+    }
+    (1..=n).fold(1u32, |acc, k| acc.wrapping_mul(k))
+}
+
 /// Where the device's interrupt goes (MSI or INTx, chosen by the PCI wrapper).
 pub trait EduInterrupt: Send {
     /// Called whenever the interrupt status changes; `pending` is whether any bit is set.
@@ -216,7 +228,7 @@ impl EduRegisters {
 
     fn compute_factorial(&mut self, n: u32, irq: &mut dyn EduInterrupt) {
         // Computed at once (QEMU uses a thread); STATUS_COMPUTING is therefore never seen set.
-        self.factorial = (1..=n).fold(1u32, |acc, k| acc.wrapping_mul(k));
+        self.factorial = factorial_u32(n);
         if self.status & STATUS_IRQ_FACTORIAL != 0 {
             self.raise(IRQ_FACTORIAL, irq);
         }

@@ -114,6 +114,39 @@ fn edu_factorial_computes_and_raises_when_asked() {
     assert_eq!(irq.raised, 1);
 }
 
+/// n! in 32 bits, the slow way, as QEMU's edu computes it.
+fn factorial_u32(n: u32) -> u32 {
+    (1..=n).fold(1u32, |acc, k| acc.wrapping_mul(k))
+}
+
+#[test]
+fn edu_factorial_wraps_to_32_bits_and_is_zero_from_34() {
+    let (mut e, _, mut irq) = setup();
+    for n in 0..=40 {
+        wr32(&mut e, &mut irq, REG_FACTORIAL, n);
+        assert_eq!(rd32(&mut e, REG_FACTORIAL), factorial_u32(n), "{n}!");
+    }
+    // 33! has 31 factors of two, 34! has 32.
+    assert_ne!(factorial_u32(33), 0);
+    assert_eq!(factorial_u32(34), 0);
+}
+
+// Robustness review F-EDU-1: the factorial was an O(n) loop on the vCPU thread.
+#[test]
+fn edu_factorial_of_a_huge_n_is_instant() {
+    let (mut e, _, mut irq) = setup();
+    let start = std::time::Instant::now();
+    for n in [u32::MAX, u32::MAX - 1, 1 << 31, 1_000_000] {
+        wr32(&mut e, &mut irq, REG_FACTORIAL, n);
+        assert_eq!(rd32(&mut e, REG_FACTORIAL), 0, "{n}!");
+    }
+    let took = start.elapsed();
+    assert!(
+        took < std::time::Duration::from_millis(50),
+        "four writes took {took:?}"
+    );
+}
+
 #[test]
 fn edu_irq_raise_and_ack_track_status() {
     let (mut e, _, mut irq) = setup();
