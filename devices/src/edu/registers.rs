@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use iommu::{Bdf, Iova};
-use log::warn;
 
 use crate::dma::DmaAccess;
 
@@ -253,11 +252,11 @@ impl EduRegisters {
         match Self::buffer_range(dev_addr, self.dma_count) {
             _ if !self.bus_master => {
                 self.dma_errors += 1;
-                warn!("edu: DMA with bus mastering disabled; dropped");
+                iommu::warn_limited!("edu: DMA with bus mastering disabled; dropped");
             }
             None => {
                 self.dma_errors += 1;
-                warn!(
+                iommu::warn_limited!(
                     "edu: DMA of {:#x} bytes at device address {dev_addr:#x} is outside its buffer; dropped",
                     self.dma_count
                 );
@@ -271,7 +270,7 @@ impl EduRegisters {
                 };
                 if let Err(e) = r {
                     self.dma_errors += 1;
-                    warn!("edu: {e}");
+                    iommu::warn_limited!("edu: {e}");
                 }
             }
         }

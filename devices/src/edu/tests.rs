@@ -413,3 +413,38 @@ mod pci {
         assert_eq!(r.msis.0.lock().unwrap().len(), 1);
     }
 }
+
+/// Counts the warnings about DMA with bus mastering off (the only ones this test provokes).
+struct CountingLogger(std::sync::atomic::AtomicUsize);
+
+impl log::Log for CountingLogger {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record) {
+        if record.args().to_string().contains("bus mastering disabled") {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    fn flush(&self) {}
+}
+
+static LOGGER: CountingLogger = CountingLogger(std::sync::atomic::AtomicUsize::new(0));
+
+// Robustness review R-4: every refused DMA was a warning, so a guest could flood stderr.
+#[test]
+fn edu_dma_errors_in_a_loop_log_at_most_a_burst() {
+    log::set_logger(&LOGGER).expect("no other test installs a logger");
+    log::set_max_level(log::LevelFilter::Warn);
+    let (mut e, _, mut irq) = setup();
+    e.set_bus_master(false);
+    for _ in 0..1000 {
+        wr64(&mut e, &mut irq, REG_DMA_CMD, DMA_CMD_START);
+    }
+    assert_eq!(e.dma_errors, 1000);
+    let lines = LOGGER.0.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        (1..=iommu::ratelimit::DEFAULT_BURST as usize).contains(&lines),
+        "{lines} lines for 1000 refused transfers"
+    );
+}
