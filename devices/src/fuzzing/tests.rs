@@ -2,6 +2,8 @@
 //! with environment variables:
 //!   MINIVMM_FUZZ_SECS=300 cargo test -p devices --lib fuzzing -- --nocapture
 //!   MINIVMM_FUZZ_SEED=0x1234 cargo test -p devices --lib fuzzing -- --nocapture
+//! MINIVMM_FUZZ_FIRST_SEED sets where a timed run starts; MINIVMM_FUZZ_SLOW_MS the bound on
+//! one access.
 
 use super::*;
 
@@ -22,6 +24,7 @@ fn env_u64(name: &str) -> Option<u64> {
 fn bus_fuzz_seeds_break_no_oracle() {
     let limits = Limits {
         max_ops: OPS_PER_SEED,
+        slow_access: env_u64("MINIVMM_FUZZ_SLOW_MS").map_or(SLOW_ACCESS, Duration::from_millis),
         ..Limits::default()
     };
     if let Some(seed) = env_u64("MINIVMM_FUZZ_SEED") {
