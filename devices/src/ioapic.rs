@@ -11,7 +11,6 @@
 use std::sync::{Arc, Mutex};
 
 use iommu::Bdf;
-use log::warn;
 
 use crate::bus::{lock, BusDevice};
 use crate::interrupt::{IrqLine, MsiMessage, MsiTrigger, Resample};
@@ -123,7 +122,7 @@ impl Ioapic {
             self.rte[pin] |= RTE_REMOTE_IRR;
         }
         if let Err(e) = self.msi.send_msi(self.msi_for(entry)) {
-            warn!("ioapic: pin {pin}: {e}");
+            iommu::warn_limited!("ioapic: pin {pin}: {e}");
         }
     }
 

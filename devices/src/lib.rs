@@ -7,6 +7,8 @@ pub mod bus;
 pub mod debug_exit;
 pub mod dma;
 pub mod edu;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod fw_cfg;
 pub mod i8042;
 pub mod interrupt;

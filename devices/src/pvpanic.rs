@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use iommu::ratelimit::{RateLimiter, DEFAULT_WINDOW};
 use log::info;
 
 use crate::bus::BusDevice;
@@ -37,7 +38,11 @@ impl BusDevice for PvPanic {
         if v & PVPANIC_PANICKED != 0 {
             self.exit.request_exit(VmExitRequest::GuestPanic);
         } else if v & PVPANIC_CRASH_LOADED != 0 {
-            info!("pvpanic: the guest loaded a crash kernel");
+            // The guest may write this in a loop: one line per window.
+            static LIMIT: RateLimiter = RateLimiter::new(1, DEFAULT_WINDOW);
+            if LIMIT.check().is_some() {
+                info!("pvpanic: the guest loaded a crash kernel");
+            }
         }
     }
 }

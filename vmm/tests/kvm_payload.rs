@@ -30,8 +30,10 @@ fn payload(name: &str) -> PathBuf {
     static HELLO_PVH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     static VTD: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     static IDLE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    static PCIFIND: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     match name {
         "idle" => IDLE.get_or_init(|| assemble("idle", false)).clone(),
+        "pcifind" => PCIFIND.get_or_init(|| assemble("pcifind", false)).clone(),
         "vtd" => VTD.get_or_init(|| assemble("vtd", false)).clone(),
         "hello" => HELLO.get_or_init(|| assemble("hello", false)).clone(),
         "hello-pvh" => HELLO_PVH.get_or_init(|| assemble("hello", true)).clone(),
@@ -555,4 +557,38 @@ fn seccomp_filter_is_on_by_default_in_every_thread() {
     }
     assert!(seen.iter().any(|(c, _)| c == "minivmm"), "{seen:?}");
     assert_eq!(out.status.code(), Some(128 + libc::SIGTERM));
+}
+
+/// Runs the pcifind payload with the given extra flags; returns (exit status, stdout).
+fn run_pcifind(extra: &[&str]) -> (Option<i32>, String) {
+    require_kvm();
+    let elf = payload("pcifind");
+    let mut args = vec![
+        "--kernel",
+        elf.to_str().unwrap(),
+        "--memory",
+        "64M",
+        "--debug-exit",
+    ];
+    args.extend_from_slice(extra);
+    let out = output(&args);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn config_address_low_bits_find_edu_as_on_qemu() {
+    // CONFIG_ADDRESS bits 1:0 select the byte read at 0xCFC, as QEMU forwards them.
+    let (code, stdout) = run_pcifind(&["--device", "edu"]);
+    assert!(stdout.contains("pcifind: edu 1234:11e8 found"), "{stdout}");
+    assert_eq!(code, Some(0x83), "stdout: {stdout}");
+}
+
+#[test]
+fn config_address_scan_without_edu_finds_none() {
+    let (code, stdout) = run_pcifind(&[]);
+    assert!(stdout.contains("pcifind: no edu"), "{stdout}");
+    assert_eq!(code, Some(0x81), "stdout: {stdout}");
 }

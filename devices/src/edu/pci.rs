@@ -6,7 +6,6 @@
 use std::sync::Arc;
 
 use iommu::Bdf;
-use log::warn;
 
 use super::registers::{EduInterrupt, EduRegisters};
 use crate::dma::DmaAccess;
@@ -61,7 +60,7 @@ impl EduInterrupt for Router<'_> {
                     source: self.address,
                 };
                 if let Err(e) = self.trigger.send_msi(msg) {
-                    warn!("edu {}: {e}", self.address);
+                    iommu::warn_limited!("edu {}: {e}", self.address);
                 }
             }
         } else {

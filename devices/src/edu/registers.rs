@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use iommu::{Bdf, Iova};
-use log::warn;
 
 use crate::dma::DmaAccess;
 
@@ -56,6 +55,18 @@ pub const DMA_BUFFER_SIZE: usize = 0x1000;
 pub const DMA_ADDR_MASK: u64 = (1 << 28) - 1;
 /// First register that also accepts 64-bit accesses.
 const FIRST_WIDE_REG: u64 = 0x80;
+
+/// From 34 on, n! has at least 32 factors of two, so n! mod 2^32 is 0.
+const FACTORIAL_ZERO_FROM: u32 = 34;
+
+/// n! modulo 2^32, what QEMU's edu computes in a `uint32_t`: O(1) in n, since every n from
+/// [`FACTORIAL_ZERO_FROM`] on gives 0 (a guest-chosen n must not cost the vCPU O(n)).
+fn factorial_u32(n: u32) -> u32 {
+    if n >= FACTORIAL_ZERO_FROM {
+        return 0;
+    }
+    (1..=n).fold(1u32, |acc, k| acc.wrapping_mul(k))
+}
 
 /// Where the device's interrupt goes (MSI or INTx, chosen by the PCI wrapper).
 pub trait EduInterrupt: Send {
@@ -216,7 +227,7 @@ impl EduRegisters {
 
     fn compute_factorial(&mut self, n: u32, irq: &mut dyn EduInterrupt) {
         // Computed at once (QEMU uses a thread); STATUS_COMPUTING is therefore never seen set.
-        self.factorial = (1..=n).fold(1u32, |acc, k| acc.wrapping_mul(k));
+        self.factorial = factorial_u32(n);
         if self.status & STATUS_IRQ_FACTORIAL != 0 {
             self.raise(IRQ_FACTORIAL, irq);
         }
@@ -241,11 +252,11 @@ impl EduRegisters {
         match Self::buffer_range(dev_addr, self.dma_count) {
             _ if !self.bus_master => {
                 self.dma_errors += 1;
-                warn!("edu: DMA with bus mastering disabled; dropped");
+                iommu::warn_limited!("edu: DMA with bus mastering disabled; dropped");
             }
             None => {
                 self.dma_errors += 1;
-                warn!(
+                iommu::warn_limited!(
                     "edu: DMA of {:#x} bytes at device address {dev_addr:#x} is outside its buffer; dropped",
                     self.dma_count
                 );
@@ -259,7 +270,7 @@ impl EduRegisters {
                 };
                 if let Err(e) = r {
                     self.dma_errors += 1;
-                    warn!("edu: {e}");
+                    iommu::warn_limited!("edu: {e}");
                 }
             }
         }

@@ -114,6 +114,39 @@ fn edu_factorial_computes_and_raises_when_asked() {
     assert_eq!(irq.raised, 1);
 }
 
+/// n! in 32 bits, the slow way, as QEMU's edu computes it.
+fn factorial_u32(n: u32) -> u32 {
+    (1..=n).fold(1u32, |acc, k| acc.wrapping_mul(k))
+}
+
+#[test]
+fn edu_factorial_wraps_to_32_bits_and_is_zero_from_34() {
+    let (mut e, _, mut irq) = setup();
+    for n in 0..=40 {
+        wr32(&mut e, &mut irq, REG_FACTORIAL, n);
+        assert_eq!(rd32(&mut e, REG_FACTORIAL), factorial_u32(n), "{n}!");
+    }
+    // 33! has 31 factors of two, 34! has 32.
+    assert_ne!(factorial_u32(33), 0);
+    assert_eq!(factorial_u32(34), 0);
+}
+
+// Robustness review F-EDU-1: the factorial was an O(n) loop on the vCPU thread.
+#[test]
+fn edu_factorial_of_a_huge_n_is_instant() {
+    let (mut e, _, mut irq) = setup();
+    let start = std::time::Instant::now();
+    for n in [u32::MAX, u32::MAX - 1, 1 << 31, 1_000_000] {
+        wr32(&mut e, &mut irq, REG_FACTORIAL, n);
+        assert_eq!(rd32(&mut e, REG_FACTORIAL), 0, "{n}!");
+    }
+    let took = start.elapsed();
+    assert!(
+        took < std::time::Duration::from_millis(50),
+        "four writes took {took:?}"
+    );
+}
+
 #[test]
 fn edu_irq_raise_and_ack_track_status() {
     let (mut e, _, mut irq) = setup();
@@ -379,4 +412,39 @@ mod pci {
         assert_eq!(r.dma.requesters.lock().unwrap().as_slice(), &[SRC]);
         assert_eq!(r.msis.0.lock().unwrap().len(), 1);
     }
+}
+
+/// Counts the warnings about DMA with bus mastering off (the only ones this test provokes).
+struct CountingLogger(std::sync::atomic::AtomicUsize);
+
+impl log::Log for CountingLogger {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record) {
+        if record.args().to_string().contains("bus mastering disabled") {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    fn flush(&self) {}
+}
+
+static LOGGER: CountingLogger = CountingLogger(std::sync::atomic::AtomicUsize::new(0));
+
+// Robustness review R-4: every refused DMA was a warning, so a guest could flood stderr.
+#[test]
+fn edu_dma_errors_in_a_loop_log_at_most_a_burst() {
+    log::set_logger(&LOGGER).expect("no other test installs a logger");
+    log::set_max_level(log::LevelFilter::Warn);
+    let (mut e, _, mut irq) = setup();
+    e.set_bus_master(false);
+    for _ in 0..1000 {
+        wr64(&mut e, &mut irq, REG_DMA_CMD, DMA_CMD_START);
+    }
+    assert_eq!(e.dma_errors, 1000);
+    let lines = LOGGER.0.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        (1..=iommu::ratelimit::DEFAULT_BURST as usize).contains(&lines),
+        "{lines} lines for 1000 refused transfers"
+    );
 }

@@ -16,6 +16,13 @@ use crate::bus::{lock, BusDevice};
 pub const NUM_DEVICES: usize = 32;
 /// CONFIG_ADDRESS enable bit (bit 31).
 const CONFIG_ADDRESS_ENABLE: u32 = 1 << 31;
+/// CONFIG_ADDRESS bits 7:0: the configuration-space byte. The spec reserves bits 1:0; QEMU ORs
+/// them with the data port offset (pci_host_data_read/write), and test kernels rely on it.
+const CONFIG_ADDRESS_OFFSET_MASK: u32 = 0xff;
+/// Configuration space the 0xCF8/0xCFC mechanism reaches (PCI local bus spec 6.1: 256 bytes).
+const CONFIG_IO_SPACE_SIZE: usize = 0x100;
+/// Configuration space of a function through ECAM (PCIe base spec 7.2.2: 4 KiB).
+const ECAM_SPACE_SIZE: usize = 0x1000;
 /// ECAM: function config space is 4 KiB; bus number at bits 27:20.
 const ECAM_FUNCTION_SHIFT: u64 = 12;
 const ECAM_DEVICE_SHIFT: u64 = 15;
@@ -166,6 +173,45 @@ impl PciRoot {
         match self.slot(bus, device, function) {
             Some(s) => lock(&s.dev).read_config_register(reg),
             None => 0xffff_ffff,
+        }
+    }
+
+    /// Reads configuration bytes of `function` from byte `offset` on, across dword boundaries
+    /// as QEMU's hosts forward them; bytes at or past `limit` read all-ones.
+    fn config_read_bytes(&self, function: Bdf, offset: usize, limit: usize, data: &mut [u8]) {
+        let (b, d, f) = (function.bus(), function.device(), function.function());
+        let mut cached: Option<(usize, [u8; 4])> = None;
+        for (i, out) in data.iter_mut().enumerate() {
+            let at = offset.saturating_add(i);
+            if at >= limit {
+                *out = 0xff;
+                continue;
+            }
+            let reg = at / 4;
+            let bytes = match cached {
+                Some((r, v)) if r == reg => v,
+                _ => {
+                    let v = self.config_read(b, d, f, reg).to_le_bytes();
+                    cached = Some((reg, v));
+                    v
+                }
+            };
+            *out = bytes[at % 4];
+        }
+    }
+
+    /// Writes configuration bytes of `function` from byte `offset` on, split at dword
+    /// boundaries; bytes at or past `limit` are dropped.
+    fn config_write_bytes(&mut self, function: Bdf, offset: usize, limit: usize, data: &[u8]) {
+        let (b, d, f) = (function.bus(), function.device(), function.function());
+        let mut at = offset;
+        let mut rest = data;
+        while !rest.is_empty() && at < limit {
+            let in_reg = at % 4;
+            let n = rest.len().min(4 - in_reg).min(limit - at);
+            self.config_write(b, d, f, at / 4, in_reg as u64, &rest[..n]);
+            rest = &rest[n..];
+            at += n;
         }
     }
 
@@ -374,14 +420,15 @@ impl PciConfigIo {
         PciConfigIo { root, address: 0 }
     }
 
-    /// (bus, device, function, register) selected by CONFIG_ADDRESS, if enabled.
-    fn target(&self) -> Option<(u8, u8, u8, usize)> {
+    /// The function and configuration byte a data port access at `port` (0..=3 from 0xCFC)
+    /// reaches, if CONFIG_ADDRESS is enabled: CONFIG_ADDRESS bits 7:0 ORed with the port
+    /// offset, as QEMU forms it.
+    fn target(&self, port: u64) -> Option<(Bdf, usize)> {
         let a = self.address;
+        let offset = (a | (port as u32 & 3)) & CONFIG_ADDRESS_OFFSET_MASK;
         (a & CONFIG_ADDRESS_ENABLE != 0).then_some((
-            (a >> 16) as u8,
-            ((a >> 11) & 0x1f) as u8,
-            ((a >> 8) & 0x7) as u8,
-            ((a >> 2) & 0x3f) as usize,
+            Bdf::new((a >> 16) as u8, (a >> 11) as u8, (a >> 8) as u8),
+            offset as usize,
         ))
     }
 }
@@ -392,14 +439,10 @@ impl BusDevice for PciConfigIo {
         match offset {
             0 if data.len() == 4 => data.copy_from_slice(&self.address.to_le_bytes()),
             4..=7 => {
-                let Some((b, d, f, r)) = self.target() else {
+                let Some((function, at)) = self.target(offset - 4) else {
                     return;
                 };
-                let v = lock(&self.root).config_read(b, d, f, r).to_le_bytes();
-                let start = (offset - 4) as usize;
-                for (i, out) in data.iter_mut().enumerate() {
-                    *out = v.get(start + i).copied().unwrap_or(0xff);
-                }
+                lock(&self.root).config_read_bytes(function, at, CONFIG_IO_SPACE_SIZE, data);
             }
             _ => {}
         }
@@ -407,18 +450,15 @@ impl BusDevice for PciConfigIo {
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         match offset {
+            // Kept whole, as QEMU keeps it (bits 1:0 included).
             0 if data.len() == 4 => {
-                self.address =
-                    u32::from_le_bytes([data[0], data[1], data[2], data[3]]) & 0x80ff_fffc
+                self.address = u32::from_le_bytes([data[0], data[1], data[2], data[3]])
             }
             4..=7 => {
-                let Some((b, d, f, r)) = self.target() else {
+                let Some((function, at)) = self.target(offset - 4) else {
                     return;
                 };
-                let off = offset - 4;
-                if off as usize + data.len() <= 4 {
-                    lock(&self.root).config_write(b, d, f, r, off, data);
-                }
+                lock(&self.root).config_write_bytes(function, at, CONFIG_IO_SPACE_SIZE, data);
             }
             _ => {}
         }
@@ -435,31 +475,28 @@ impl PciConfigMmio {
         PciConfigMmio { root }
     }
 
-    fn decode(offset: u64) -> (u8, u8, u8, usize, u64) {
+    /// The function and configuration byte an ECAM offset addresses.
+    fn decode(offset: u64) -> (Bdf, usize) {
         (
-            (offset >> ECAM_BUS_SHIFT) as u8,
-            ((offset >> ECAM_DEVICE_SHIFT) & 0x1f) as u8,
-            ((offset >> ECAM_FUNCTION_SHIFT) & 0x7) as u8,
-            ((offset & 0xfff) >> 2) as usize,
-            offset & 0x3,
+            Bdf::new(
+                (offset >> ECAM_BUS_SHIFT) as u8,
+                (offset >> ECAM_DEVICE_SHIFT) as u8,
+                (offset >> ECAM_FUNCTION_SHIFT) as u8,
+            ),
+            (offset as usize) & (ECAM_SPACE_SIZE - 1),
         )
     }
 }
 
 impl BusDevice for PciConfigMmio {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        let (b, d, f, r, off) = Self::decode(offset);
-        let v = lock(&self.root).config_read(b, d, f, r).to_le_bytes();
-        for (i, out) in data.iter_mut().enumerate() {
-            *out = v.get(off as usize + i).copied().unwrap_or(0xff);
-        }
+        let (function, at) = Self::decode(offset);
+        lock(&self.root).config_read_bytes(function, at, ECAM_SPACE_SIZE, data);
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        let (b, d, f, r, off) = Self::decode(offset);
-        if off as usize + data.len() <= 4 {
-            lock(&self.root).config_write(b, d, f, r, off, data);
-        }
+        let (function, at) = Self::decode(offset);
+        lock(&self.root).config_write_bytes(function, at, ECAM_SPACE_SIZE, data);
     }
 }
 

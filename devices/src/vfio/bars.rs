@@ -137,7 +137,7 @@ impl BarMaps {
                     p.handle = Some(h);
                     mapped += p.size;
                 }
-                Err(e) => warn!(
+                Err(e) => iommu::warn_limited!(
                     "vfio {}: BAR {bar} piece at {gpa:#x} not mapped ({e}); it is trapped",
                     self.name
                 ),

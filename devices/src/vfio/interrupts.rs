@@ -11,7 +11,6 @@
 use std::sync::{Arc, Mutex};
 
 use iommu::Bdf;
-use log::warn;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::function::{HostFunction, INTX_IRQ, MSIX_IRQ, MSI_IRQ};
@@ -129,7 +128,7 @@ impl State {
 
     fn send(&self, (address, data): (u64, u32)) {
         if let Err(e) = self.wiring.trigger.send_msi(self.message(address, data)) {
-            warn!("vfio {}: interrupt: {e}", self.wiring.name);
+            iommu::warn_limited!("vfio {}: interrupt: {e}", self.wiring.name);
         }
     }
 
@@ -190,7 +189,7 @@ impl State {
         }
         if let Some(index) = self.mode.irq_index() {
             if let Err(e) = self.wiring.host.disable_irq(index) {
-                warn!("vfio {}: {e}", self.wiring.name);
+                iommu::warn_limited!("vfio {}: {e}", self.wiring.name);
             }
         }
         self.mode = Mode::Off;
@@ -208,7 +207,7 @@ impl State {
                     self.wiring.watcher.watch(&x.fd, INTX_TOKEN);
                     self.mode = Mode::Intx;
                 }
-                Err(e) => warn!("vfio {}: INTx: {e}", self.wiring.name),
+                Err(e) => iommu::warn_limited!("vfio {}: INTx: {e}", self.wiring.name),
             }
             return;
         }
@@ -220,7 +219,7 @@ impl State {
         let refs: Vec<&EventFd> = fds.iter().collect();
         if let Err(e) = self.wiring.host.enable_irq(index, &refs) {
             // As on hardware whose MSI setup failed: the function stays silent.
-            warn!(
+            iommu::warn_limited!(
                 "vfio {}: {mode:?} with {count} vectors: {e}",
                 self.wiring.name
             );
@@ -392,7 +391,7 @@ impl Resample for Interrupts {
         };
         x.asserted = false;
         if let Err(e) = st.wiring.host.unmask_intx() {
-            warn!("vfio {}: {e}", st.wiring.name);
+            iommu::warn_limited!("vfio {}: {e}", st.wiring.name);
         }
     }
 }

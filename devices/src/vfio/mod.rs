@@ -4,8 +4,9 @@
 
 pub mod bars;
 mod config;
-#[cfg(test)]
-mod fake;
+#[cfg(any(test, feature = "fuzzing"))]
+#[cfg_attr(not(test), allow(dead_code))] // the fuzzer uses part of it
+pub(crate) mod fake;
 pub mod function;
 pub mod host;
 pub mod interrupts;

@@ -278,7 +278,9 @@ impl PciDevice for VfioPciDevice {
         }
         if change.msi.enable || change.msix.control {
             self.sync_interrupts();
-        } else if change.msi.message || change.msi.mask {
+        } else if (change.msi.message || change.msi.mask) && self.interrupts.mode() == Mode::Msi {
+            // With MSI-X on, the host vectors are MSI-X's: the MSI capability's message and
+            // mask must not touch them (robustness review F-VFIO-1).
             let n = self.config.msi.as_ref().map_or(0, |m| m.vectors());
             for i in 0..n {
                 self.sync_vector(Mode::Msi, i);

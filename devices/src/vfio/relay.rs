@@ -32,7 +32,7 @@ impl FdWatcher for EpollWatcher {
     fn watch(&self, fd: &EventFd, token: u64) {
         let ev = EpollEvent::new(EventSet::IN, token);
         if let Err(e) = self.epoll.ctl(ControlOperation::Add, fd.as_raw_fd(), ev) {
-            warn!("vfio: cannot watch an interrupt eventfd: {e}");
+            iommu::warn_limited!("vfio: cannot watch an interrupt eventfd: {e}");
         }
     }
 

@@ -268,3 +268,92 @@ fn config_registers_read_through_root() {
         0x5678_1234
     );
 }
+
+/// Selects the configuration dword of device 1 holding `byte`, with CONFIG_ADDRESS bits 1:0
+/// set to `byte & 3` as test kernels written for QEMU do.
+fn cf8_byte(io: &mut PciConfigIo, byte: u32) {
+    io.write(0, &(0x8000_0800 | byte).to_le_bytes());
+}
+
+#[test]
+fn cf8_address_low_bits_select_the_bytes_read_at_the_data_port() {
+    let (root, _) = setup();
+    let mut io = PciConfigIo::new(root);
+    cf8_byte(&mut io, 0x02);
+    let mut w = [0u8; 2];
+    io.read(4, &mut w);
+    assert_eq!(u16::from_le_bytes(w), 0x5678, "device ID at 0xCFC");
+    let mut b = [0u8; 1];
+    cf8_byte(&mut io, 0x01);
+    io.read(4, &mut b);
+    assert_eq!(b[0], 0x12, "vendor ID high byte");
+}
+
+#[test]
+fn cf8_address_low_bits_or_with_the_data_port_offset() {
+    let (root, _) = setup();
+    let mut io = PciConfigIo::new(root);
+    let mut b = [0u8; 1];
+    cf8_byte(&mut io, 0x02);
+    io.read(6, &mut b); // 2 | 2 = 2 (QEMU ORs, it does not add)
+    assert_eq!(b[0], 0x78);
+    cf8_byte(&mut io, 0x01);
+    io.read(6, &mut b); // 1 | 2 = 3
+    assert_eq!(b[0], 0x56);
+}
+
+#[test]
+fn cf8_address_low_bits_select_the_bytes_written() {
+    let (root, fake) = setup();
+    let mut io = PciConfigIo::new(root);
+    cf8_byte(&mut io, 0x12); // BAR0, bytes 2..3
+    io.write(4, &0xabcd_u16.to_le_bytes());
+    assert_eq!(
+        fake.lock().unwrap().config.read_register(REG_BAR0),
+        0xabcd_0000
+    );
+}
+
+#[test]
+fn cf8_address_reads_back_as_written() {
+    let (root, _) = setup();
+    let mut io = PciConfigIo::new(root);
+    cf8_byte(&mut io, 0x03);
+    let mut a = [0u8; 4];
+    io.read(0, &mut a);
+    assert_eq!(u32::from_le_bytes(a), 0x8000_0803);
+}
+
+#[test]
+fn config_read_crossing_a_dword_returns_the_next_register_bytes() {
+    let (root, _) = setup();
+    let mut io = PciConfigIo::new(root.clone());
+    let mut ecam = PciConfigMmio::new(root);
+    let want = [0x78, 0x56, 0x00, 0x00]; // device ID, then command (0)
+    let mut b = [0u8; 4];
+    cf8_byte(&mut io, 0x02);
+    io.read(4, &mut b);
+    assert_eq!(b, want, "0xCF8/0xCFC");
+    ecam.read((1 << 15) | 2, &mut b);
+    assert_eq!(b, want, "ECAM");
+}
+
+#[test]
+fn cf8_and_ecam_read_the_same_bytes_at_every_offset_and_size() {
+    let (root, _) = setup();
+    let mut io = PciConfigIo::new(root.clone());
+    let mut ecam = PciConfigMmio::new(root);
+    for byte in 0..0x40u32 {
+        for port in 0..4u64 {
+            for len in [1usize, 2, 4] {
+                cf8_byte(&mut io, byte);
+                let mut a = vec![0u8; len];
+                io.read(4 + port, &mut a);
+                let off = u64::from(byte | port as u32);
+                let mut b = vec![0u8; len];
+                ecam.read((1 << 15) | off, &mut b);
+                assert_eq!(a, b, "byte {byte:#x} port +{port} len {len}");
+            }
+        }
+    }
+}

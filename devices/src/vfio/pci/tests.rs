@@ -278,3 +278,46 @@ fn drop_disables_interrupts_and_resets() {
         Some(&(INTX_IRQ, None))
     );
 }
+
+/// Enables MSI-X with entry 0 programmed (data 0x61) and `masked` in its vector control, then
+/// turns the MSI capability on as well (undefined for software, but a guest can do it).
+fn msix_then_msi_enabled(masked: bool) -> Rig {
+    let mut r = rig();
+    write_table(&mut r.dev, 0, 0xfee0_0000);
+    write_table(&mut r.dev, 8, 0x0061);
+    write_table(&mut r.dev, 12, u32::from(masked));
+    r.dev.write_config_register(0x70 / 4, 3, &[0x80]);
+    assert_eq!(r.dev.interrupts().mode(), Mode::Msix);
+    r.dev.write_config_register(0x50 / 4, 2, &[0x01]); // MSI enable, MME 0
+    assert_eq!(r.dev.interrupts().mode(), Mode::Msix, "MSI-X wins");
+    r
+}
+
+// Robustness review F-VFIO-1: MSI capability writes used to reprogram MSI-X vector i.
+#[test]
+fn msi_message_writes_with_msix_on_leave_a_masked_msix_vector_unrouted() {
+    let mut r = msix_then_msi_enabled(true);
+    assert!(r.routes.data().is_empty());
+    write32(&mut r.dev, 0x54, 0xfee0_0000);
+    r.dev.write_config_register(0x5c / 4, 0, &[0x99, 0x00]);
+    write32(&mut r.dev, 0x60, 0); // MSI mask bits clear
+    assert!(
+        r.routes.data().is_empty(),
+        "masked MSI-X vector 0 routed: {:#x?}",
+        r.routes.data()
+    );
+}
+
+#[test]
+fn msi_message_writes_with_msix_on_keep_the_msix_vector_message() {
+    let mut r = msix_then_msi_enabled(false);
+    assert_eq!(r.routes.data(), vec![0x61]);
+    write32(&mut r.dev, 0x54, 0xfee0_0000);
+    r.dev.write_config_register(0x5c / 4, 0, &[0x99, 0x00]);
+    write32(&mut r.dev, 0x60, 1); // MSI vector 0 masked
+    assert_eq!(
+        r.routes.data(),
+        vec![0x61],
+        "MSI-X vector 0 as its table says"
+    );
+}
