@@ -141,6 +141,16 @@ fn gcmd_ire_status_shows_once_routes_are_acknowledged() {
     assert_ne!(gsts(&u) & GSTS_IRES, 0);
 }
 
+#[test]
+fn gcmd_cfi_status_shows_once_routes_are_acknowledged() {
+    let (mut u, _, t) = routes_unit();
+    wr32(&mut u, &t, GCMD_REG, GCMD_IRE | GCMD_QIE | GCMD_CFI);
+    assert_eq!(gsts(&u) & GSTS_CFIS, 0, "CFIS before the routes");
+    assert_ne!(gsts(&u) & GSTS_QIES, 0, "QIES has no host effects");
+    acknowledge(&mut u, &t);
+    assert_ne!(gsts(&u) & GSTS_CFIS, 0);
+}
+
 /// DEV in domain DID with PAGE mapped, the root table latched, DEV tracked, translation off;
 /// nothing outstanding.
 fn tracked_unit() -> (RemappingUnit, Tables) {

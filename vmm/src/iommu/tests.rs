@@ -95,16 +95,25 @@ fn read32(iommu: &Arc<Iommu>, off: u64) -> u32 {
 }
 
 /// Stands in for the IOAPIC's and VFIO's KVM routes: logs each recomputation with the wait
-/// statuses the guest could read then.
+/// statuses the guest could read then and, once watched, GSTS.IRES as another vCPU reads it.
 struct Routes {
     log: Arc<Log>,
     mem: GuestMemoryMmap,
+    iommu: Arc<OnceLock<Arc<Iommu>>>,
 }
 
 impl InterruptRoutes for Routes {
     fn refresh(&self) {
         let status = STATUS.map(|a| self.mem.read_obj::<u32>(GuestAddress(a)).unwrap());
-        self.log.push(format!("routes (statuses {status:x?})"));
+        let ires = match self.iommu.get() {
+            Some(i) => format!(
+                ", IRES {} on another vCPU",
+                read32(i, GSTS_REG) & GSTS_IRES != 0
+            ),
+            None => String::new(),
+        };
+        self.log
+            .push(format!("routes (statuses {status:x?}{ires})"));
     }
 }
 
@@ -112,7 +121,7 @@ struct Rig {
     drhd: DrhdRegisters,
     mem: GuestMemoryMmap,
     log: Arc<Log>,
-    /// Set by `watch_identity`: the listener logs identity switches with what GSTS shows.
+    /// Set by `watch_identity`: the listener and the routes log what GSTS shows meanwhile.
     watch: Arc<OnceLock<Arc<Iommu>>>,
 }
 
@@ -192,6 +201,7 @@ fn rig_translation_off(refuse_maps: bool) -> Rig {
     iommu.add_interrupt_routes(Arc::new(Routes {
         log: log.clone(),
         mem: mem.clone(),
+        iommu: watch.clone(),
     }));
     let mut r = Rig {
         drhd: DrhdRegisters(iommu),
@@ -344,4 +354,23 @@ fn drhd_te_off_status_clears_after_the_identity_mapping_is_back() {
         "{log:?}"
     );
     assert_eq!(r.r64(GCMD_REG) >> 32 & u64::from(GSTS_TES), 0);
+}
+
+#[test]
+fn drhd_ire_status_shows_after_the_routes_are_recomputed() {
+    let mut r = rig(false);
+    r.w64(IRTA_REG, 0x40_0000 | 7);
+    r.w32(GCMD_REG, GCMD_TE | GCMD_QIE | GCMD_SIRTP);
+    r.log.take();
+    r.watch_identity();
+    r.w32(GCMD_REG, GCMD_TE | GCMD_QIE | GCMD_IRE);
+    assert_eq!(
+        r.log.take(),
+        vec!["routes (statuses [0, 0], IRES false on another vCPU)"]
+    );
+    assert_ne!(
+        r.r64(GCMD_REG) >> 32 & u64::from(GSTS_IRES),
+        0,
+        "the writing vCPU sees IRES once its write returns"
+    );
 }
