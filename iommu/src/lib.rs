@@ -26,4 +26,6 @@ pub use config::IommuConfig;
 pub use fault_reason::FaultReason;
 pub use interrupt_remapping::InterruptRequest;
 pub use types::{Bdf, BdfParseError, Iova};
-pub use unit::{DmaOutcome, InterruptOutcome, InterruptSink, MapFailure, RemappingUnit};
+pub use unit::{
+    DmaOutcome, HostEffects, InterruptOutcome, InterruptSink, MapFailure, RemappingUnit,
+};

@@ -101,7 +101,7 @@ pub struct RemappingUnit {
     interrupt_entries_changed: bool,
     tracker: MapTracker,
     map_events: Vec<(Bdf, MapEvent)>,
-    /// How far the consumer has carried out the map events (see `map_events_applied`).
+    /// How far the consumer has carried out the map events (see `host_effects_applied`).
     host: tracking::HostSync,
     sink: Box<dyn InterruptSink>,
 }
@@ -169,9 +169,10 @@ impl RemappingUnit {
         self.gsts & GSTS_TES != 0
     }
 
-    /// GSTS.
+    /// GSTS as the guest reads it (a command's status shows once its host effects are
+    /// applied, see [`RemappingUnit::host_effects_applied`]).
     pub fn status(&self) -> u32 {
-        self.gsts
+        self.shown_status()
     }
 
     /// The latched interrupt remapping table address (IRTA at the last SIRTP).
@@ -189,7 +190,7 @@ impl RemappingUnit {
             VER_REG => VER_VALUE.into(),
             CAP_REG => self.cfg.cap(),
             ECAP_REG => self.cfg.ecap(),
-            GCMD_REG => u64::from(self.gsts) << 32,
+            GCMD_REG => u64::from(self.shown_status()) << 32,
             RTADDR_REG => self.rtaddr,
             CCMD_REG => self.ccmd,
             0x30 => u64::from(self.fsts()) << 32,
@@ -230,9 +231,9 @@ impl RemappingUnit {
         data.copy_from_slice(&v.to_le_bytes()[..data.len()]);
     }
 
-    /// A register write of 4 or 8 bytes. An invalidation it starts for a tracked device may
-    /// complete (wait descriptor, IVT, ICC) only after the consumer has taken and acknowledged
-    /// the map events it produced: see [`RemappingUnit::map_events_applied`].
+    /// A register write of 4 or 8 bytes. An invalidation or command with host effects
+    /// completes (wait descriptor, IVT, ICC, GSTS) only after the consumer has taken and
+    /// acknowledged them: see [`RemappingUnit::host_effects_applied`].
     pub fn write<M: GuestMemoryBackend>(&mut self, mem: &M, offset: u64, data: &[u8]) {
         let len = data.len() as u64;
         if !(len == 4 || len == 8) || !offset.is_multiple_of(len) || offset >= REG_SIZE {
@@ -303,7 +304,10 @@ impl RemappingUnit {
         }
     }
 
+    /// GCMD: the unit acts at once (its own translation and remapping follow the command);
+    /// GSTS shows the change once the host effects are applied (`hold_status`).
     fn write_gcmd<M: GuestMemoryBackend>(&mut self, mem: &M, v: u32) {
+        let shown_before = self.shown_status();
         let was_translating = self.translation_enabled();
         // Persistent enables follow the written value; one-shot commands act when set.
         for bit in [GCMD_TE, GCMD_QIE, GCMD_IRE, GCMD_CFI] {
@@ -351,6 +355,8 @@ impl RemappingUnit {
         if was_translating != self.translation_enabled() || v & GCMD_SRTP != 0 {
             self.resync_tracked(mem, |_| true, None);
         }
+        let latched = self.gsts & (GSTS_RTPS | GSTS_IRTPS) & (v & (GCMD_SRTP | GCMD_SIRTP));
+        self.hold_status(shown_before, latched);
     }
 
     fn flush_all(&mut self) {
@@ -446,7 +452,7 @@ impl RemappingUnit {
     }
 
     /// Processes descriptors from IQH to IQT (bounded by the queue size). It stops at a wait
-    /// descriptor while map events are outstanding; `map_events_applied` resumes it.
+    /// descriptor while host effects are outstanding; `host_effects_applied` resumes it.
     pub(super) fn process_queue<M: GuestMemoryBackend>(&mut self, mem: &M) {
         if self.gsts & GSTS_QIES == 0 || self.fsts_q & FSTS_IQE != 0 {
             return;
@@ -660,7 +666,7 @@ impl RemappingUnit {
             s += &format!("  {} host mapping failures\n", self.host.failures);
         }
         if self.host_effects_outstanding() {
-            s += "  completions waiting for map events to be applied\n";
+            s += "  completions waiting for host effects to be applied\n";
         }
         s += &format!(
             "  limits: largest walk {} entries per invalidation, {} per IQT write (budgets {} per domain, {} per write); range cap {}{peaks}\n",
@@ -680,12 +686,14 @@ impl RemappingUnit {
 mod interrupts;
 pub use interrupts::InterruptOutcome;
 mod tracking;
-pub use tracking::MapFailure;
+pub use tracking::{HostEffects, MapFailure};
 
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_bounds;
+#[cfg(test)]
+mod tests_host_effects;
 #[cfg(test)]
 mod tests_interrupts;
 #[cfg(test)]

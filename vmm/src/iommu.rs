@@ -52,9 +52,10 @@ pub struct Iommu {
     /// level-triggered pins, passed-through devices' vectors).
     routes: Mutex<Vec<Arc<dyn InterruptRoutes>>>,
     listeners: Mutex<HashMap<Bdf, Arc<dyn MapListener>>>,
-    /// Held by whoever changes the unit's state in a way that produces map events, from the
-    /// change until the events are applied and acknowledged: events reach the listeners in the
-    /// order the unit produced them. Taken before `unit`.
+    /// Held by whoever changes the unit's state in a way that produces host effects (map
+    /// events, interrupt route changes), from the change until the effects are applied and
+    /// acknowledged: events reach the listeners in the order the unit produced them. Taken
+    /// before `unit`.
     host_sync: Mutex<()>,
     /// Register writes the guest made and the time spent handling them, with the map/unmap
     /// work they trigger: IQT writes (queued invalidations) and the others (among them the
@@ -63,7 +64,10 @@ pub struct Iommu {
 }
 
 impl Iommu {
-    pub fn new(unit: RemappingUnit, mem: GuestMemoryMmap) -> Arc<Self> {
+    pub fn new(mut unit: RemappingUnit, mem: GuestMemoryMmap) -> Arc<Self> {
+        // KVM routes are derived from IRTEs (`refresh_interrupt_routes`): the guest's
+        // interrupt entry invalidations complete only once they are recomputed.
+        unit.track_interrupt_routes();
         Arc::new(Iommu {
             unit: Mutex::new(unit),
             mem,
@@ -79,22 +83,26 @@ impl Iommu {
         let _sync = lock(&self.host_sync);
         lock(&self.listeners).insert(device, listener);
         lock(&self.unit).track(&self.mem, device);
-        self.apply_map_events();
+        self.apply_host_effects();
     }
 
-    /// Carries out the unit's map events and acknowledges them until it has none left (the
-    /// completion contract of `iommu::unit::tracking`): an acknowledgement can let the queue
-    /// run on to its next wait descriptor, which may have produced more. Call with
-    /// `host_sync` held and the unit unlocked; the loop ends because each round completes at
-    /// least one wait of a queue whose tail cannot move meanwhile.
-    fn apply_map_events(&self) {
+    /// Carries out the unit's host effects (map events to the listeners, then the interrupt
+    /// routes recomputed) and acknowledges them until it has none left (the completion
+    /// contract of `iommu::unit::tracking`): an acknowledgement can let the queue run on to
+    /// its next wait descriptor, which may have produced more. Call with `host_sync` held and
+    /// the unit unlocked; the loop ends because each round completes at least one wait of a
+    /// queue whose tail cannot move meanwhile.
+    fn apply_host_effects(&self) {
         loop {
-            let events = lock(&self.unit).take_map_events();
-            if events.is_empty() {
+            let effects = lock(&self.unit).take_host_effects();
+            if effects.is_empty() {
                 return;
             }
-            let failures = self.dispatch(events);
-            lock(&self.unit).map_events_applied(&self.mem, &failures);
+            let failures = self.dispatch(effects.map_events);
+            if effects.interrupt_routes {
+                self.refresh_interrupt_routes();
+            }
+            lock(&self.unit).host_effects_applied(&self.mem, &failures);
         }
     }
 
@@ -124,7 +132,8 @@ impl Iommu {
     }
 
     /// After the guest changed interrupt remapping state, KVM routes derived from IRTEs
-    /// are recomputed. Called with the unit unlocked (recomputing locks it to remap).
+    /// are recomputed. Called with the unit unlocked (recomputing locks it to remap), before
+    /// the change is acknowledged: the guest's wait for it completes afterwards.
     fn refresh_interrupt_routes(&self) {
         let routes = lock(&self.routes).clone();
         for r in routes {
@@ -165,18 +174,11 @@ impl BusDevice for DrhdRegisters {
     fn write(&mut self, offset: u64, data: &[u8]) {
         let start = std::time::Instant::now();
         let sync = lock(&self.0.host_sync);
-        let changed = {
-            let mut unit = lock(&self.0.unit);
-            unit.write(&self.0.mem, offset, data);
-            unit.take_interrupt_entries_changed()
-        };
-        // Mappings are in place before the vCPU that invalidated resumes, and before any
-        // invalidation behind them reports completion to the guest.
-        self.0.apply_map_events();
+        lock(&self.0.unit).write(&self.0.mem, offset, data);
+        // Mappings and interrupt routes are in place before the vCPU that wrote resumes, and
+        // before any invalidation or command behind them reports completion to the guest.
+        self.0.apply_host_effects();
         drop(sync);
-        if changed {
-            self.0.refresh_interrupt_routes();
-        }
         let mut w = lock(&self.0.writes);
         let kind = if offset == iommu::registers::IQT_REG {
             &mut w.iqt

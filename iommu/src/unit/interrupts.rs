@@ -117,9 +117,16 @@ impl RemappingUnit {
     }
 
     /// Whether the guest invalidated interrupt entries since the last call: anything that
-    /// holds remapped messages (KVM routes) must remap them again.
+    /// holds remapped messages (KVM routes) must remap them again. The route part of
+    /// [`take_host_effects`](Self::take_host_effects): after
+    /// [`track_interrupt_routes`](Self::track_interrupt_routes), a change taken here is
+    /// acknowledged with `host_effects_applied`.
     pub fn take_interrupt_entries_changed(&mut self) -> bool {
-        std::mem::take(&mut self.interrupt_entries_changed)
+        let changed = std::mem::take(&mut self.interrupt_entries_changed);
+        if changed {
+            self.host_route_change_taken();
+        }
+        changed
     }
 
     /// Entries in the interrupt entry cache.

@@ -89,7 +89,7 @@ fn qi_wait_after_map_events_completes_only_once_they_are_applied() {
     incomplete(&u, "before the events were taken");
     assert_eq!(events(&mut u), vec![MapEvent::Map(page(PAGE_A, 0x80_0000))]);
     incomplete(&u, "before the events were applied");
-    u.map_events_applied(&t.mem, &[]);
+    u.host_effects_applied(&t.mem, &[]);
     assert_eq!(status(&t, STATUS), 1);
     assert!(iwc(&u));
     assert_eq!(sink.sent(), vec![(u64::from(IEADDR), IEDATA)]);
@@ -113,13 +113,13 @@ fn qi_two_waits_each_complete_after_their_own_events() {
         vec![MapEvent::Map(page(PAGE_A, 0x80_0000))],
         "the queue stopped at the first wait"
     );
-    u.map_events_applied(&t.mem, &[]);
+    u.host_effects_applied(&t.mem, &[]);
     assert_eq!(status(&t, STATUS), 1, "first wait complete");
     assert_eq!(status(&t, STATUS2), 0, "second wait not yet");
     assert_eq!(rd64(&u, IQH_REG), 3 << 4, "stopped at the second wait");
     assert_eq!(events(&mut u), vec![MapEvent::Map(page(PAGE_B, 0x90_0000))]);
     assert_eq!(status(&t, STATUS2), 0, "taken but not applied");
-    u.map_events_applied(&t.mem, &[]);
+    u.host_effects_applied(&t.mem, &[]);
     assert_eq!(status(&t, STATUS2), 2);
     assert_eq!(rd64(&u, IQH_REG), 4 << 4);
 }
@@ -153,7 +153,7 @@ fn qi_tail_write_while_waiting_does_not_pass_the_wait() {
     assert_eq!(status(&t, STATUS2), 0, "the second is behind it");
     assert_eq!(rd64(&u, IQH_REG), 1 << 4);
     assert_eq!(rd64(&u, IQT_REG), 3 << 4);
-    u.map_events_applied(&t.mem, &[]);
+    u.host_effects_applied(&t.mem, &[]);
     assert_eq!((status(&t, STATUS), status(&t, STATUS2)), (1, 2));
     assert_eq!(rd64(&u, IQH_REG), 3 << 4);
 }
@@ -172,7 +172,7 @@ fn iotlb_register_invalidation_ivt_stays_set_until_events_applied() {
     assert_ne!(rd64(&u, IOTLB_REG) & IOTLB_IVT, 0, "IVT before taking");
     assert_eq!(events(&mut u).len(), 1);
     assert_ne!(rd64(&u, IOTLB_REG) & IOTLB_IVT, 0, "IVT before applying");
-    u.map_events_applied(&t.mem, &[]);
+    u.host_effects_applied(&t.mem, &[]);
     let r = rd64(&u, IOTLB_REG);
     assert_eq!(r & IOTLB_IVT, 0, "IVT clears once applied");
     assert_eq!((r >> IOTLB_IAIG_SHIFT) & 3, 3, "page-selective performed");
@@ -191,7 +191,7 @@ fn ccmd_register_invalidation_icc_stays_set_until_events_applied() {
     );
     assert_ne!(rd64(&u, CCMD_REG) & CCMD_ICC, 0, "ICC before applying");
     assert_eq!(events(&mut u).len(), 1);
-    u.map_events_applied(&t.mem, &[]);
+    u.host_effects_applied(&t.mem, &[]);
     let r = rd64(&u, CCMD_REG);
     assert_eq!(r & CCMD_ICC, 0, "ICC clears once applied");
     assert_eq!((r >> CCMD_CAIG_SHIFT) & 3, 3, "device-selective performed");
@@ -218,7 +218,7 @@ fn fail_map_of_page_a(u: &mut RemappingUnit, t: &mut Tables, slpt: u64) -> Mappi
     wr64(u, t, IQT_REG, 2 << 4);
     let m = page(PAGE_A, 0x80_0000);
     assert_eq!(events(u), vec![MapEvent::Map(m)]);
-    u.map_events_applied(
+    u.host_effects_applied(
         &t.mem,
         &[MapFailure {
             device: DEV,
@@ -242,7 +242,7 @@ fn map_failure_forgets_range_and_next_invalidation_maps_it_again() {
     psi_desc(&t, 2, PAGE_A);
     wr64(&mut u, &t, IQT_REG, 3 << 4);
     assert_eq!(events(&mut u), vec![MapEvent::Map(m)]);
-    u.map_events_applied(&t.mem, &[]);
+    u.host_effects_applied(&t.mem, &[]);
     assert_eq!(u.tracked_mappings(DEV), vec![m]);
 }
 

@@ -189,13 +189,17 @@ fn cm_pass_through_and_translation_off_are_reported() {
     let (mut u, _, mut t) = unit();
     u.track(&t.mem, DEV);
     assert_eq!(events(&mut u), vec![MapEvent::PassThrough(true)], "TE off");
+    u.host_effects_applied(&t.mem, &[]);
     let slpt = t.context(DEV, DID, 4, 0, false);
     t.map(slpt, 4, 0x3000, 0x70_0000, 0x1000, RW);
-    enable(&mut u, &t);
+    wr64(&mut u, &t, RTADDR_REG, crate::test_utils::ROOT_TABLE);
+    wr32(&mut u, &t, GCMD_REG, GCMD_SRTP);
+    wr32(&mut u, &t, GCMD_REG, GCMD_TE);
     assert_eq!(
         events(&mut u),
         vec![MapEvent::PassThrough(false), map(0x3000, 0x70_0000, 0x1000)]
     );
+    u.host_effects_applied(&t.mem, &[]);
     // The guest switches the device to a pass-through context and invalidates it.
     t.context(DEV, DID, 4, 2, false);
     wr64(

@@ -1,21 +1,28 @@
-//! The unit's side of caching mode: which devices a consumer tracks, resyncing them on
-//! invalidations and mode changes within the work and range bounds of [`crate::limits`],
-//! handing out the resulting map/unmap events, and completing invalidations only once the
+//! The unit's side of the host effects of the guest's commands: which devices a consumer
+//! tracks, resyncing them on invalidations and mode changes within the work and range
+//! bounds of [`crate::limits`], handing out the resulting map/unmap events and interrupt
+//! route changes, and completing the guest's invalidations and commands only once the
 //! consumer has carried them out.
 //!
 //! # Completion contract
 //!
 //! An invalidation is complete for the guest when an invalidation wait descriptor behind it
 //! writes its status, sets ICS.IWC and raises the completion event, and IQH moves past it
-//! (VT-d 6.5.2.8), or when IOTLB_REG.IVT or CCMD.ICC clears (6.5.1). For a tracked device the
-//! host's mappings (VFIO's) are part of what is invalidated, so the unit holds every such
-//! completion back while map events are outstanding: produced and not yet taken with
-//! [`RemappingUnit::take_map_events`], or taken and not yet acknowledged with
-//! [`RemappingUnit::map_events_applied`]. The queue stops at the wait descriptor (IQH points
-//! at it, nothing of it is visible) and resumes on the acknowledgement. A consumer therefore
-//! loops: take the events; if there are none, stop; apply them with the unit unlocked; call
-//! `map_events_applied` with the maps that failed; take again (the queue may have run on to
-//! its next wait). Completions with nothing outstanding happen at once, as before.
+//! (VT-d 6.5.2.8), or when IOTLB_REG.IVT or CCMD.ICC clears (6.5.1). A global command is
+//! complete when GSTS shows it (10.4.5). Part of what the guest changes is held by the host:
+//! the mappings of tracked devices (VFIO's), and, once a consumer calls
+//! [`RemappingUnit::track_interrupt_routes`], the interrupt routes it derived from IRTEs (KVM
+//! irqfd and GSI routes). Such a change is a host effect; the unit holds every completion back
+//! while host effects are outstanding: produced and not yet taken with
+//! [`RemappingUnit::take_host_effects`], or taken and not yet acknowledged with
+//! [`RemappingUnit::host_effects_applied`]. The queue stops at the wait descriptor (IQH points
+//! at it, nothing of it is visible), and the GSTS bits a GCMD write changed (TES, RTPS, IRES,
+//! IRTPS, CFIS) keep showing their old value (RTPS and IRTPS: clear, 11.4.5) while the
+//! translation the unit itself performs already follows the command; all of it resumes on the
+//! acknowledgement. A consumer therefore loops: take the effects; if there are none, stop;
+//! apply them with the unit unlocked; call `host_effects_applied` with the maps that failed;
+//! take again (the queue may have run on to its next wait). Completions with nothing
+//! outstanding happen at once, as before.
 
 use vm_memory::GuestMemoryBackend;
 
@@ -23,7 +30,9 @@ use super::RemappingUnit;
 use crate::caching_mode::{DeviceState, MapEvent, Mapping, RangeStats, ResyncBounds};
 use crate::faults::FaultRecord;
 use crate::invalidation_queue::Descriptor;
-use crate::registers::{CCMD_ICC, IOTLB_IVT};
+use crate::registers::{
+    CCMD_ICC, GSTS_CFIS, GSTS_IRES, GSTS_IRTPS, GSTS_RTPS, GSTS_TES, IOTLB_IVT,
+};
 use crate::translation;
 use crate::{Bdf, FaultReason};
 
@@ -34,11 +43,20 @@ use crate::{Bdf, FaultReason};
 /// "host resources exhausted" reason.
 const HOST_MAP_FAULT: FaultReason = FaultReason::PagingEntryAccess;
 
-/// Where the consumer stands with the events the unit handed out.
+/// The GSTS bits whose change a GCMD write makes can have host effects: they show the change
+/// only once those are applied (10.4.5: TES, RTPS, IRES, IRTPS, CFIS). QIES has none.
+const HELD_STATUS: u32 = GSTS_TES | GSTS_RTPS | GSTS_IRES | GSTS_IRTPS | GSTS_CFIS;
+
+/// Where the consumer stands with the effects the unit handed out.
 #[derive(Debug, Default)]
 pub(super) struct HostSync {
-    /// Events were taken and are not yet acknowledged.
+    /// Effects were taken and are not yet acknowledged.
     unacked: bool,
+    /// A consumer holds routes derived from IRTEs: interrupt entry changes are host effects.
+    routes_tracked: bool,
+    /// GSTS bits showing `shown_status` instead of the unit's state until the acknowledgement.
+    held_status: u32,
+    shown_status: u32,
     /// IOTLB_REG.IVT is held set until the events are applied.
     pub(super) iotlb_pending: bool,
     /// CCMD.ICC is held set until the events are applied.
@@ -71,7 +89,44 @@ pub(super) struct WalkWork {
     pub(super) diff_steps: u64,
 }
 
+/// What the consumer must carry out on the host before the guest's invalidations and
+/// commands that produced it complete.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostEffects {
+    /// Map/unmap events of tracked devices, in order.
+    pub map_events: Vec<(Bdf, MapEvent)>,
+    /// Interrupt remapping changed (interrupt entries invalidated, the table pointer latched,
+    /// remapping or compatibility format toggled): routes derived from IRTEs must be
+    /// recomputed. Only reported after [`RemappingUnit::track_interrupt_routes`].
+    pub interrupt_routes: bool,
+}
+
+impl HostEffects {
+    pub fn is_empty(&self) -> bool {
+        self.map_events.is_empty() && !self.interrupt_routes
+    }
+}
+
 impl RemappingUnit {
+    /// The consumer holds routes derived from IRTEs (as a VMM's KVM routes are): from now on
+    /// an interrupt remapping change is a host effect, reported by `take_host_effects`, and
+    /// the completions behind it wait for its acknowledgement.
+    pub fn track_interrupt_routes(&mut self) {
+        self.host.routes_tracked = true;
+    }
+
+    /// The host effects produced since the last call. The caller must carry them out and then
+    /// call [`host_effects_applied`](Self::host_effects_applied): until it does, the
+    /// invalidations and commands that produced them stay incomplete (see the module
+    /// documentation).
+    pub fn take_host_effects(&mut self) -> HostEffects {
+        let changed = self.take_interrupt_entries_changed();
+        HostEffects {
+            map_events: self.take_map_events(),
+            interrupt_routes: changed && self.host.routes_tracked,
+        }
+    }
+
     /// Starts reporting map/unmap events for `device`, beginning with its current state.
     pub fn track<M: GuestMemoryBackend>(&mut self, mem: &M, device: Bdf) {
         self.tracker.add(device);
@@ -80,15 +135,14 @@ impl RemappingUnit {
     }
 
     /// Stops reporting `device`'s events; those not yet taken are dropped. A consumer that had
-    /// a completion waiting on them acknowledges with `map_events_applied`.
+    /// a completion waiting on them acknowledges with `host_effects_applied`.
     pub fn untrack(&mut self, device: Bdf) {
         self.tracker.remove(device);
         self.map_events.retain(|(b, _)| *b != device);
     }
 
-    /// The events produced since the last call, in order. The caller must carry them out and
-    /// then call [`map_events_applied`](Self::map_events_applied): until it does, the
-    /// invalidations that produced them stay incomplete (see the module documentation).
+    /// The map events of [`take_host_effects`](Self::take_host_effects) alone, for a consumer
+    /// that holds no interrupt routes; acknowledged the same way.
     pub fn take_map_events(&mut self) -> Vec<(Bdf, MapEvent)> {
         let events = std::mem::take(&mut self.map_events);
         if !events.is_empty() {
@@ -97,12 +151,17 @@ impl RemappingUnit {
         events
     }
 
-    /// The consumer has carried out every event taken so far, except the maps in `failures`
+    /// The consumer has carried out every effect taken so far, except the maps in `failures`
     /// (of which nothing may be left on the host). Failed ranges are forgotten, so a later
     /// invalidation over them maps them again, and recorded as primary faults of their device
-    /// (unless its context sets FPD). Then, if no new events are waiting, the held-back
-    /// completions happen: IVT and ICC clear, and the queue runs on, maybe to its next wait.
-    pub fn map_events_applied<M: GuestMemoryBackend>(&mut self, mem: &M, failures: &[MapFailure]) {
+    /// (unless its context sets FPD). Then, if no new effects are waiting, the held-back
+    /// completions happen: GSTS shows the commands, IVT and ICC clear, and the queue runs on,
+    /// maybe to its next wait.
+    pub fn host_effects_applied<M: GuestMemoryBackend>(
+        &mut self,
+        mem: &M,
+        failures: &[MapFailure],
+    ) {
         self.host.unacked = false;
         for f in failures {
             self.host_map_failed(f);
@@ -110,6 +169,7 @@ impl RemappingUnit {
         if self.host_effects_outstanding() {
             return;
         }
+        self.host.held_status = 0;
         if std::mem::take(&mut self.host.iotlb_pending) {
             self.iotlb_reg &= !IOTLB_IVT;
         }
@@ -119,9 +179,40 @@ impl RemappingUnit {
         self.process_queue(mem);
     }
 
-    /// Whether events are produced and not taken, or taken and not acknowledged.
+    /// An interrupt entry change was taken: it waits for the acknowledgement if a consumer
+    /// holds routes.
+    pub(super) fn host_route_change_taken(&mut self) {
+        if self.host.routes_tracked {
+            self.host.unacked = true;
+        }
+    }
+
+    /// Whether effects are produced and not taken, or taken and not acknowledged.
     pub(super) fn host_effects_outstanding(&self) -> bool {
-        self.host.unacked || !self.map_events.is_empty()
+        self.host.unacked
+            || !self.map_events.is_empty()
+            || (self.host.routes_tracked && self.interrupt_entries_changed)
+    }
+
+    /// GSTS as the guest reads it: the unit's status, but bits a GCMD write changed show
+    /// their old value until the write's host effects are applied.
+    pub(super) fn shown_status(&self) -> u32 {
+        let held = self.host.held_status;
+        (self.gsts & !held) | (self.host.shown_status & held)
+    }
+
+    /// After a GCMD write: `before` is the GSTS the guest could read before it, `latched` the
+    /// pointer-status bits (RTPS, IRTPS) its one-shot commands cleared and set again. If the
+    /// write left host effects outstanding, the status bits it changed keep showing `before`,
+    /// the latched ones clear (11.4.5), until `host_effects_applied`.
+    pub(super) fn hold_status(&mut self, before: u32, latched: u32) {
+        if !self.host_effects_outstanding() {
+            return;
+        }
+        let changed = ((before ^ self.gsts) | latched) & HELD_STATUS;
+        // Bits already held keep what they show; `before` already has it for them.
+        self.host.shown_status = before & !latched;
+        self.host.held_status |= changed;
     }
 
     /// Whether descriptor `d` must wait for the host: a wait descriptor completes only after

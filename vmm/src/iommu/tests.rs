@@ -3,10 +3,10 @@
 //! write and completion interrupt come after the host unmap of the invalidation before it, and
 //! a map the host refuses becomes a DMAR fault the guest can read.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use devices::bus::BusDevice;
-use devices::interrupt::{InterruptError, MsiMessage, MsiTrigger};
+use devices::interrupt::{InterruptError, InterruptRoutes, MsiMessage, MsiTrigger};
 use iommu::registers::*;
 use iommu::{Bdf, IommuConfig, MapEvent, RemappingUnit};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -51,12 +51,14 @@ impl MsiTrigger for Msi {
     }
 }
 
-/// Stands in for VfioDma: logs each unmap with the wait statuses the guest could read then;
-/// refuses maps when asked to.
+/// Stands in for VfioDma: logs each unmap with the wait statuses the guest could read then,
+/// and, once watched, each switch in or out of the identity mapping with GSTS.TES as another
+/// vCPU reads it meanwhile; refuses maps when asked to.
 struct Listener {
     log: Arc<Log>,
     mem: GuestMemoryMmap,
     refuse_maps: bool,
+    iommu: Arc<OnceLock<Arc<Iommu>>>,
 }
 
 impl MapListener for Listener {
@@ -73,9 +75,46 @@ impl MapListener for Listener {
                     return Err(ListenerError("ENOSPC".into()));
                 }
             }
-            MapEvent::PassThrough(_) | MapEvent::RangeLimit { .. } => {}
+            MapEvent::PassThrough(on) => {
+                if let Some(iommu) = self.iommu.get() {
+                    let tes = read32(iommu, GSTS_REG) & GSTS_TES != 0;
+                    self.log
+                        .push(format!("identity {on} (TES {tes} on another vCPU)"));
+                }
+            }
+            MapEvent::RangeLimit { .. } => {}
         }
         Ok(())
+    }
+}
+
+/// A register read through the bus device, as a vCPU makes it.
+fn read32(iommu: &Arc<Iommu>, off: u64) -> u32 {
+    let mut b = [0u8; 4];
+    DrhdRegisters(iommu.clone()).read(off, &mut b);
+    u32::from_le_bytes(b)
+}
+
+/// Stands in for the IOAPIC's and VFIO's KVM routes: logs each recomputation with the wait
+/// statuses the guest could read then and, once watched, GSTS.IRES as another vCPU reads it.
+struct Routes {
+    log: Arc<Log>,
+    mem: GuestMemoryMmap,
+    iommu: Arc<OnceLock<Arc<Iommu>>>,
+}
+
+impl InterruptRoutes for Routes {
+    fn refresh(&self) {
+        let status = STATUS.map(|a| self.mem.read_obj::<u32>(GuestAddress(a)).unwrap());
+        let ires = match self.iommu.get() {
+            Some(i) => format!(
+                ", IRES {} on another vCPU",
+                read32(i, GSTS_REG) & GSTS_IRES != 0
+            ),
+            None => String::new(),
+        };
+        self.log
+            .push(format!("routes (statuses {status:x?}{ires})"));
     }
 }
 
@@ -83,9 +122,15 @@ struct Rig {
     drhd: DrhdRegisters,
     mem: GuestMemoryMmap,
     log: Arc<Log>,
+    /// Set by `watch_identity`: the listener and the routes log what GSTS shows meanwhile.
+    watch: Arc<OnceLock<Arc<Iommu>>>,
 }
 
 impl Rig {
+    fn watch_identity(&self) {
+        let _ = self.watch.set(self.drhd.0.clone());
+    }
+
     fn w32(&mut self, off: u64, v: u32) {
         self.drhd.write(off, &v.to_le_bytes());
     }
@@ -129,6 +174,16 @@ impl Rig {
 /// DEV in domain DID with PAGES mapped to TARGETS, tracked by a `Listener`; translation,
 /// queued invalidation and both event interrupts on.
 fn rig(refuse_maps: bool) -> Rig {
+    let mut r = rig_translation_off(refuse_maps);
+    r.w32(GCMD_REG, GCMD_TE);
+    r.w64(IQA_REG, QUEUE);
+    r.w64(IQT_REG, 0);
+    r.w32(GCMD_REG, GCMD_TE | GCMD_QIE);
+    r
+}
+
+/// As `rig`, with the root table latched but translation and the queue off.
+fn rig_translation_off(refuse_maps: bool) -> Rig {
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 64 << 20)]).unwrap();
     let log = Arc::new(Log::default());
     let unit = RemappingUnit::new(
@@ -136,16 +191,24 @@ fn rig(refuse_maps: bool) -> Rig {
         Box::new(UnitInterrupts(Arc::new(Msi(log.clone())))),
     );
     let iommu = Iommu::new(unit, mem.clone());
+    let watch = Arc::new(OnceLock::new());
     let listener = Listener {
         log: log.clone(),
         mem: mem.clone(),
         refuse_maps,
+        iommu: watch.clone(),
     };
     iommu.track(DEV, Arc::new(listener));
+    iommu.add_interrupt_routes(Arc::new(Routes {
+        log: log.clone(),
+        mem: mem.clone(),
+        iommu: watch.clone(),
+    }));
     let mut r = Rig {
         drhd: DrhdRegisters(iommu),
         mem,
         log,
+        watch,
     };
     let devfn = u64::from(DEV.devfn());
     r.put(ROOT, CONTEXT | 1);
@@ -165,10 +228,6 @@ fn rig(refuse_maps: bool) -> Rig {
     r.w32(IECTL_REG, 0);
     r.w64(RTADDR_REG, ROOT);
     r.w32(GCMD_REG, GCMD_SRTP);
-    r.w32(GCMD_REG, GCMD_TE);
-    r.w64(IQA_REG, QUEUE);
-    r.w64(IQT_REG, 0);
-    r.w32(GCMD_REG, GCMD_TE | GCMD_QIE);
     r
 }
 
@@ -241,4 +300,78 @@ fn drhd_refused_map_is_a_fault_before_the_wait_and_is_retried() {
         vec!["map 0x100000".to_string(), format!("MSI {IEDATA:#x}")]
     );
     assert_eq!(r.status(0), WAIT_DATA);
+}
+
+#[test]
+fn drhd_iec_wait_completes_after_the_routes_are_recomputed() {
+    let mut r = rig(false);
+    r.log.take();
+    // A global interrupt entry cache invalidation, then a wait.
+    r.put(QUEUE, 0x4);
+    r.put(QUEUE + 8, 0);
+    r.wait(1, 0);
+    r.w64(IQT_REG, 2 << 4);
+    assert_eq!(
+        r.log.take(),
+        vec![
+            "routes (statuses [0, 0])".to_string(),
+            format!("MSI {IEDATA:#x}"),
+        ],
+        "the routes recomputed before the status write and the interrupt"
+    );
+    assert_eq!(r.status(0), WAIT_DATA);
+    assert_eq!(r.r64(IQH_REG), 2 << 4);
+}
+
+#[test]
+fn drhd_te_status_shows_after_the_identity_mapping_is_removed() {
+    let mut r = rig_translation_off(false);
+    r.log.take();
+    r.watch_identity();
+    r.w32(GCMD_REG, GCMD_TE);
+    let log = r.log.take();
+    assert_eq!(
+        log.first().map(String::as_str),
+        Some("identity false (TES false on another vCPU)"),
+        "{log:?}"
+    );
+    assert_ne!(
+        r.r64(GCMD_REG) >> 32 & u64::from(GSTS_TES),
+        0,
+        "the writing vCPU sees TES once its write returns"
+    );
+}
+
+#[test]
+fn drhd_te_off_status_clears_after_the_identity_mapping_is_back() {
+    let mut r = rig(false);
+    r.log.take();
+    r.watch_identity();
+    r.w32(GCMD_REG, GCMD_QIE);
+    let log = r.log.take();
+    assert_eq!(
+        log.last().map(String::as_str),
+        Some("identity true (TES true on another vCPU)"),
+        "{log:?}"
+    );
+    assert_eq!(r.r64(GCMD_REG) >> 32 & u64::from(GSTS_TES), 0);
+}
+
+#[test]
+fn drhd_ire_status_shows_after_the_routes_are_recomputed() {
+    let mut r = rig(false);
+    r.w64(IRTA_REG, 0x40_0000 | 7);
+    r.w32(GCMD_REG, GCMD_TE | GCMD_QIE | GCMD_SIRTP);
+    r.log.take();
+    r.watch_identity();
+    r.w32(GCMD_REG, GCMD_TE | GCMD_QIE | GCMD_IRE);
+    assert_eq!(
+        r.log.take(),
+        vec!["routes (statuses [0, 0], IRES false on another vCPU)"]
+    );
+    assert_ne!(
+        r.r64(GCMD_REG) >> 32 & u64::from(GSTS_IRES),
+        0,
+        "the writing vCPU sees IRES once its write returns"
+    );
 }
