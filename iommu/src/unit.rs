@@ -604,6 +604,8 @@ mod tracking;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_fuzz;
+#[cfg(test)]
 mod tests_interrupts;
 #[cfg(test)]
 mod tests_tracking;
