@@ -107,6 +107,9 @@ pub struct Failure {
 pub struct Stats {
     pub ops: u64,
     pub checks: u64,
+    /// DMA translated through superpages; page-selective invalidations of part of one.
+    pub superpage_dmas: u64,
+    pub partial_psis: u64,
 }
 
 struct NullSink;
@@ -127,6 +130,10 @@ pub struct Harness<'p> {
     next_page: u64,
     /// Superpages the unit has returned: page-selective invalidations aim inside them.
     superpages: Vec<(u64, u64)>,
+    /// Addresses DMA went through: the unit caches translations under these.
+    accessed: Vec<u64>,
+    /// Pages the guest mapped (IOVA, size): devices DMA there.
+    mapped: Vec<(u64, u64)>,
     /// Set when an operation wrote guest structures behind the model's back.
     tainted: bool,
     /// Invalidations an operation made: full resync (global), ranges resynced (domain, range).
@@ -140,7 +147,12 @@ pub struct Harness<'p> {
 
 impl<'p> Harness<'p> {
     /// A unit with a configuration drawn from `c`, its tables set up like a guest would.
-    pub fn new(c: &mut Choices, slow: Duration, progress: &'p mut dyn FnMut(&str)) -> Self {
+    pub fn new(
+        c: &mut Choices,
+        slow: Duration,
+        allow: oracle::Allow,
+        progress: &'p mut dyn FnMut(&str),
+    ) -> Self {
         let cfg = IommuConfig {
             aw_bits: if c.chance(70) { 48 } else { 39 },
             interrupt_remapping: c.chance(85),
@@ -149,7 +161,10 @@ impl<'p> Harness<'p> {
             x2apic: c.chance(70),
         };
         let unit = RemappingUnit::new(cfg, Box::new(NullSink));
-        let caps = Caps::from_regs(cfg.cap(), cfg.ecap());
+        let caps = Caps {
+            allow,
+            ..Caps::from_regs(cfg.cap(), cfg.ecap())
+        };
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)])
             .expect("test memory");
         let mut h = Harness {
@@ -162,6 +177,8 @@ impl<'p> Harness<'p> {
             irta: 0,
             next_page: 0,
             superpages: Vec::new(),
+            accessed: Vec::new(),
+            mapped: Vec::new(),
             tainted: false,
             full_resync: false,
             psi_done: Vec::new(),
@@ -348,6 +365,13 @@ impl<'p> Harness<'p> {
             } => {
                 let span = 1u64 << (12 + am.min(51));
                 let base = addr & !(span - 1);
+                if self
+                    .superpages
+                    .iter()
+                    .any(|(b, s)| base > *b && base < b + s || base == *b && span < *s)
+                {
+                    self.stats.partial_psis += 1;
+                }
                 self.psi_done.push((did, base, base.saturating_add(span)));
             }
             _ => {}
@@ -386,6 +410,12 @@ impl<'p> Harness<'p> {
         }
         if let (true, Some(t)) = (te, got) {
             self.legal.observed(dev, t);
+            if self.accessed.len() < 64 && !self.accessed.contains(&iova) {
+                self.accessed.push(iova);
+            }
+            if t.page_size > 0x1000 {
+                self.stats.superpage_dmas += 1;
+            }
             if t.page_size > 0x1000 && !self.superpages.contains(&(t.iova_base, t.page_size)) {
                 self.superpages.push((t.iova_base, t.page_size));
             }
@@ -432,7 +462,12 @@ impl<'p> Harness<'p> {
         // Handle 15 in address bit 2, 14:0 in bits 19:5; plus the subhandle with SHV (5.1.2.2).
         let handle = ((req.address >> 5) & 0x7fff) as u32 | (((req.address >> 2) & 1) as u32) << 15;
         let index = if req.address & (1 << 3) != 0 {
-            handle + (req.data & 0xffff)
+            let i = handle + (req.data & 0xffff);
+            if self.caps.allow.ir_index_wrap {
+                i & 0xffff
+            } else {
+                i
+            }
         } else {
             handle
         };
@@ -534,10 +569,11 @@ pub fn run_seed(
     seed: u64,
     ops: u64,
     slow: Duration,
+    allow: oracle::Allow,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Stats, Failure> {
     let mut c = Choices::Rng(seed);
-    let mut h = Harness::new(&mut c, slow, progress);
+    let mut h = Harness::new(&mut c, slow, allow, progress);
     h.run(&mut c, ops)?;
     Ok(h.stats)
 }
@@ -547,7 +583,12 @@ pub fn run_seed(
 pub fn run_bytes(data: &[u8]) {
     let mut c = Choices::Bytes(data);
     let mut progress = |_: &str| {};
-    let mut h = Harness::new(&mut c, Duration::from_secs(2), &mut progress);
+    let mut h = Harness::new(
+        &mut c,
+        Duration::from_secs(2),
+        oracle::Allow::default(),
+        &mut progress,
+    );
     if let Err(f) = h.run(&mut c, 2000) {
         panic!("{}\nlast operations:\n{}", f.msg, f.log.join("\n"));
     }

@@ -84,7 +84,12 @@ pub(super) fn random_op(h: &mut Harness, c: &mut Choices) -> Result<(), String> 
             write_split(h, c, CCMD_REG, v)
         }
         69..=74 => {
-            let (addr, am, g, did) = (psi_addr(h, c), am(c), c.pick(&[1, 2, 3, 3, 3]), dids(c));
+            let (addr, am, g, did) = (
+                psi_addr(h, c),
+                am(c),
+                c.pick(&[1, 2, 3, 3, 3]),
+                live_did(h, c),
+            );
             h.reg_write(IVA_REG, addr | am | (c.below(2) << 6), 8)?;
             let v = IOTLB_IVT | (g << IOTLB_IIRG_SHIFT) | (u64::from(did) << IOTLB_DID_SHIFT);
             let v = v | (c.below(4) << 48);
@@ -137,7 +142,12 @@ fn write_split(h: &mut Harness, c: &mut Choices, off: u64, v: u64) -> Result<(),
 }
 
 fn iova(h: &Harness, c: &mut Choices) -> u64 {
-    match c.below(10) {
+    match c.below(16) {
+        10..=12 if !h.accessed.is_empty() => c.pick(&h.accessed),
+        13..=15 if !h.mapped.is_empty() => {
+            let (base, size) = c.pick(&h.mapped);
+            base + c.below(size >> 12) * 0x1000
+        }
         0..=3 if !h.superpages.is_empty() => {
             let (base, size) = c.pick(&h.superpages);
             base + c.below(size >> 12) * 0x1000 + c.below(2) * c.below(0x1000)
@@ -152,7 +162,19 @@ fn iova(h: &Harness, c: &mut Choices) -> u64 {
 
 /// An address inside a superpage the unit has handed out, half of the time.
 fn psi_addr(h: &Harness, c: &mut Choices) -> u64 {
+    if !h.superpages.is_empty() && c.chance(50) {
+        let (base, size) = c.pick(&h.superpages);
+        return base + c.below(size >> 12) * 0x1000;
+    }
     iova(h, c) & !0xfff
+}
+
+/// A domain some device is in now (what a guest invalidates), or any domain.
+fn live_did(h: &Harness, c: &mut Choices) -> u16 {
+    match h.legal.contexts[&c.pick(&DEVS)].last() {
+        Some(RefCtx::Usable { did, .. }) if c.chance(75) => *did,
+        _ => dids(c),
+    }
 }
 
 fn am(c: &mut Choices) -> u64 {
@@ -207,6 +229,9 @@ fn map(h: &mut Harness, c: &mut Choices) -> Result<(), String> {
         flags |= 1 << (48 + c.below(4)); // reserved bits 51:48
     }
     h.note(format!("map {dev} tables {root:#x} ({levels} levels): {iova:#x} -> {gpa:#x} size {size:#x} flags {flags:#x}"));
+    if h.mapped.len() < 64 {
+        h.mapped.push((iova, size));
+    }
     let mut table = root;
     for level in (leaf_level + 1..=u64::from(levels)).rev() {
         let slot = table + 8 * ((iova >> (12 + 9 * (level - 1))) & 0x1ff);
@@ -286,7 +311,7 @@ fn alias(h: &mut Harness, c: &mut Choices) -> Result<(), String> {
     } else {
         POOL + c.below(h.next_page.max(1)) * 0x1000
     };
-    if c.chance(15) {
+    if c.chance(15) && !h.caps.allow.cm_unbounded {
         let leaves = c.chance(50);
         h.note(format!(
             "fill table {page:#x}: 512 x {}",
@@ -327,10 +352,10 @@ fn context(h: &mut Harness, c: &mut Choices) -> Result<(), String> {
             };
             let aw = if c.chance(5) { c.below(8) } else { aw };
             let tt = c.pick(&[0, 0, 0, 0, 0, 0, 2, 2, 1, 3]);
-            let slpt = if c.chance(70) {
-                h.page(c)
-            } else {
-                POOL + c.below(POOL_PAGES) * 0x1000
+            let slpt = match c.below(10) {
+                0..=5 if lo & 1 != 0 => lo & ((1 << 48) - 1) & !0xfff,
+                6..=7 => h.page(c),
+                _ => POOL + c.below(POOL_PAGES) * 0x1000,
             };
             lo = slpt | (tt << 2) | (c.below(2) << 1) | 1;
             hi = (u64::from(dids(c)) << 8) | aw;
@@ -366,7 +391,7 @@ fn descriptor(h: &Harness, c: &mut Choices) -> (u64, u64) {
             )
         }
         3..=9 => {
-            let (g, did) = (c.pick(&[1, 2, 3, 3, 3]), dids(c));
+            let (g, did) = (c.pick(&[1, 2, 3, 3, 3]), live_did(h, c));
             let lo = 2 | (g << 4) | (c.below(4) << 6) | (u64::from(did) << 16);
             (lo, psi_addr(h, c) | (c.below(2) << 6) | am(c))
         }
@@ -432,8 +457,9 @@ fn recover_queue(h: &mut Harness, c: &mut Choices) -> Result<(), String> {
 
 fn gcmd(h: &mut Harness, c: &mut Choices) -> Result<(), String> {
     let g = h.gsts() & !GCMD_ONE_SHOT;
-    let v = match c.below(8) {
-        0..=1 => g ^ GCMD_TE,
+    let v = match c.below(9) {
+        0 => g ^ GCMD_TE,
+        1 => g | GCMD_TE,
         2 => g ^ GCMD_QIE,
         3..=4 => g ^ GCMD_IRE,
         5 => g ^ GCMD_CFI,
@@ -600,7 +626,7 @@ impl Harness<'_> {
         if iqa & IQA_DW_256 != 0 || head >= entries {
             return QueuePlan::Unjudged;
         }
-        if tail >= entries {
+        if tail >= entries && !self.caps.allow.qi_tail_modulo {
             // A tail beyond the queue is an invalidation queue error (11.4.11.2).
             return QueuePlan::Run {
                 items: Vec::new(),
@@ -608,6 +634,7 @@ impl Harness<'_> {
                 open_at: None,
             };
         }
+        let tail = tail % entries;
         let (mut items, mut at) = (Vec::new(), head);
         while at != tail {
             let addr = (iqa & IQA_ADDR_MASK).checked_add(16 * at);

@@ -27,6 +27,39 @@ pub struct Caps {
     pub pt: bool,
     pub dt: bool,
     pub ir: bool,
+    /// Known findings the reference reproduces instead of flagging (for surveys only).
+    pub allow: Allow,
+}
+
+/// Known findings (robustness study) a survey may choose to look past, so that the seeds
+/// it runs reach other bugs. The default allows none: the oracle is strict.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Allow {
+    /// F-SL-1: bit 7 of a 4 KiB entry faults as reserved.
+    pub sl_bit7: bool,
+    /// F-CTX-1: TT=01b (device-TLB) accepted without ECAP.DT.
+    pub tt_device_tlb: bool,
+    /// F-IR-2: handle + subhandle wraps at 16 bits.
+    pub ir_index_wrap: bool,
+    /// F-QI-2: a tail beyond the queue size is taken modulo the size.
+    pub qi_tail_modulo: bool,
+    /// F-CM-1/2/3: caching-mode walks unbounded in time and size (the generator then
+    /// fills no whole table with aliases or scattered leaves).
+    pub cm_unbounded: bool,
+}
+
+impl Allow {
+    /// Parses a comma-separated list of finding names (F-SL-1,F-CTX-1,F-IR-2,F-QI-2).
+    pub fn parse(s: &str) -> Self {
+        let has = |n: &str| s.split(',').any(|x| x.trim().eq_ignore_ascii_case(n));
+        Allow {
+            sl_bit7: has("F-SL-1"),
+            tt_device_tlb: has("F-CTX-1"),
+            ir_index_wrap: has("F-IR-2"),
+            qi_tail_modulo: has("F-QI-2"),
+            cm_unbounded: has("F-CM"),
+        }
+    }
 }
 
 impl Caps {
@@ -37,6 +70,7 @@ impl Caps {
             pt: ecap & (1 << 6) != 0,
             dt: ecap & (1 << 2) != 0,
             ir: ecap & (1 << 3) != 0,
+            allow: Allow::default(),
         }
     }
 }
@@ -86,7 +120,7 @@ pub fn context(mem: &GuestMemoryMmap, rta: u64, bdf: Bdf, caps: &Caps) -> RefCtx
     let tt = (lo >> 2) & 3;
     let translated = match tt {
         0 => true,
-        1 => caps.dt,
+        1 => caps.dt || caps.allow.tt_device_tlb,
         2 if caps.pt => {
             return RefCtx::Usable {
                 did,
@@ -125,6 +159,9 @@ fn decode_pte(e: u64, level: u64, caps: &Caps) -> Pte {
     let addr = e & HAW_MASK & !0xfff;
     // PS (bit 7): ignored in a 4 KiB PTE, a 2 MiB / 1 GiB page at levels 2 / 3 when SLLPS
     // has it, reserved otherwise.
+    if level == 1 && e & PTE_PS != 0 && caps.allow.sl_bit7 {
+        return Pte::Fault;
+    }
     let superpage = level > 1 && e & PTE_PS != 0;
     if superpage {
         let supported = match level {
