@@ -81,7 +81,10 @@ fn fuzz_unit_against_reference_model() {
                     );
                     failures.push((seed, msg));
                 }
-                Err(_) => failures.push((seed, "panic (message above)".to_string())),
+                Err(_) => {
+                    eprintln!("MINIVMM_FUZZ_SEED={seed}: panic (message above)");
+                    failures.push((seed, "panic (message above)".to_string()));
+                }
             }
             if !failures.is_empty() && !keep_going {
                 break;
