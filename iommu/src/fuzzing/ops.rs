@@ -425,7 +425,11 @@ fn queue_batch(h: &mut Harness, c: &mut Choices) -> Result<(), String> {
     let entries = 256u64 << (iqa & IQA_QS_MASK);
     let base = iqa & IQA_ADDR_MASK;
     let tail = (h.rd(IQT_REG) >> IQ_INDEX_SHIFT) % entries;
-    let n = 1 + c.below(6);
+    let n = 1 + if c.chance(10) {
+        c.below(64)
+    } else {
+        c.below(6)
+    };
     for i in 0..n {
         let (lo, hi) = descriptor(h, c);
         let at = base.wrapping_add(16 * ((tail + i) % entries));
@@ -443,6 +447,26 @@ fn queue_batch(h: &mut Harness, c: &mut Choices) -> Result<(), String> {
 /// After a queue error: clear IQE, restart the queue at a (possibly new) size.
 fn recover_queue(h: &mut Harness, c: &mut Choices) -> Result<(), String> {
     let g = h.gsts() & !GCMD_ONE_SHOT;
+    if c.chance(3) {
+        // Moves the queue while it is enabled (software must not; hardware must survive).
+        // First run the head past a page of descriptors (global IEC invalidations).
+        let qs = 1 + c.below(3);
+        h.reg_write(FSTS_REG, u64::from(FSTS_IQE), 4)?;
+        h.reg_write(GCMD_REG, u64::from(g & !GCMD_QIE), 4)?;
+        h.reg_write(IQA_REG, QUEUE | qs, 8)?;
+        h.reg_write(IQT_REG, 0, 8)?;
+        h.reg_write(GCMD_REG, u64::from(g | GCMD_QIE), 4)?;
+        let n = 256 + c.below(144);
+        for i in 0..n {
+            h.w64(QUEUE + 16 * i, 0x4);
+            h.w64(QUEUE + 16 * i + 8, 0);
+        }
+        h.reg_write(IQT_REG, n << IQ_INDEX_SHIFT, 8)?;
+        let r = c.u64() & !0xfff;
+        let base = c.pick(&[QUEUE, 0xffff_ffff_ffff_f000, r]);
+        h.reg_write(IQA_REG, base | qs, 8)?;
+        return h.reg_write(IQT_REG, (n + 1 + c.below(4)) << IQ_INDEX_SHIFT, 8);
+    }
     h.reg_write(FSTS_REG, u64::from(FSTS_IQE), 4)?;
     h.reg_write(GCMD_REG, u64::from(g & !GCMD_QIE), 4)?;
     let base = if c.chance(95) {
