@@ -1,8 +1,10 @@
-//! The seeded run of the differential fuzzer (`crate::fuzzing`): a few seconds by default,
-//! longer with `MINIVMM_FUZZ_SECS`; `MINIVMM_FUZZ_SEED=<n>` replays one seed (printing its
-//! operations with `--nocapture`); `MINIVMM_FUZZ_KEEP_GOING=1` surveys seeds past failures
-//! (hangs excepted); `MINIVMM_FUZZ_ALLOW=F-SL-1,F-CTX-1,F-IR-2,F-QI-2,F-CM` looks past those known
-//! findings (surveys only). Every failure prints its seed.
+//! The seeded run of the differential fuzzer (`crate::fuzzing`): seeds from 1 (or
+//! `MINIVMM_FUZZ_FIRST`) for a few seconds by default, longer with `MINIVMM_FUZZ_SECS`.
+//! `MINIVMM_FUZZ_SEED=<n>` replays one seed (printing its operations with `--nocapture`);
+//! `MINIVMM_FUZZ_KEEP_GOING=1` surveys seeds past failures (hangs excepted);
+//! `MINIVMM_FUZZ_ALLOW=F-SL-1,F-CTX-1,F-IR-2,F-QI-2,F-CM` looks past those known findings
+//! (surveys only). Every failure prints its seed and the operations that led to it:
+//!   MINIVMM_FUZZ_SECS=60 cargo test -p iommu --lib tests_fuzz -- --ignored --nocapture
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -31,7 +33,7 @@ struct Progress {
 #[test]
 #[ignore = "trips open findings on today's code: F-IOTLB-1, F-CTX-1, F-SL-1, F-IR-1, F-IR-2, \
             F-QI-1, F-QI-2, F-PT-1, F-CM-1/2/3 (hang); un-ignore once they are fixed"]
-fn fuzz_unit_against_reference_model() {
+fn fuzz_random_guest_operations_match_reference_model() {
     let one = env_u64("MINIVMM_FUZZ_SEED");
     let secs = std::env::var("MINIVMM_FUZZ_SECS")
         .ok()
