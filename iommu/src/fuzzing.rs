@@ -86,8 +86,20 @@ impl Choices<'_> {
         self.u64() % n.max(1)
     }
 
+    /// True with probability `pct`%. From fuzz bytes, zeros mean the common choice.
     pub fn chance(&mut self, pct: u64) -> bool {
-        self.below(100) < pct
+        match self {
+            Choices::Rng(_) => self.below(100) < pct,
+            Choices::Bytes(_) => self.below(100) >= 100 - pct.min(100),
+        }
+    }
+
+    /// True once in `n` draws (a rare event; never for zero bytes).
+    pub fn one_in(&mut self, n: u64) -> bool {
+        match self {
+            Choices::Rng(_) => self.below(n) == 0,
+            Choices::Bytes(_) => self.below(n) == n - 1,
+        }
     }
 
     pub fn pick<T: Copy>(&mut self, v: &[T]) -> T {
@@ -580,13 +592,15 @@ pub fn run_seed(
 
 /// Runs the operations `data` encodes and panics on an oracle failure (the cargo-fuzz entry
 /// point).
+///
+/// `MINIVMM_FUZZ_ALLOW` (as for the seeded test) looks past known findings.
 pub fn run_bytes(data: &[u8]) {
     let mut c = Choices::Bytes(data);
     let mut progress = |_: &str| {};
     let mut h = Harness::new(
         &mut c,
         Duration::from_secs(2),
-        oracle::Allow::default(),
+        oracle::Allow::parse(&std::env::var("MINIVMM_FUZZ_ALLOW").unwrap_or_default()),
         &mut progress,
     );
     if let Err(f) = h.run(&mut c, 2000) {

@@ -438,7 +438,7 @@ fn queue_batch(h: &mut Harness, c: &mut Choices) -> Result<(), String> {
         h.w64(at.wrapping_add(8), hi);
     }
     let mut new_tail = (tail + n) % entries;
-    if c.below(200) == 0 && entries < 0x8000 {
+    if c.one_in(200) && entries < 0x8000 {
         new_tail = entries + c.below(0x8000 - entries);
     }
     h.reg_write(IQT_REG, new_tail << IQ_INDEX_SHIFT, 8)
