@@ -9,6 +9,8 @@ pub mod caching_mode;
 pub mod config;
 mod fault_reason;
 pub mod faults;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod interrupt_remapping;
 pub mod invalidation_queue;
 mod iotlb;

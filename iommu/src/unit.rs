@@ -693,6 +693,8 @@ mod tests;
 #[cfg(test)]
 mod tests_bounds;
 #[cfg(test)]
+mod tests_fuzz;
+#[cfg(test)]
 mod tests_host_effects;
 #[cfg(test)]
 mod tests_interrupts;
