@@ -71,3 +71,5 @@ pub const PCI_IO_SIZE: u16 = 0x4000;
 /// IOAPIC pins; PCI INTx use 16..=23 (see devices::pci for the swizzle).
 pub const IOAPIC_NUM_PINS: usize = 24;
 const _: () = assert!(ACPI_START + ACPI_SIZE <= RESET_STUB_PAGE);
+/// The highest RAM below 4 GiB may reach (and its default end): the 32-bit PCI MMIO window.
+pub const LOW_RAM_END_MAX: u64 = MMIO32_START;

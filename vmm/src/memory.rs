@@ -6,7 +6,7 @@ use vm_memory::{
     GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress,
 };
 
-use crate::layout::{MMIO32_START, RAM_HIGH_START};
+use crate::config::MemoryConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {
@@ -18,15 +18,6 @@ pub enum MemoryError {
     Allocate(String),
     #[error("Cannot register guest RAM with KVM: {0}")]
     Register(kvm_ioctls::Error),
-}
-
-/// RAM ranges (start, size): below the 32-bit PCI hole, the rest from 4 GiB.
-pub fn ram_ranges(size: u64) -> Vec<(u64, u64)> {
-    if size <= MMIO32_START {
-        vec![(0, size)]
-    } else {
-        vec![(0, MMIO32_START), (RAM_HIGH_START, size - MMIO32_START)]
-    }
 }
 
 /// MemAvailable + SwapFree from /proc/meminfo, in bytes (None if unreadable).
@@ -44,7 +35,8 @@ fn host_available() -> Option<u64> {
 }
 
 /// Maps guest RAM in this process.
-pub fn create(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
+pub fn create(config: &MemoryConfig) -> Result<GuestMemoryMmap, MemoryError> {
+    let size = config.size;
     if let Some(avail) = host_available() {
         if size > avail {
             return Err(MemoryError::TooLarge {
@@ -53,7 +45,8 @@ pub fn create(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
             });
         }
     }
-    let ranges: Vec<(GuestAddress, usize)> = ram_ranges(size)
+    let ranges: Vec<(GuestAddress, usize)> = config
+        .ram_ranges()
         .into_iter()
         .map(|(s, l)| (GuestAddress(s), l as usize))
         .collect();
@@ -105,28 +98,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ram_below_hole_is_one_range() {
-        assert_eq!(ram_ranges(512 << 20), vec![(0, 512 << 20)]);
-        assert_eq!(ram_ranges(MMIO32_START), vec![(0, MMIO32_START)]);
-    }
-
-    #[test]
-    fn ram_above_hole_continues_at_4g() {
-        assert_eq!(
-            ram_ranges(4 << 30),
-            vec![
-                (0, MMIO32_START),
-                (RAM_HIGH_START, (4 << 30) - MMIO32_START)
-            ]
-        );
-    }
-
-    #[test]
     fn guest_ram_asks_for_huge_pages() {
         if !std::path::Path::new("/sys/kernel/mm/transparent_hugepage/enabled").exists() {
             return; // no THP in this kernel: nothing to ask for
         }
-        let mem = create(8 << 20).unwrap();
+        let mem = create(&MemoryConfig {
+            size: 8 << 20,
+            low_ram_end: crate::layout::LOW_RAM_END_MAX,
+        })
+        .unwrap();
         let start = mem.iter().next().unwrap().as_ptr() as usize;
         let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
         // The VmFlags line of the mapping that starts at `start`.
@@ -144,6 +124,12 @@ mod tests {
 
     #[test]
     fn memory_larger_than_host_is_refused() {
-        assert!(matches!(create(1 << 50), Err(MemoryError::TooLarge { .. })));
+        assert!(matches!(
+            create(&MemoryConfig {
+                size: 1 << 50,
+                low_ram_end: crate::layout::LOW_RAM_END_MAX,
+            }),
+            Err(MemoryError::TooLarge { .. })
+        ));
     }
 }

@@ -33,7 +33,7 @@ use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
-use crate::cli::{Cli, DeviceKind, SerialMode};
+use crate::config::{DeviceConfig, SerialConfig, VmConfig};
 use crate::console::ConsoleOut;
 use crate::control::VmControl;
 use crate::event_loop::{StdinHandler, StopHandler};
@@ -83,8 +83,8 @@ pub enum VmError {
     Sandbox(String),
     #[error("Stopped by signal {0} during setup")]
     Stopped(i32),
-    #[error("--vfio behind --iommu needs caching-mode=on: without it the guest's mappings cannot be followed")]
-    VfioNeedsCachingMode,
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
 }
 
 /// KVM_X2APIC_API flags (Documentation/virt/kvm/api.rst 7.13).
@@ -187,13 +187,13 @@ fn pci_windows() -> Windows {
     }
 }
 
-fn acpi_config(cli: &Cli, prt: &[devices::pci::PrtRoute]) -> acpi::AcpiConfig {
+fn acpi_config(cfg: &VmConfig, prt: &[devices::pci::PrtRoute]) -> acpi::AcpiConfig {
     use devices::acpi_pm::{
         RESET_OFFSET, RESET_VALUE, S5_SLEEP_TYPE, SLEEP_CONTROL_OFFSET, SLEEP_STATUS_OFFSET,
     };
     let port = |off: u64| ACPI_PM_PORT + off as u16;
     acpi::AcpiConfig {
-        cpus: cli.cpus,
+        cpus: cfg.cpus,
         ioapic: acpi::IoApicInfo {
             id: IOAPIC_ID,
             address: IOAPIC_START as u32,
@@ -225,12 +225,12 @@ fn acpi_config(cli: &Cli, prt: &[devices::pci::PrtRoute]) -> acpi::AcpiConfig {
                     })
                     .collect(),
             },
-            serial: (cli.serial != SerialMode::Off).then_some((COM1_PORT, COM1_IRQ)),
+            serial: (cfg.serial != SerialConfig::Off).then_some((COM1_PORT, COM1_IRQ)),
             pvpanic: Some(PVPANIC_PORT),
             pm_ports: (ACPI_PM_PORT, ACPI_PM_SIZE as u8),
             s5_sleep_type: S5_SLEEP_TYPE,
         },
-        dmar: cli.iommu.map(|c| acpi::DmarConfig {
+        dmar: cfg.iommu.map(|c| acpi::DmarConfig {
             address_width: c.aw_bits,
             interrupt_remapping: c.interrupt_remapping,
             register_base: DRHD_START,
@@ -253,14 +253,11 @@ fn stop_point() -> Result<(), VmError> {
 }
 
 impl Vm {
-    pub fn build(cli: &Cli) -> Result<Vm, VmError> {
+    pub fn build(cfg: &VmConfig) -> Result<Vm, VmError> {
         devices::set_thread_start_hook(crate::seccomp::device_thread_started);
         // Host devices are checked before anything is set up.
-        if !cli.vfio.is_empty() && cli.iommu.is_some_and(|c| !c.caching_mode) {
-            return Err(VmError::VfioNeedsCachingMode);
-        }
-        let hosts = cli
-            .vfio
+        let hosts = cfg
+            .passthrough
             .iter()
             .map(|s| devices::vfio::check(s))
             .collect::<Result<Vec<_>, _>>()?;
@@ -291,7 +288,7 @@ impl Vm {
         vm.enable_cap(&cap)
             .map_err(|e| VmError::Kvm("KVM_ENABLE_CAP(X2APIC_API)", e))?;
 
-        let mem = memory::create(cli.memory)?;
+        let mem = memory::create(&cfg.memory)?;
         memory::register(&vm, &mem)?;
 
         let (control, stopped) = VmControl::new().map_err(|e| VmError::EventLoop(e.to_string()))?;
@@ -302,7 +299,7 @@ impl Vm {
         }
         let kvm_routes: Arc<KvmMsi> = Arc::new(KvmMsi::new(vm.clone()));
         let kvm_msi: Arc<dyn MsiTrigger> = kvm_routes.clone();
-        let iommu = cli.iommu.map(|cfg| {
+        let iommu = cfg.iommu.map(|cfg| {
             let unit = iommu::RemappingUnit::new(cfg, Box::new(UnitInterrupts(kvm_msi.clone())));
             Iommu::new(unit, mem.clone())
         });
@@ -336,11 +333,11 @@ impl Vm {
                 Arc::new(Mutex::new(DrhdRegisters(i.clone()))),
             )?;
         }
-        let (serial, console) = match &cli.serial {
-            SerialMode::Off => (None, None),
+        let (serial, console) = match &cfg.serial {
+            SerialConfig::Off => (None, None),
             mode => {
                 let out: Box<dyn Write + Send> = match mode {
-                    SerialMode::File(p) => {
+                    SerialConfig::File(p) => {
                         Box::new(File::create(p).map_err(|e| VmError::SerialFile(p.clone(), e))?)
                     }
                     _ => Box::new(std::io::stdout()),
@@ -366,7 +363,7 @@ impl Vm {
         pio.insert(
             FW_CFG_PORT.into(),
             FW_CFG_PORT_SIZE,
-            Arc::new(Mutex::new(FwCfg::new(cli.memory, cli.cpus as u16))),
+            Arc::new(Mutex::new(FwCfg::new(cfg.memory.size, cfg.cpus as u16))),
         )?;
         pio.insert(
             I8042_BASE.into(),
@@ -378,7 +375,7 @@ impl Vm {
             1,
             Arc::new(Mutex::new(PvPanic::new(control.clone()))),
         )?;
-        if let Some(d) = cli.debug_exit {
+        if let Some(d) = cfg.debug_exit {
             pio.insert(
                 d.iobase.into(),
                 d.iosize.into(),
@@ -392,7 +389,7 @@ impl Vm {
             Some(i) => Arc::new(IommuDma(i.clone())),
             None => Arc::new(DirectDma(mem.clone())),
         };
-        for (n, kind) in cli.devices.iter().enumerate() {
+        for (n, kind) in cfg.devices.iter().enumerate() {
             let slot = u8::try_from(n + 1)
                 .ok()
                 .filter(|s| usize::from(*s) < devices::pci::root::NUM_DEVICES)
@@ -403,7 +400,7 @@ impl Vm {
                 pin: intx_gsi(slot, 1) as usize,
             });
             let dev = match kind {
-                DeviceKind::Edu => EduDevice::new(address, dma.clone(), msi.clone(), intx),
+                DeviceConfig::Edu => EduDevice::new(address, dma.clone(), msi.clone(), intx),
             };
             lock(&pci).add_device(Arc::new(Mutex::new(dev)), Some(slot))?;
             log::info!("{kind:?} device at {address}");
@@ -418,7 +415,7 @@ impl Vm {
         };
         let mut passthrough = Vec::new();
         for (n, host) in hosts.iter().enumerate() {
-            let slot = u8::try_from(cli.devices.len() + n + 1)
+            let slot = u8::try_from(cfg.devices.len() + n + 1)
                 .ok()
                 .filter(|s| usize::from(*s) < devices::pci::root::NUM_DEVICES)
                 .ok_or(PciError::BusFull)?;
@@ -455,17 +452,17 @@ impl Vm {
             &mem,
             GuestAddress(ACPI_START),
             ACPI_SIZE,
-            &acpi_config(cli, &prt),
+            &acpi_config(cfg, &prt),
         )?;
 
-        let ram = memory::ram_ranges(cli.memory);
+        let ram = cfg.memory.ram_ranges();
         let layout = boot_layout(ram);
         let boot = firmware::load(
             &mem,
             &BootConfig {
-                kernel: &cli.kernel,
-                initramfs: cli.initramfs.as_deref(),
-                cmdline: &cli.cmdline,
+                kernel: &cfg.boot.kernel,
+                initramfs: cfg.boot.initramfs.as_deref(),
+                cmdline: &cfg.boot.cmdline,
                 layout: &layout,
                 rsdp: Some(rsdp),
             },
@@ -482,11 +479,11 @@ impl Vm {
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(|e| VmError::Kvm("KVM_GET_SUPPORTED_CPUID", e))?;
         let mut vcpus = Vec::new();
-        for id in 0..cli.cpus {
+        for id in 0..cfg.cpus {
             let fd = vm
                 .create_vcpu(id.into())
                 .map_err(|e| VmError::Kvm("KVM_CREATE_VCPU", e))?;
-            vcpu::configure(&fd, id, cli.cpus, &supported, (id == 0).then_some(&boot))?;
+            vcpu::configure(&fd, id, cfg.cpus, &supported, (id == 0).then_some(&boot))?;
             vcpus.push(fd);
         }
 
@@ -503,7 +500,7 @@ impl Vm {
                 kvm: kvm_routes,
                 passthrough,
             },
-            stdin: matches!(cli.serial, SerialMode::Stdio),
+            stdin: matches!(cfg.serial, SerialConfig::Stdio),
             serial,
             console,
             control,
