@@ -19,13 +19,13 @@ use devices::i8042::{I8042Reset, I8042_BASE, I8042_SIZE};
 use devices::interrupt::{InterruptRoutes, IrqfdRouting, MsiTrigger};
 use devices::ioapic::{Ioapic, IoapicPin};
 use devices::pci::host_bridge::HostBridge;
-use devices::pci::root::{PciError, Windows};
+use devices::pci::root::PciError;
 use devices::pci::{intx_gsi, PciConfigIo, PciConfigMmio, PciRoot, PciWindow};
 use devices::pvpanic::{PvPanic, PVPANIC_PORT};
 use devices::serial::{SerialDevice, SERIAL_PORT_SIZE};
 use devices::Bdf;
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
-use firmware::{BootConfig, BootLayout, BootStructures};
+use firmware::BootConfig;
 use kvm_bindings::{
     kvm_enable_cap, KVM_CAP_SPLIT_IRQCHIP, KVM_CAP_X2APIC_API, KVM_MAX_CPUID_ENTRIES,
 };
@@ -90,13 +90,6 @@ pub enum VmError {
 /// KVM_X2APIC_API flags (Documentation/virt/kvm/api.rst 7.13).
 const KVM_X2APIC_API_USE_32BIT_IDS: u64 = 1 << 0;
 const KVM_X2APIC_API_DISABLE_BROADCAST_QUIRK: u64 = 1 << 1;
-/// Where KVM puts its TSS and identity-map pages on Intel (must not overlap RAM or MMIO).
-const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
-const KVM_IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
-/// The IOAPIC's APIC ID and its requester id (device 0x1e of bus 0, as in the DMAR scope).
-pub const IOAPIC_ID: u8 = 0;
-pub const IOAPIC_SOURCE: Bdf = Bdf::new(0, 0x1e, 0);
-
 /// What the state dump (SIGUSR1, and at exit with RUST_LOG=info) shows.
 struct StateView {
     ioapic: Arc<Mutex<Ioapic>>,
@@ -155,36 +148,6 @@ pub struct Vm {
     stdin: bool,
     control: Arc<VmControl>,
     stopped: Receiver<StopReason>,
-}
-
-fn boot_layout(ram: Vec<(u64, u64)>) -> BootLayout {
-    BootLayout {
-        structures: BootStructures {
-            gdt: GuestAddress(BOOT_GDT_START),
-            idt: GuestAddress(BOOT_IDT_START),
-            pml4: GuestAddress(PML4_START),
-            pdpte: GuestAddress(PDPTE_START),
-            pde: GuestAddress(PDE_START),
-            stack_pointer: BOOT_STACK_POINTER,
-        },
-        boot_info: GuestAddress(ZERO_PAGE_START),
-        cmdline: GuestAddress(CMDLINE_START),
-        cmdline_max: CMDLINE_MAX_SIZE,
-        high_mem_start: GuestAddress(HIGH_MEM_START),
-        ram,
-        reserved: vec![
-            (LOW_MEM_END, HIGH_MEM_START - LOW_MEM_END),
-            (ECAM_START, ECAM_SIZE),
-        ],
-    }
-}
-
-fn pci_windows() -> Windows {
-    Windows {
-        io: (PCI_IO_START.into(), PCI_IO_SIZE.into()),
-        mmio32: (MMIO32_START, MMIO32_SIZE),
-        mmio64: (MMIO64_START, MMIO64_SIZE),
-    }
 }
 
 fn acpi_config(cfg: &VmConfig, prt: &[devices::pci::PrtRoute]) -> acpi::AcpiConfig {
@@ -269,9 +232,9 @@ impl Vm {
             kvm.create_vm()
                 .map_err(|e| VmError::Kvm("KVM_CREATE_VM", e))?,
         );
-        vm.set_tss_address(KVM_TSS_ADDRESS)
+        vm.set_tss_address(KVM_TSS_START as usize)
             .map_err(|e| VmError::Kvm("KVM_SET_TSS_ADDR", e))?;
-        vm.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
+        vm.set_identity_map_address(KVM_IDENTITY_MAP_START)
             .map_err(|e| VmError::Kvm("KVM_SET_IDENTITY_MAP_ADDR", e))?;
         let mut cap = kvm_enable_cap {
             cap: KVM_CAP_SPLIT_IRQCHIP,
