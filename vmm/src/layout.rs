@@ -86,6 +86,9 @@ pub const PCI_IO_SIZE: u16 = 0x4000;
 
 /// IOAPIC pins; PCI INTx use 16..=23 (see devices::pci for the swizzle).
 pub const IOAPIC_NUM_PINS: usize = 24;
+/// The IOAPIC pins PCI INTx lines are swizzled onto (devices::pci::intx_gsi).
+pub const PCI_INTX_FIRST_PIN: u32 = 16;
+pub const PCI_INTX_PINS: u32 = 8;
 const _: () = assert!(ACPI_START + ACPI_SIZE <= RESET_STUB_PAGE);
 const _: () = assert!(KVM_IDENTITY_MAP_START + 0x1000 == KVM_TSS_START);
 const _: () = assert!(LAPIC_START + LAPIC_SIZE <= KVM_IDENTITY_MAP_START);

@@ -5,6 +5,7 @@ mod config;
 mod console;
 mod control;
 mod cpuid;
+mod device_manager;
 mod event_loop;
 mod exit;
 mod interrupts;

@@ -1,7 +1,11 @@
-//! Guest RAM: the ranges for a RAM size, their anonymous host mappings, and KVM memory slots.
+//! Guest RAM: its anonymous host mappings, and the KVM memory slots that RAM and BAR mappings
+//! (later firmware flash) take from one allocator.
+
+use std::sync::{Arc, Mutex};
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
+use vm_allocator::IdAllocator;
 use vm_memory::{
     GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress,
 };
@@ -17,7 +21,44 @@ pub enum MemoryError {
     #[error("Cannot allocate guest RAM: {0}")]
     Allocate(String),
     #[error("Cannot register guest RAM with KVM: {0}")]
-    Register(kvm_ioctls::Error),
+    Register(#[source] kvm_ioctls::Error),
+    #[error("KVM memory slots: {0}")]
+    Slots(#[source] vm_allocator::Error),
+}
+
+/// KVM memory slot numbers (0 .. KVM_CAP_NR_MEMSLOTS): RAM, BAR mappings and, later, firmware
+/// flash all take theirs here, so no two owners can pick the same one.
+pub struct MemSlots(Mutex<IdAllocator>);
+
+impl MemSlots {
+    /// `count` slots, as KVM_CAP_NR_MEMSLOTS reports.
+    pub fn new(count: usize) -> Result<Self, MemoryError> {
+        let last = u32::try_from(count)
+            .ok()
+            .and_then(|c| c.checked_sub(1))
+            .ok_or(MemoryError::Slots(vm_allocator::Error::InvalidSize(
+                count as u64,
+            )))?;
+        Ok(MemSlots(Mutex::new(
+            IdAllocator::new(0, last).map_err(MemoryError::Slots)?,
+        )))
+    }
+
+    /// A free slot.
+    pub fn allocate(&self) -> Result<u32, MemoryError> {
+        lock(&self.0).allocate_id().map_err(MemoryError::Slots)
+    }
+
+    /// Gives `slot` back.
+    pub fn free(&self, slot: u32) {
+        if let Err(e) = lock(&self.0).free_id(slot) {
+            log::warn!("KVM memory slot {slot}: {e}");
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// MemAvailable + SwapFree from /proc/meminfo, in bytes (None if unreadable).
@@ -74,10 +115,10 @@ fn advise_huge_pages(addr: *mut u8, len: usize) {
 }
 
 /// Registers every RAM region as a KVM memory slot.
-pub fn register(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), MemoryError> {
-    for (slot, region) in mem.iter().enumerate() {
+pub fn register(vm: &VmFd, mem: &GuestMemoryMmap, slots: &MemSlots) -> Result<(), MemoryError> {
+    for region in mem.iter() {
         let r = kvm_userspace_memory_region {
-            slot: slot as u32,
+            slot: slots.allocate()?,
             guest_phys_addr: region.start_addr().0,
             memory_size: region.len(),
             userspace_addr: region
@@ -93,9 +134,72 @@ pub fn register(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), MemoryError> {
     Ok(())
 }
 
+/// BARs mapped into the guest as KVM memory slots.
+pub struct KvmMmioMapper {
+    vm: Arc<VmFd>,
+    slots: Arc<MemSlots>,
+}
+
+impl KvmMmioMapper {
+    pub fn new(vm: Arc<VmFd>, slots: Arc<MemSlots>) -> Self {
+        KvmMmioMapper { vm, slots }
+    }
+
+    fn set(&self, slot: u32, gpa: u64, size: u64, host: usize) -> Result<(), kvm_ioctls::Error> {
+        let region = kvm_userspace_memory_region {
+            slot,
+            guest_phys_addr: gpa,
+            memory_size: size,
+            userspace_addr: host as u64,
+            flags: 0,
+        };
+        // SAFETY: `host..host + size` is a live mmap() of a VFIO region owned by the device,
+        // which removes the slot (size 0 here) before it unmaps the region; a size of 0 only
+        // deletes the slot.
+        unsafe { self.vm.set_user_memory_region(region) }
+    }
+}
+
+impl devices::vfio::GuestMmioMapper for KvmMmioMapper {
+    fn map(&self, gpa: u64, size: u64, host: usize) -> Result<u32, String> {
+        let slot = self.slots.allocate().map_err(|e| e.to_string())?;
+        if let Err(e) = self.set(slot, gpa, size, host) {
+            self.slots.free(slot);
+            return Err(e.to_string());
+        }
+        Ok(slot)
+    }
+
+    fn unmap(&self, slot: u32) {
+        if let Err(e) = self.set(slot, 0, 0, 0) {
+            log::warn!("KVM: removing BAR memory slot {slot}: {e}");
+        }
+        self.slots.free(slot);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memslots_are_unique_until_freed() {
+        let slots = MemSlots::new(3).unwrap();
+        let (a, b, c) = (
+            slots.allocate().unwrap(),
+            slots.allocate().unwrap(),
+            slots.allocate().unwrap(),
+        );
+        assert_eq!((a, b, c), (0, 1, 2));
+        assert!(matches!(slots.allocate(), Err(MemoryError::Slots(_))));
+        slots.free(b);
+        assert_eq!(slots.allocate().unwrap(), b);
+    }
+
+    #[test]
+    fn memslots_zero_count_is_refused() {
+        assert!(matches!(MemSlots::new(0), Err(MemoryError::Slots(_))));
+    }
 
     #[test]
     fn guest_ram_asks_for_huge_pages() {
