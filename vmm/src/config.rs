@@ -183,7 +183,7 @@ pub fn serial_from_options(s: &str) -> Result<SerialConfig, OptionError> {
 pub fn debug_exit_from_options(s: &str) -> Result<DebugExitConfig, OptionError> {
     let o = Options::parse("debug-exit", s, &["iobase", "iosize"], false)?;
     let iobase = o.number("iobase", layout::DEBUG_EXIT_PORT.into(), 0..=0xffff)? as u16;
-    let iosize = o.number("iosize", 4, 1..=8)? as u16;
+    let iosize = o.number("iosize", layout::DEBUG_EXIT_SIZE.into(), 1..=8)? as u16;
     if u32::from(iobase) + u32::from(iosize) > 0x1_0000 {
         return Err(o.invalid(
             "iosize",

@@ -10,7 +10,6 @@ mod event_loop;
 mod exit;
 mod interrupts;
 mod iommu;
-#[allow(dead_code)]
 mod layout;
 mod lifecycle;
 mod memory;

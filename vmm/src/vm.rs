@@ -31,11 +31,11 @@ use crate::vcpu::{self, VcpuContext, VcpuError};
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
     #[error("Cannot open /dev/kvm: {0} (is KVM available, and may this user use it?)")]
-    KvmOpen(kvm_ioctls::Error),
+    KvmOpen(#[source] kvm_ioctls::Error),
     #[error("KVM lacks {0}, which minivmm needs")]
     KvmCapability(&'static str),
     #[error("KVM: {0} failed: {1}")]
-    Kvm(&'static str, kvm_ioctls::Error),
+    Kvm(&'static str, #[source] kvm_ioctls::Error),
     #[error(transparent)]
     Memory(#[from] MemoryError),
     #[error(transparent)]
@@ -49,7 +49,7 @@ pub enum VmError {
     #[error("Event loop: {0}")]
     EventLoop(String),
     #[error("Cannot start a thread: {0}")]
-    Thread(std::io::Error),
+    Thread(#[source] std::io::Error),
     #[error("--vfio: {0}")]
     HostDevice(#[from] devices::vfio::HostDeviceError),
     #[error("{0}")]
