@@ -192,33 +192,12 @@ impl Vm {
         }
     }
 
-    /// Runs the VM until it stops, and returns why.
-    pub fn run(mut self) -> Result<StopReason, VmError> {
-        extern "C" fn kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
-        register_signal_handler(SIGRTMIN(), kick)
-            .map_err(|e| VmError::EventLoop(format!("signal handler: {e}")))?;
-        extern "C" fn dump_request(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
-            DUMP_REQUESTED.store(true, Ordering::Release);
-        }
-        register_signal_handler(libc::SIGUSR1, dump_request)
-            .map_err(|e| VmError::EventLoop(format!("signal handler: {e}")))?;
-        // A stop signal during setup ends the VM before any vCPU runs.
-        if let Some(sig) = crate::lifecycle::stop_signal() {
-            return Ok(StopReason::Signal(sig));
-        }
-        let stop = Arc::new(AtomicBool::new(false));
-        let dump = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let ctx = Arc::new(VcpuContext {
-            pio: self.devices.pio().clone(),
-            mmio: self.devices.mmio().clone(),
-            eoi: Arc::new(IoapicEoi(self.devices.ioapic().clone())),
-            stop: stop.clone(),
-            stopped: self.control.sender(),
-            dump: dump.clone(),
-        });
+    /// Starts one thread per vCPU; each sandboxes itself first, then runs its vCPU until
+    /// the stop flag or an exit ends it.
+    fn spawn_vcpus(&mut self, ctx: &Arc<VcpuContext>) -> Result<Vec<JoinHandle<()>>, VmError> {
         let mut threads: Vec<JoinHandle<()>> = Vec::new();
         for (id, fd) in std::mem::take(&mut self.vcpus).into_iter().enumerate() {
-            let ctx = ctx.clone();
+            let ctx = Arc::clone(ctx);
             let control = self.control.clone();
             let t = std::thread::Builder::new()
                 .name(format!("vcpu{id}"))
@@ -237,6 +216,27 @@ impl Vm {
                 .map_err(VmError::Thread)?;
             threads.push(t);
         }
+        Ok(threads)
+    }
+
+    /// Runs the VM until it stops, and returns why.
+    pub fn run(mut self) -> Result<StopReason, VmError> {
+        install_signal_handlers()?;
+        // A stop signal during setup ends the VM before any vCPU runs.
+        if let Some(sig) = crate::lifecycle::stop_signal() {
+            return Ok(StopReason::Signal(sig));
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let dump = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let ctx = Arc::new(VcpuContext {
+            pio: self.devices.pio().clone(),
+            mmio: self.devices.mmio().clone(),
+            eoi: Arc::new(IoapicEoi(self.devices.ioapic().clone())),
+            stop: stop.clone(),
+            stopped: self.control.sender(),
+            dump: dump.clone(),
+        });
+        let threads = self.spawn_vcpus(&ctx)?;
 
         let stopping = Arc::new(AtomicBool::new(false));
         let mut em = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new()
@@ -295,17 +295,34 @@ impl Vm {
         self.flush_console();
         log::info!("state at exit:\n{}", self.devices.state_dump());
 
-        stop.store(true, Ordering::Release);
-        for t in &threads {
-            while !t.is_finished() {
-                let _ = t.kill(SIGRTMIN());
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        }
-        for t in threads {
-            let _ = t.join();
-        }
+        stop_vcpus(&stop, threads);
         drop(self.vm);
         Ok(reason)
+    }
+}
+
+/// SIGRTMIN kicks a vCPU out of KVM_RUN; SIGUSR1 asks for the state dump.
+fn install_signal_handlers() -> Result<(), VmError> {
+    extern "C" fn kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+    register_signal_handler(SIGRTMIN(), kick)
+        .map_err(|e| VmError::EventLoop(format!("signal handler: {e}")))?;
+    extern "C" fn dump_request(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+        DUMP_REQUESTED.store(true, Ordering::Release);
+    }
+    register_signal_handler(libc::SIGUSR1, dump_request)
+        .map_err(|e| VmError::EventLoop(format!("signal handler: {e}")))
+}
+
+/// Sets the stop flag and kicks every vCPU thread out of KVM_RUN until it has ended.
+fn stop_vcpus(stop: &AtomicBool, threads: Vec<JoinHandle<()>>) {
+    stop.store(true, Ordering::Release);
+    for t in &threads {
+        while !t.is_finished() {
+            let _ = t.kill(SIGRTMIN());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    for t in threads {
+        let _ = t.join();
     }
 }
