@@ -179,3 +179,6 @@ pub fn stop_point() -> Result<(), DeviceManagerError> {
         None => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests;
