@@ -32,10 +32,10 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=255))]
     pub cpus: u32,
 
-    /// Guest RAM, with an optional K, M or G suffix (bytes without one). Optional setting:
-    /// low-ram-end=ADDR, where RAM below 4 GiB ends (a multiple of 2M, at most and by default
-    /// 0xc0000000); the rest is placed from 4 GiB. Written SIZE or size=SIZE,low-ram-end=ADDR.
-    #[arg(long, value_name = "SIZE[,OPTIONS]", default_value = "512M")]
+    /// Guest RAM: SIZE with an optional K, M or G suffix (bytes without one), or
+    /// size=SIZE,low-ram-end=ADDR to also set where RAM below 4 GiB ends (a multiple of 2M, at
+    /// most and by default 0xc0000000); the rest of the RAM is placed from 4 GiB.
+    #[arg(long, value_name = "SIZE|OPTIONS", default_value = "512M")]
     pub memory: String,
 
     /// Where the guest's COM1 goes: stdio, file=PATH, or off.
@@ -50,7 +50,7 @@ pub struct Cli {
     /// Put every PCI device behind an emulated Intel VT-d IOMMU (DMAR table, DRHD registers at
     /// 0xfed90000). Options, comma-separated: intremap=on|off (interrupt remapping, default
     /// on), caching-mode=on|off (default on), aw-bits=39|48 (default 48), device-iotlb=on|off
-    /// (default off), x2apic=on|off (extended interrupt mode, default on).
+    /// (default off), x2apic=on|off (extended interrupt mode, also spelled eim=, default on).
     #[arg(long, value_name = "OPTIONS", num_args = 0..=1, default_missing_value = "", )]
     pub iommu: Option<String>,
 
