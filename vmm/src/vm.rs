@@ -148,9 +148,8 @@ impl Vm {
             let control = control.clone();
             crate::lifecycle::on_panic_stop(move |reason| control.stop(reason));
         }
-        let mut devices =
-            DeviceManager::create(vm.clone(), &mem, slots, control.clone(), cfg, &hosts)?;
-        let prt = devices.finish()?;
+        let mut dm = DeviceManager::create(vm.clone(), &mem, slots, control.clone(), cfg, &hosts)?;
+        let prt = dm.finish()?;
         let rsdp = acpi::create_acpi_tables(
             &mem,
             GuestAddress(ACPI_START),
@@ -178,7 +177,7 @@ impl Vm {
             vm,
             vcpus,
             _mem: mem,
-            devices,
+            devices: dm,
             stdin: matches!(cfg.serial, SerialConfig::Stdio),
             control,
             stopped,

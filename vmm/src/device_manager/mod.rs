@@ -55,21 +55,22 @@ pub enum DeviceManagerError {
     Stopped(i32),
 }
 
-/// Every device of a VM, and what they are wired to.
+/// Every device of a VM, and what they are wired to. Fields drop in order: the buses and the
+/// PCI root (and with them the devices) go first, the passthrough DMA state after them.
 pub struct DeviceManager {
-    mem: GuestMemoryMmap,
-    control: Arc<VmControl>,
-    resources: Resources,
-    irq: InterruptPlatform,
-    /// DMA of the emulated devices: through the IOMMU, or straight to guest memory.
-    dma: Arc<dyn DmaAccess>,
-    mapper: Arc<KvmMmioMapper>,
     pio: Bus,
     mmio: Bus,
     pci: Arc<Mutex<PciRoot>>,
+    irq: InterruptPlatform,
     passthrough: Vec<Attached>,
     serial: Option<Arc<Mutex<SerialDevice>>>,
     console: Option<ConsoleOut>,
+    mem: GuestMemoryMmap,
+    control: Arc<VmControl>,
+    resources: Resources,
+    /// DMA of the emulated devices: through the IOMMU, or straight to guest memory.
+    dma: Arc<dyn DmaAccess>,
+    mapper: Arc<KvmMmioMapper>,
 }
 
 impl DeviceManager {
