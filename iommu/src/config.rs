@@ -1,5 +1,5 @@
 //! What a remapping unit offers: address width, interrupt remapping, caching mode,
-//! device-IOTLB. Parsed from the `--iommu` option string.
+//! device-IOTLB. A plain value: the VMM builds it from its own configuration.
 
 use crate::registers::{cap, ecap, FRCD_REG, IVA_REG, NUM_FRCD};
 
@@ -28,52 +28,7 @@ impl Default for IommuConfig {
     }
 }
 
-/// Why an option string is wrong.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ConfigError {
-    #[error("Unknown IOMMU option {0:?} (intremap, caching-mode, aw-bits, device-iotlb, x2apic)")]
-    Unknown(String),
-    #[error("IOMMU option {0:?}: expected on or off")]
-    NotOnOff(String),
-    #[error("aw-bits must be 39 or 48, not {0:?}")]
-    AddressWidth(String),
-}
-
-fn on_off(k: &str, v: &str) -> Result<bool, ConfigError> {
-    match v {
-        "on" | "true" | "1" => Ok(true),
-        "off" | "false" | "0" => Ok(false),
-        _ => Err(ConfigError::NotOnOff(format!("{k}={v}"))),
-    }
-}
-
 impl IommuConfig {
-    /// Parses `intremap=on,caching-mode=on,aw-bits=48,device-iotlb=off` (any subset, any
-    /// order; empty means the defaults).
-    pub fn parse(s: &str) -> Result<Self, ConfigError> {
-        let mut c = IommuConfig::default();
-        for kv in s.split(',').filter(|kv| !kv.is_empty()) {
-            let (k, v) = kv
-                .split_once('=')
-                .ok_or_else(|| ConfigError::Unknown(kv.into()))?;
-            match k {
-                "intremap" => c.interrupt_remapping = on_off(k, v)?,
-                "caching-mode" => c.caching_mode = on_off(k, v)?,
-                "device-iotlb" => c.device_iotlb = on_off(k, v)?,
-                "x2apic" | "eim" => c.x2apic = on_off(k, v)?,
-                "aw-bits" => {
-                    c.aw_bits = match v {
-                        "39" => 39,
-                        "48" => 48,
-                        _ => return Err(ConfigError::AddressWidth(v.into())),
-                    }
-                }
-                _ => return Err(ConfigError::Unknown(k.into())),
-            }
-        }
-        Ok(c)
-    }
-
     /// CAP_REG (VT-d 11.4.2).
     pub fn cap(&self) -> u64 {
         let sagaw = if self.aw_bits == 48 {
@@ -119,42 +74,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn config_parse_defaults_and_options() {
-        assert_eq!(IommuConfig::parse(""), Ok(IommuConfig::default()));
-        let c =
-            IommuConfig::parse("intremap=off,aw-bits=39,caching-mode=off,device-iotlb=on").unwrap();
-        assert_eq!(
-            (
-                c.interrupt_remapping,
-                c.aw_bits,
-                c.caching_mode,
-                c.device_iotlb
-            ),
-            (false, 39, false, true)
-        );
-    }
-
-    #[test]
-    fn config_parse_rejects_bad_options() {
-        assert!(matches!(
-            IommuConfig::parse("aw-bits=40"),
-            Err(ConfigError::AddressWidth(_))
-        ));
-        assert!(matches!(
-            IommuConfig::parse("intremap=maybe"),
-            Err(ConfigError::NotOnOff(_))
-        ));
-        assert!(matches!(
-            IommuConfig::parse("frobnicate=on"),
-            Err(ConfigError::Unknown(_))
-        ));
-        assert!(matches!(
-            IommuConfig::parse("intremap"),
-            Err(ConfigError::Unknown(_))
-        ));
-    }
-
-    #[test]
     fn cap_fields_for_48_and_39_bits() {
         let c48 = IommuConfig::default().cap();
         assert_eq!((c48 >> cap::SAGAW_SHIFT) & 0x1f, 0b110);
@@ -162,9 +81,12 @@ mod tests {
         assert_eq!((c48 >> cap::FRO_SHIFT) & 0x3ff, 0x20, "FRO = 0x200 / 16");
         assert_eq!((c48 >> cap::NFR_SHIFT) & 0xff, 7);
         assert_ne!(c48 & cap::CM, 0);
-        let c39 = IommuConfig::parse("aw-bits=39,caching-mode=off")
-            .unwrap()
-            .cap();
+        let c39 = IommuConfig {
+            aw_bits: 39,
+            caching_mode: false,
+            ..IommuConfig::default()
+        }
+        .cap();
         assert_eq!((c39 >> cap::SAGAW_SHIFT) & 0x1f, 0b010);
         assert_eq!((c39 >> cap::MGAW_SHIFT) & 0x3f, 38);
         assert_eq!(c39 & cap::CM, 0);
@@ -177,7 +99,11 @@ mod tests {
         assert_ne!(e & ecap::IR, 0);
         assert_ne!(e & ecap::EIM, 0);
         assert_eq!((e >> ecap::IRO_SHIFT) & 0x3ff, 0x10, "IRO = 0x100 / 16");
-        let e = IommuConfig::parse("intremap=off").unwrap().ecap();
+        let e = IommuConfig {
+            interrupt_remapping: false,
+            ..IommuConfig::default()
+        }
+        .ecap();
         assert_eq!(e & (ecap::IR | ecap::EIM), 0);
     }
 }

@@ -1,9 +1,12 @@
-//! Command-line interface.
+//! The command line: clap's flags, each option string handed to `crate::config`, which gives
+//! the `VmConfig` the rest of minivmm works from.
 
 use std::path::PathBuf;
 
-use clap::Parser;
-use iommu::IommuConfig;
+use clap::{CommandFactory, Parser};
+
+use crate::config::{self, VmConfig};
+use crate::options::OptionError;
 
 /// A small VMM for KVM guests with an emulated Intel VT-d IOMMU and VFIO passthrough.
 ///
@@ -29,30 +32,32 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=255))]
     pub cpus: u32,
 
-    /// Guest RAM, with an optional K, M or G suffix (bytes without one).
-    #[arg(long, value_name = "SIZE", default_value = "512M", value_parser = parse_size)]
-    pub memory: u64,
+    /// Guest RAM: SIZE with an optional K, M or G suffix (bytes without one), or
+    /// size=SIZE,low-ram-end=ADDR to also set where RAM below 4 GiB ends (a multiple of 2M, at
+    /// most and by default 0xc0000000); the rest of the RAM is placed from 4 GiB.
+    #[arg(long, value_name = "SIZE|OPTIONS", default_value = "512M")]
+    pub memory: String,
 
     /// Where the guest's COM1 goes: stdio, file=PATH, or off.
-    #[arg(long, value_name = "MODE", default_value = "stdio", value_parser = parse_serial)]
-    pub serial: SerialMode,
+    #[arg(long, value_name = "MODE", default_value = "stdio")]
+    pub serial: String,
 
     /// Add an isa-debug-exit port: a guest write of V ends minivmm with status (V << 1) | 1.
     /// Optional settings: iobase=PORT,iosize=N (defaults 0xf4 and 4).
-    #[arg(long, value_name = "OPTIONS", num_args = 0..=1, default_missing_value = "", value_parser = parse_debug_exit)]
-    pub debug_exit: Option<DebugExitConfig>,
+    #[arg(long, value_name = "OPTIONS", num_args = 0..=1, default_missing_value = "", )]
+    pub debug_exit: Option<String>,
 
     /// Put every PCI device behind an emulated Intel VT-d IOMMU (DMAR table, DRHD registers at
     /// 0xfed90000). Options, comma-separated: intremap=on|off (interrupt remapping, default
     /// on), caching-mode=on|off (default on), aw-bits=39|48 (default 48), device-iotlb=on|off
-    /// (default off), x2apic=on|off (extended interrupt mode, default on).
-    #[arg(long, value_name = "OPTIONS", num_args = 0..=1, default_missing_value = "", value_parser = parse_iommu)]
-    pub iommu: Option<IommuConfig>,
+    /// (default off), x2apic=on|off (extended interrupt mode, also spelled eim=, default on).
+    #[arg(long, value_name = "OPTIONS", num_args = 0..=1, default_missing_value = "", )]
+    pub iommu: Option<String>,
 
     /// Add an emulated PCI device; repeatable. Kinds: edu (QEMU-compatible DMA test device,
     /// PCI 1234:11e8, whose DMA goes through the IOMMU when there is one).
-    #[arg(long = "device", value_name = "KIND", value_parser = parse_device)]
-    pub devices: Vec<DeviceKind>,
+    #[arg(long = "device", value_name = "KIND")]
+    pub devices: Vec<String>,
 
     /// Pass a host PCI device through with VFIO; repeatable. The device (BB:DD.F,
     /// DDDD:BB:DD.F or its sysfs path) must be bound to vfio-pci. With --iommu it sits behind
@@ -69,210 +74,50 @@ pub struct Cli {
     pub seccomp: crate::seccomp::SeccompMode,
 }
 
-/// An emulated device `--device` adds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DeviceKind {
-    Edu,
-}
-
-fn parse_device(s: &str) -> Result<DeviceKind, String> {
-    match s {
-        "edu" => Ok(DeviceKind::Edu),
-        _ => Err(format!("unknown device {s:?} (known: edu)")),
+impl Cli {
+    /// The VM these flags describe (each option string parsed; combinations are checked by
+    /// `VmConfig::validate`).
+    pub fn into_config(self) -> Result<VmConfig, OptionError> {
+        Ok(VmConfig {
+            boot: config::BootSource {
+                kernel: self.kernel,
+                initramfs: self.initramfs,
+                cmdline: self.cmdline,
+            },
+            memory: config::memory_from_options(&self.memory)?,
+            cpus: self.cpus,
+            serial: config::serial_from_options(&self.serial)?,
+            debug_exit: self
+                .debug_exit
+                .as_deref()
+                .map(config::debug_exit_from_options)
+                .transpose()?,
+            iommu: self
+                .iommu
+                .as_deref()
+                .map(config::iommu_from_options)
+                .transpose()?,
+            devices: self
+                .devices
+                .iter()
+                .map(|d| config::device_from_options(d))
+                .collect::<Result<_, _>>()?,
+            passthrough: self.vfio,
+            seccomp: self.seccomp,
+        })
     }
 }
 
-fn parse_iommu(s: &str) -> Result<IommuConfig, String> {
-    IommuConfig::parse(s).map_err(|e| e.to_string())
-}
-
-/// Destination of the serial console.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SerialMode {
-    Stdio,
-    File(PathBuf),
-    Off,
-}
-
-/// isa-debug-exit port settings.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DebugExitConfig {
-    pub iobase: u16,
-    pub iosize: u16,
-}
-
-/// Parses `512M`, `2G`, `65536K`, `1048576`.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (num, shift) = match s.char_indices().last() {
-        Some((i, 'K' | 'k')) => (&s[..i], 10),
-        Some((i, 'M' | 'm')) => (&s[..i], 20),
-        Some((i, 'G' | 'g')) => (&s[..i], 30),
-        _ => (s, 0),
-    };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size (examples: 512M, 2G)"))?;
-    let bytes = n
-        .checked_mul(1 << shift)
-        .ok_or_else(|| format!("{s:?} is too large"))?;
-    if bytes < 32 << 20 {
-        return Err(format!("{s:?} is too small: at least 32M of RAM is needed"));
+/// Parses the process's command line; a bad flag or option ends minivmm as clap does (the
+/// message, the usage line, status 2).
+pub fn parse() -> VmConfig {
+    match Cli::parse().into_config() {
+        Ok(c) => c,
+        Err(e) => Cli::command()
+            .error(clap::error::ErrorKind::ValueValidation, e)
+            .exit(),
     }
-    if bytes % 4096 != 0 {
-        return Err(format!("{s:?} is not a multiple of 4 KiB"));
-    }
-    Ok(bytes)
-}
-
-fn parse_serial(s: &str) -> Result<SerialMode, String> {
-    match s {
-        "stdio" => Ok(SerialMode::Stdio),
-        "off" => Ok(SerialMode::Off),
-        _ => match s.strip_prefix("file=") {
-            Some(p) if !p.is_empty() => Ok(SerialMode::File(p.into())),
-            _ => Err(format!("{s:?}: expected stdio, file=PATH or off")),
-        },
-    }
-}
-
-fn parse_int(s: &str) -> Option<u64> {
-    match s.strip_prefix("0x") {
-        Some(h) => u64::from_str_radix(h, 16).ok(),
-        None => s.parse().ok(),
-    }
-}
-
-fn parse_debug_exit(s: &str) -> Result<DebugExitConfig, String> {
-    let mut cfg = DebugExitConfig {
-        iobase: 0xf4,
-        iosize: 4,
-    };
-    for kv in s.split(',').filter(|kv| !kv.is_empty()) {
-        let (k, v) = kv
-            .split_once('=')
-            .ok_or_else(|| format!("{kv:?}: expected KEY=VALUE"))?;
-        let v = parse_int(v).ok_or_else(|| format!("{kv:?}: not a number"))?;
-        match k {
-            "iobase" => {
-                cfg.iobase = u16::try_from(v).map_err(|_| format!("iobase {v:#x} is not a port"))?
-            }
-            "iosize" if (1..=8).contains(&v) => cfg.iosize = v as u16,
-            "iosize" => return Err(format!("iosize {v} must be 1 to 8")),
-            _ => return Err(format!("unknown debug-exit option {k:?} (iobase, iosize)")),
-        }
-    }
-    if u32::from(cfg.iobase) + u32::from(cfg.iosize) > 0x1_0000 {
-        return Err("debug-exit port range passes 0xffff".into());
-    }
-    Ok(cfg)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
-        Cli::try_parse_from(std::iter::once("minivmm").chain(args.iter().copied()))
-    }
-
-    #[test]
-    fn cli_defaults() {
-        let c = parse(&["--kernel", "bz"]).unwrap();
-        assert_eq!(c.cpus, 1);
-        assert_eq!(c.memory, 512 << 20);
-        assert_eq!(c.cmdline, "console=ttyS0");
-        assert_eq!(c.serial, SerialMode::Stdio);
-        assert_eq!(c.debug_exit, None);
-        assert_eq!(c.iommu, None);
-        assert!(c.devices.is_empty());
-        assert_eq!(c.seccomp, crate::seccomp::SeccompMode::On);
-    }
-
-    #[test]
-    fn cli_seccomp_modes() {
-        use crate::seccomp::SeccompMode;
-        for (arg, mode) in [
-            ("on", SeccompMode::On),
-            ("log", SeccompMode::Log),
-            ("off", SeccompMode::Off),
-        ] {
-            let c = parse(&["--kernel", "k", &format!("--seccomp={arg}")]).unwrap();
-            assert_eq!(c.seccomp, mode);
-        }
-        assert!(parse(&["--kernel", "k", "--seccomp=strict"]).is_err());
-    }
-
-    #[test]
-    fn cli_iommu_and_devices() {
-        let c = parse(&[
-            "--iommu", "--kernel", "k", "--device", "edu", "--device", "edu",
-        ])
-        .unwrap();
-        assert_eq!(c.iommu, Some(IommuConfig::default()));
-        assert_eq!(c.devices, vec![DeviceKind::Edu, DeviceKind::Edu]);
-        let c = parse(&["--kernel", "k", "--iommu", "aw-bits=39,intremap=off"]).unwrap();
-        let i = c.iommu.unwrap();
-        assert_eq!((i.aw_bits, i.interrupt_remapping), (39, false));
-        assert!(parse(&["--kernel", "k", "--iommu", "aw-bits=40"]).is_err());
-        assert!(parse(&["--kernel", "k", "--device", "e1000"]).is_err());
-    }
-
-    #[test]
-    fn cli_memory_suffixes() {
-        assert_eq!(parse_size("512M"), Ok(512 << 20));
-        assert_eq!(parse_size("2G"), Ok(2 << 30));
-        assert_eq!(parse_size("65536k"), Ok(64 << 20));
-        assert_eq!(parse_size("67108864"), Ok(64 << 20));
-        for bad in [
-            "",
-            "M",
-            "12X",
-            "-1G",
-            "1M",
-            "99999999999999999G",
-            "33554433",
-        ] {
-            assert!(parse_size(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn cli_rejects_bad_values_and_unknown_flags() {
-        assert!(parse(&["--kernel", "bz", "--cpus", "0"]).is_err());
-        assert!(parse(&["--kernel", "bz", "--cpus", "256"]).is_err());
-        assert!(parse(&["--kernel", "bz", "--serial", "tcp"]).is_err());
-        assert!(parse(&["--kernel", "bz", "--frobnicate"]).is_err());
-        assert!(parse(&["--cpus", "2"]).is_err(), "kernel is required");
-    }
-
-    #[test]
-    fn cli_serial_modes() {
-        let c = parse(&["--kernel", "k", "--serial", "file=/tmp/x"]).unwrap();
-        assert_eq!(c.serial, SerialMode::File("/tmp/x".into()));
-        let c = parse(&["--kernel", "k", "--serial", "off"]).unwrap();
-        assert_eq!(c.serial, SerialMode::Off);
-    }
-
-    #[test]
-    fn cli_debug_exit_options() {
-        let c = parse(&["--kernel", "k", "--debug-exit"]).unwrap();
-        assert_eq!(
-            c.debug_exit,
-            Some(DebugExitConfig {
-                iobase: 0xf4,
-                iosize: 4
-            })
-        );
-        let c = parse(&["--kernel", "k", "--debug-exit", "iobase=0x501,iosize=2"]).unwrap();
-        assert_eq!(
-            c.debug_exit,
-            Some(DebugExitConfig {
-                iobase: 0x501,
-                iosize: 2
-            })
-        );
-        assert!(parse(&["--kernel", "k", "--debug-exit", "iobase=0x10000"]).is_err());
-        assert!(parse(&["--kernel", "k", "--debug-exit", "speed=3"]).is_err());
-    }
-}
+mod tests;

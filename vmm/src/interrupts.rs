@@ -11,6 +11,7 @@ use devices::interrupt::{InterruptError, IrqfdRouting, MsiMessage, MsiTrigger};
 use kvm_bindings::{kvm_irq_routing_entry, kvm_msi, KvmIrqRouting, KVM_IRQ_ROUTING_MSI};
 use kvm_ioctls::VmFd;
 use log::warn;
+use vm_allocator::IdAllocator;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::layout::IOAPIC_NUM_PINS;
@@ -19,13 +20,34 @@ use crate::layout::IOAPIC_NUM_PINS;
 /// KVM_MAX_IRQ_ROUTES is 4096; the table is rewritten whole on each change, so keep it
 /// modest).
 const MAX_GSI: u32 = 1024;
+const _: () = assert!((IOAPIC_NUM_PINS as u32) < MAX_GSI);
 
 /// GSI routes and irqfds.
-#[derive(Default)]
 struct Routes {
     entries: BTreeMap<u32, kvm_irq_routing_entry>,
     /// Eventfd (by descriptor number) -> its GSI.
     irqfds: HashMap<RawFd, u32>,
+    /// The irqfd GSIs, IOAPIC_NUM_PINS .. MAX_GSI.
+    gsis: IdAllocator,
+}
+
+impl Routes {
+    fn new() -> Self {
+        Routes {
+            entries: BTreeMap::new(),
+            irqfds: HashMap::new(),
+            // A valid range (IOAPIC_NUM_PINS < MAX_GSI): new() cannot fail.
+            gsis: IdAllocator::new(IOAPIC_NUM_PINS as u32, MAX_GSI - 1)
+                .unwrap_or_else(|e| unreachable!("{e}")),
+        }
+    }
+
+    /// Gives an irqfd GSI back.
+    fn free_gsi(&mut self, gsi: u32) {
+        if let Err(e) = self.gsis.free_id(gsi) {
+            warn!("GSI {gsi}: {e}");
+        }
+    }
 }
 
 /// Sends MSIs through KVM.
@@ -38,7 +60,7 @@ impl KvmMsi {
     pub fn new(vm: Arc<VmFd>) -> Self {
         KvmMsi {
             vm,
-            routes: Mutex::new(Routes::default()),
+            routes: Mutex::new(Routes::new()),
         }
     }
 
@@ -142,8 +164,7 @@ impl IrqfdRouting for KvmMsi {
         let (gsi, new) = match r.irqfds.get(&fd.as_raw_fd()) {
             Some(g) => (*g, false),
             None => {
-                let free = (IOAPIC_NUM_PINS as u32..MAX_GSI).find(|g| !r.entries.contains_key(g));
-                let Some(g) = free else {
+                let Ok(g) = r.gsis.allocate_id() else {
                     warn!("no free GSI for an irqfd; the interrupt is relayed");
                     return false;
                 };
@@ -159,12 +180,16 @@ impl IrqfdRouting for KvmMsi {
                 Some(o) => r.entries.insert(gsi, o),
                 None => r.entries.remove(&gsi),
             };
+            if new {
+                r.free_gsi(gsi);
+            }
             return false;
         }
         if new {
             if let Err(e) = self.vm.register_irqfd(fd, gsi) {
                 warn!("KVM_IRQFD: {e}; the interrupt is relayed");
                 r.entries.remove(&gsi);
+                r.free_gsi(gsi);
                 self.set_routes(&r.entries);
                 return false;
             }
@@ -182,6 +207,51 @@ impl IrqfdRouting for KvmMsi {
             warn!("KVM_IRQFD (deassign): {e}");
         }
         routes.entries.remove(&gsi);
+        routes.free_gsi(gsi);
         self.set_routes(&routes.entries);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvm_bindings::{kvm_enable_cap, KVM_CAP_SPLIT_IRQCHIP};
+
+    /// A VM with a split irqchip (irqfds need an in-kernel local APIC).
+    fn kvm_msi() -> KvmMsi {
+        let kvm = kvm_ioctls::Kvm::new().expect("this test needs /dev/kvm");
+        let vm = kvm.create_vm().unwrap();
+        let mut cap = kvm_enable_cap {
+            cap: KVM_CAP_SPLIT_IRQCHIP,
+            ..Default::default()
+        };
+        cap.args[0] = IOAPIC_NUM_PINS as u64;
+        vm.enable_cap(&cap).unwrap();
+        KvmMsi::new(Arc::new(vm))
+    }
+
+    fn msg(data: u32) -> MsiMessage {
+        MsiMessage {
+            address: 0xfee0_0000,
+            data,
+            source: devices::Bdf::new(0, 1, 0),
+        }
+    }
+
+    #[test]
+    fn irqfd_gsis_run_out_and_come_back_when_unrouted() {
+        let k = kvm_msi();
+        let count = (MAX_GSI - IOAPIC_NUM_PINS as u32) as usize;
+        let fds: Vec<EventFd> = (0..=count).map(|_| EventFd::new(0).unwrap()).collect();
+        for fd in &fds[..count] {
+            assert!(k.route(fd, msg(0x30)));
+        }
+        assert!(!k.route(&fds[count], msg(0x30)), "no GSI left");
+        let gsis: Vec<u32> = k.irqfd_routes().iter().map(|r| r.0).collect();
+        assert_eq!(gsis.first(), Some(&(IOAPIC_NUM_PINS as u32)));
+        assert_eq!(gsis.last(), Some(&(MAX_GSI - 1)));
+        k.unroute(&fds[5]);
+        assert!(k.route(&fds[count], msg(0x31)), "the freed GSI is reused");
+        assert_eq!(k.irqfd_routes().len(), count);
     }
 }

@@ -3,12 +3,14 @@
 //! ```text
 //! 0x0000_0000 .. 0x0009_f000  RAM (boot structures at fixed low addresses below)
 //! 0x0009_f000 .. 0x0010_0000  reserved (EBDA, VGA hole, BIOS area; ACPI tables in 0xe0000..)
-//! 0x0010_0000 .. low_ram_end  RAM (low_ram_end = min(RAM, MMIO32_START))
+//! 0x0010_0000 .. low_ram_end  RAM (low_ram_end: --memory low-ram-end, at most MMIO32_START)
 //! 0xc000_0000 .. 0xe000_0000  PCI 32-bit MMIO window
 //! 0xe000_0000 .. 0xe010_0000  PCIe ECAM (MMCONFIG), bus 0 only
 //! 0xfec0_0000 .. 0xfec0_1000  IOAPIC
 //! 0xfed9_0000 .. 0xfed9_1000  VT-d DRHD register set (with --iommu)
 //! 0xfee0_0000 .. 0xfef0_0000  local APICs (in KVM)
+//! 0xfeff_c000 .. 0xff00_0000  KVM's identity-map page and real-mode TSS (as QEMU places them)
+//! 0xffe0_0000 .. 0x1_0000_0000  nothing: kept for a firmware image (flash below 4 GiB)
 //! 0x1_0000_0000 ..            RAM above 4 GiB (the rest)
 //! MMIO64_START ..             PCI 64-bit MMIO window
 //! ```
@@ -50,6 +52,18 @@ pub const DRHD_START: u64 = 0xfed9_0000;
 pub const DRHD_SIZE: u64 = 0x1000;
 /// Local APIC default base (Intel SDM vol. 3 section 11.4.1).
 pub const LAPIC_START: u64 = 0xfee0_0000;
+/// Local APIC window size (one page per APIC, 1 MiB decoded; Intel SDM vol. 3 section 11.4.1).
+pub const LAPIC_SIZE: u64 = 0x10_0000;
+/// KVM's identity-map page (KVM_SET_IDENTITY_MAP_ADDR) and the three-page TSS
+/// (KVM_SET_TSS_ADDR) that follows it on Intel hosts: QEMU's addresses, outside the
+/// firmware area and below it.
+pub const KVM_IDENTITY_MAP_START: u64 = 0xfeff_c000;
+pub const KVM_TSS_START: u64 = 0xfeff_d000;
+pub const KVM_TSS_SIZE: u64 = 0x3000;
+/// The top 2 MiB below 4 GiB, where a firmware image (OVMF CODE and VARS) is mapped; minivmm
+/// places nothing there.
+pub const FIRMWARE_START: u64 = 0xffe0_0000;
+pub const FIRMWARE_SIZE: u64 = 0x20_0000;
 /// Start of RAM above 4 GiB.
 pub const RAM_HIGH_START: u64 = 0x1_0000_0000;
 /// The 64-bit PCI MMIO window (needs 37 physical address bits).
@@ -61,7 +75,9 @@ pub const COM1_PORT: u16 = 0x3f8;
 pub const COM1_IRQ: u32 = 4;
 pub const PCI_CONFIG_PORT: u16 = 0xcf8;
 pub const FW_CFG_PORT: u16 = 0x510;
+/// isa-debug-exit default port (QEMU's).
 pub const DEBUG_EXIT_PORT: u16 = 0xf4;
+pub const DEBUG_EXIT_SIZE: u16 = 4;
 /// ACPI hardware-reduced sleep control/status and reset registers (ACPI 6.5 sections 4.8.3.7, 4.8.3.6).
 pub const ACPI_PM_PORT: u16 = 0x600;
 /// PCI I/O BAR window.
@@ -70,4 +86,50 @@ pub const PCI_IO_SIZE: u16 = 0x4000;
 
 /// IOAPIC pins; PCI INTx use 16..=23 (see devices::pci for the swizzle).
 pub const IOAPIC_NUM_PINS: usize = 24;
+/// The IOAPIC pins PCI INTx lines are swizzled onto (devices::pci::intx_gsi).
+pub const PCI_INTX_FIRST_PIN: u32 = 16;
+pub const PCI_INTX_PINS: u32 = 8;
 const _: () = assert!(ACPI_START + ACPI_SIZE <= RESET_STUB_PAGE);
+const _: () = assert!(KVM_IDENTITY_MAP_START + 0x1000 == KVM_TSS_START);
+const _: () = assert!(LAPIC_START + LAPIC_SIZE <= KVM_IDENTITY_MAP_START);
+const _: () = assert!(KVM_TSS_START + KVM_TSS_SIZE <= FIRMWARE_START);
+const _: () = assert!(FIRMWARE_START + FIRMWARE_SIZE == RAM_HIGH_START);
+
+/// The IOAPIC's APIC ID and its requester id (device 0x1e of bus 0, as in the DMAR scope).
+pub const IOAPIC_ID: u8 = 0;
+pub const IOAPIC_SOURCE: devices::Bdf = devices::Bdf::new(0, 0x1e, 0);
+
+/// The PCI root bus's I/O, 32-bit and 64-bit windows.
+pub fn pci_windows() -> devices::pci::root::Windows {
+    devices::pci::root::Windows {
+        io: (PCI_IO_START.into(), PCI_IO_SIZE.into()),
+        mmio32: (MMIO32_START, MMIO32_SIZE),
+        mmio64: (MMIO64_START, MMIO64_SIZE),
+    }
+}
+
+/// Where the boot protocols put their structures, around the RAM ranges `ram`.
+pub fn boot_layout(ram: Vec<(u64, u64)>) -> firmware::BootLayout {
+    use vm_memory::GuestAddress;
+    firmware::BootLayout {
+        structures: firmware::BootStructures {
+            gdt: GuestAddress(BOOT_GDT_START),
+            idt: GuestAddress(BOOT_IDT_START),
+            pml4: GuestAddress(PML4_START),
+            pdpte: GuestAddress(PDPTE_START),
+            pde: GuestAddress(PDE_START),
+            stack_pointer: BOOT_STACK_POINTER,
+        },
+        boot_info: GuestAddress(ZERO_PAGE_START),
+        cmdline: GuestAddress(CMDLINE_START),
+        cmdline_max: CMDLINE_MAX_SIZE,
+        high_mem_start: GuestAddress(HIGH_MEM_START),
+        ram,
+        reserved: vec![
+            (LOW_MEM_END, HIGH_MEM_START - LOW_MEM_END),
+            (ECAM_START, ECAM_SIZE),
+        ],
+    }
+}
+/// The highest RAM below 4 GiB may reach (and its default end): the 32-bit PCI MMIO window.
+pub const LOW_RAM_END_MAX: u64 = MMIO32_START;

@@ -1,24 +1,24 @@
 //! minivmm: a small VMM for KVM guests with an emulated VT-d IOMMU and VFIO passthrough.
 
 mod cli;
+mod config;
 mod console;
 mod control;
 mod cpuid;
+mod device_manager;
 mod event_loop;
 mod exit;
 mod interrupts;
 mod iommu;
-#[allow(dead_code)]
 mod layout;
 mod lifecycle;
 mod memory;
+mod options;
 mod seccomp;
 mod terminal;
 mod vcpu;
 mod vfio;
 mod vm;
-
-use clap::Parser;
 
 fn main() {
     // Diagnostics go to stderr; RUST_LOG=info (or debug) shows more.
@@ -34,8 +34,8 @@ fn main() {
         eprintln!("minivmm: error: cannot catch stop signals: {e}");
         std::process::exit(1);
     }
-    let cli = cli::Cli::parse();
-    if let Err(e) = seccomp::set_mode(cli.seccomp) {
+    let config = cli::parse();
+    if let Err(e) = seccomp::set_mode(config.seccomp) {
         eprintln!("minivmm: error: {e}");
         std::process::exit(1);
     }
@@ -43,7 +43,10 @@ fn main() {
         eprintln!("minivmm: error: cannot start a thread: {e}");
         std::process::exit(1);
     }
-    let run = std::panic::catch_unwind(|| vm::Vm::build(&cli).and_then(vm::Vm::run));
+    let run = std::panic::catch_unwind(|| {
+        config.validate()?;
+        vm::Vm::build(&config).and_then(vm::Vm::run)
+    });
     let reason = match run {
         Ok(Ok(reason)) => reason,
         // A setup step a stop signal interrupted fails; the signal is the reason.

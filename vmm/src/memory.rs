@@ -1,12 +1,16 @@
-//! Guest RAM: the ranges for a RAM size, their anonymous host mappings, and KVM memory slots.
+//! Guest RAM: its anonymous host mappings, and the KVM memory slots that RAM and BAR mappings
+//! (later firmware flash) take from one allocator.
+
+use std::sync::{Arc, Mutex};
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
+use vm_allocator::IdAllocator;
 use vm_memory::{
     GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress,
 };
 
-use crate::layout::{MMIO32_START, RAM_HIGH_START};
+use crate::config::MemoryConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {
@@ -17,16 +21,44 @@ pub enum MemoryError {
     #[error("Cannot allocate guest RAM: {0}")]
     Allocate(String),
     #[error("Cannot register guest RAM with KVM: {0}")]
-    Register(kvm_ioctls::Error),
+    Register(#[source] kvm_ioctls::Error),
+    #[error("KVM memory slots: {0}")]
+    Slots(#[source] vm_allocator::Error),
 }
 
-/// RAM ranges (start, size): below the 32-bit PCI hole, the rest from 4 GiB.
-pub fn ram_ranges(size: u64) -> Vec<(u64, u64)> {
-    if size <= MMIO32_START {
-        vec![(0, size)]
-    } else {
-        vec![(0, MMIO32_START), (RAM_HIGH_START, size - MMIO32_START)]
+/// KVM memory slot numbers (0 .. KVM_CAP_NR_MEMSLOTS): RAM, BAR mappings and, later, firmware
+/// flash all take theirs here, so no two owners can pick the same one.
+pub struct MemSlots(Mutex<IdAllocator>);
+
+impl MemSlots {
+    /// `count` slots, as KVM_CAP_NR_MEMSLOTS reports.
+    pub fn new(count: usize) -> Result<Self, MemoryError> {
+        let last = u32::try_from(count)
+            .ok()
+            .and_then(|c| c.checked_sub(1))
+            .ok_or(MemoryError::Slots(vm_allocator::Error::InvalidSize(
+                count as u64,
+            )))?;
+        Ok(MemSlots(Mutex::new(
+            IdAllocator::new(0, last).map_err(MemoryError::Slots)?,
+        )))
     }
+
+    /// A free slot.
+    pub fn allocate(&self) -> Result<u32, MemoryError> {
+        lock(&self.0).allocate_id().map_err(MemoryError::Slots)
+    }
+
+    /// Gives `slot` back.
+    pub fn free(&self, slot: u32) {
+        if let Err(e) = lock(&self.0).free_id(slot) {
+            log::warn!("KVM memory slot {slot}: {e}");
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// MemAvailable + SwapFree from /proc/meminfo, in bytes (None if unreadable).
@@ -44,7 +76,8 @@ fn host_available() -> Option<u64> {
 }
 
 /// Maps guest RAM in this process.
-pub fn create(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
+pub fn create(config: &MemoryConfig) -> Result<GuestMemoryMmap, MemoryError> {
+    let size = config.size;
     if let Some(avail) = host_available() {
         if size > avail {
             return Err(MemoryError::TooLarge {
@@ -53,7 +86,8 @@ pub fn create(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
             });
         }
     }
-    let ranges: Vec<(GuestAddress, usize)> = ram_ranges(size)
+    let ranges: Vec<(GuestAddress, usize)> = config
+        .ram_ranges()
         .into_iter()
         .map(|(s, l)| (GuestAddress(s), l as usize))
         .collect();
@@ -81,10 +115,10 @@ fn advise_huge_pages(addr: *mut u8, len: usize) {
 }
 
 /// Registers every RAM region as a KVM memory slot.
-pub fn register(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), MemoryError> {
-    for (slot, region) in mem.iter().enumerate() {
+pub fn register(vm: &VmFd, mem: &GuestMemoryMmap, slots: &MemSlots) -> Result<(), MemoryError> {
+    for region in mem.iter() {
         let r = kvm_userspace_memory_region {
-            slot: slot as u32,
+            slot: slots.allocate()?,
             guest_phys_addr: region.start_addr().0,
             memory_size: region.len(),
             userspace_addr: region
@@ -100,25 +134,71 @@ pub fn register(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), MemoryError> {
     Ok(())
 }
 
+/// BARs mapped into the guest as KVM memory slots.
+pub struct KvmMmioMapper {
+    vm: Arc<VmFd>,
+    slots: Arc<MemSlots>,
+}
+
+impl KvmMmioMapper {
+    pub fn new(vm: Arc<VmFd>, slots: Arc<MemSlots>) -> Self {
+        KvmMmioMapper { vm, slots }
+    }
+
+    fn set(&self, slot: u32, gpa: u64, size: u64, host: usize) -> Result<(), kvm_ioctls::Error> {
+        let region = kvm_userspace_memory_region {
+            slot,
+            guest_phys_addr: gpa,
+            memory_size: size,
+            userspace_addr: host as u64,
+            flags: 0,
+        };
+        // SAFETY: `host..host + size` is a live mmap() of a VFIO region owned by the device,
+        // which removes the slot (size 0 here) before it unmaps the region; a size of 0 only
+        // deletes the slot.
+        unsafe { self.vm.set_user_memory_region(region) }
+    }
+}
+
+impl devices::vfio::GuestMmioMapper for KvmMmioMapper {
+    fn map(&self, gpa: u64, size: u64, host: usize) -> Result<u32, String> {
+        let slot = self.slots.allocate().map_err(|e| e.to_string())?;
+        if let Err(e) = self.set(slot, gpa, size, host) {
+            self.slots.free(slot);
+            return Err(e.to_string());
+        }
+        Ok(slot)
+    }
+
+    fn unmap(&self, slot: u32) {
+        if let Err(e) = self.set(slot, 0, 0, 0) {
+            log::warn!("KVM: removing BAR memory slot {slot}: {e}");
+        }
+        self.slots.free(slot);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn ram_below_hole_is_one_range() {
-        assert_eq!(ram_ranges(512 << 20), vec![(0, 512 << 20)]);
-        assert_eq!(ram_ranges(MMIO32_START), vec![(0, MMIO32_START)]);
+    fn memslots_are_unique_until_freed() {
+        let slots = MemSlots::new(3).unwrap();
+        let (a, b, c) = (
+            slots.allocate().unwrap(),
+            slots.allocate().unwrap(),
+            slots.allocate().unwrap(),
+        );
+        assert_eq!((a, b, c), (0, 1, 2));
+        assert!(matches!(slots.allocate(), Err(MemoryError::Slots(_))));
+        slots.free(b);
+        assert_eq!(slots.allocate().unwrap(), b);
     }
 
     #[test]
-    fn ram_above_hole_continues_at_4g() {
-        assert_eq!(
-            ram_ranges(4 << 30),
-            vec![
-                (0, MMIO32_START),
-                (RAM_HIGH_START, (4 << 30) - MMIO32_START)
-            ]
-        );
+    fn memslots_zero_count_is_refused() {
+        assert!(matches!(MemSlots::new(0), Err(MemoryError::Slots(_))));
     }
 
     #[test]
@@ -126,7 +206,11 @@ mod tests {
         if !std::path::Path::new("/sys/kernel/mm/transparent_hugepage/enabled").exists() {
             return; // no THP in this kernel: nothing to ask for
         }
-        let mem = create(8 << 20).unwrap();
+        let mem = create(&MemoryConfig {
+            size: 8 << 20,
+            low_ram_end: crate::layout::LOW_RAM_END_MAX,
+        })
+        .unwrap();
         let start = mem.iter().next().unwrap().as_ptr() as usize;
         let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
         // The VmFlags line of the mapping that starts at `start`.
@@ -144,6 +228,12 @@ mod tests {
 
     #[test]
     fn memory_larger_than_host_is_refused() {
-        assert!(matches!(create(1 << 50), Err(MemoryError::TooLarge { .. })));
+        assert!(matches!(
+            create(&MemoryConfig {
+                size: 1 << 50,
+                low_ram_end: crate::layout::LOW_RAM_END_MAX,
+            }),
+            Err(MemoryError::TooLarge { .. })
+        ));
     }
 }

@@ -10,14 +10,23 @@ use devices::ioapic::{Ioapic, IoapicPin};
 use devices::pci::{intx_gsi, PciRoot};
 use devices::vfio::{GuestMmioMapper, HostDevice, Interrupts, VfioPciDevice, VfioPciWiring};
 use iommu::Bdf;
-use log::warn;
 use vm_memory::GuestMemoryMmap;
 
 use crate::iommu::Iommu;
-use crate::vm::VmError;
 
 mod dma;
 pub use dma::{VfioDma, VfioDmaError, VfioHost};
+
+/// Why a host function could not be put into the VM.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error(transparent)]
+    Open(#[from] devices::vfio::VfioPciError),
+    #[error(transparent)]
+    Dma(#[from] VfioDmaError),
+    #[error("PCI: {0}")]
+    Pci(#[from] devices::pci::root::PciError),
+}
 
 /// What passed-through functions are wired to in the VM.
 pub struct Wiring<'a> {
@@ -60,7 +69,7 @@ pub fn attach(
     host: &HostDevice,
     slot: u8,
     w: &Wiring,
-) -> Result<Attached, VmError> {
+) -> Result<Attached, AttachError> {
     let address = Bdf::new(0, slot, 0);
     let (mut dev, container) = VfioPciDevice::open(
         host,
@@ -108,56 +117,4 @@ pub fn attach(
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// BARs mapped into the guest as KVM memory slots.
-pub struct KvmMmioMapper {
-    vm: Arc<kvm_ioctls::VmFd>,
-    /// Slot numbers in use by BAR mappings (RAM takes the first ones).
-    used: Mutex<Vec<u32>>,
-}
-
-/// First KVM memory slot for BAR mappings; RAM uses slots 0 and 1.
-const FIRST_MMIO_SLOT: u32 = 8;
-
-impl KvmMmioMapper {
-    pub fn new(vm: Arc<kvm_ioctls::VmFd>) -> Self {
-        KvmMmioMapper {
-            vm,
-            used: Mutex::new(Vec::new()),
-        }
-    }
-
-    fn set(&self, slot: u32, gpa: u64, size: u64, host: usize) -> Result<(), kvm_ioctls::Error> {
-        let region = kvm_bindings::kvm_userspace_memory_region {
-            slot,
-            guest_phys_addr: gpa,
-            memory_size: size,
-            userspace_addr: host as u64,
-            flags: 0,
-        };
-        // SAFETY: `host..host + size` is a live mmap() of a VFIO region owned by the device,
-        // which removes the slot (size 0 here) before it unmaps the region; a size of 0 only
-        // deletes the slot.
-        unsafe { self.vm.set_user_memory_region(region) }
-    }
-}
-
-impl devices::vfio::GuestMmioMapper for KvmMmioMapper {
-    fn map(&self, gpa: u64, size: u64, host: usize) -> Result<u32, String> {
-        let mut used = lock(&self.used);
-        let slot = (FIRST_MMIO_SLOT..)
-            .find(|s| !used.contains(s))
-            .ok_or("no free memory slot")?;
-        self.set(slot, gpa, size, host).map_err(|e| e.to_string())?;
-        used.push(slot);
-        Ok(slot)
-    }
-
-    fn unmap(&self, slot: u32) {
-        if let Err(e) = self.set(slot, 0, 0, 0) {
-            warn!("KVM: removing BAR memory slot {slot}: {e}");
-        }
-        lock(&self.used).retain(|s| *s != slot);
-    }
 }

@@ -149,6 +149,33 @@ fn payload_debug_exit_port_is_configurable() {
 }
 
 #[test]
+fn payload_runs_with_ram_split_at_low_ram_end() {
+    require_kvm();
+    let elf = payload("hello");
+    // 32 MiB below 4 GiB, the other 32 MiB from 4 GiB: two RAM slots.
+    let out = output(&[
+        "--kernel",
+        elf.to_str().unwrap(),
+        "--memory",
+        "size=64M,low-ram-end=32M",
+        "--debug-exit",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0x43),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn debug_exit_on_com1_ports_is_one_clear_line() {
+    require_kvm();
+    let out = output(&["--kernel", "k", "--debug-exit", "iobase=0x3fc"]);
+    assert_one_line_error(&out, "isa-debug-exit at 0x3fc (size 0x4) overlaps COM1");
+}
+
+#[test]
 fn serial_file_mode_writes_console_to_file() {
     require_kvm();
     let elf = payload("hello");

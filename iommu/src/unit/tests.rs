@@ -117,7 +117,10 @@ fn gcmd_srtp_latches_root_and_te_enables_translation() {
 #[test]
 fn gcmd_ire_ignored_without_intremap() {
     let sink = Sink::default();
-    let cfg = IommuConfig::parse("intremap=off").unwrap();
+    let cfg = IommuConfig {
+        interrupt_remapping: false,
+        ..IommuConfig::default()
+    };
     let mut u = RemappingUnit::new(cfg, Box::new(sink));
     let t = Tables::new();
     wr32(&mut u, &t, GCMD_REG, GCMD_IRE | GCMD_SIRTP);

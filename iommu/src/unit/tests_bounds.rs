@@ -172,7 +172,10 @@ fn ctx_device_tlb_type_without_ecap_dt_is_invalid_context() {
 
 #[test]
 fn ctx_device_tlb_type_with_ecap_dt_translates() {
-    let cfg = IommuConfig::parse("device-iotlb=on").unwrap();
+    let cfg = IommuConfig {
+        device_iotlb: true,
+        ..IommuConfig::default()
+    };
     let mut u = RemappingUnit::new(cfg, Box::new(Sink::default()));
     let mut t = Tables::new();
     let slpt = t.context(DEV, DID, 4, 1, false);

@@ -1,0 +1,167 @@
+use super::*;
+use crate::config::{DebugExitConfig, DeviceConfig, SerialConfig};
+use crate::seccomp::SeccompMode;
+use iommu::IommuConfig;
+
+fn parse(args: &[&str]) -> Result<VmConfig, String> {
+    Cli::try_parse_from(std::iter::once("minivmm").chain(args.iter().copied()))
+        .map_err(|e| e.to_string())?
+        .into_config()
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn cli_defaults() {
+    let c = parse(&["--kernel", "bz"]).unwrap();
+    assert_eq!(c.cpus, 1);
+    assert_eq!(c.memory.size, 512 << 20);
+    assert_eq!(c.memory.low_ram_end, crate::layout::MMIO32_START);
+    assert_eq!(c.boot.cmdline, "console=ttyS0");
+    assert_eq!(c.boot.kernel, PathBuf::from("bz"));
+    assert_eq!(c.serial, SerialConfig::Stdio);
+    assert_eq!(c.debug_exit, None);
+    assert_eq!(c.iommu, None);
+    assert!(c.devices.is_empty());
+    assert!(c.passthrough.is_empty());
+    assert_eq!(c.seccomp, SeccompMode::On);
+    assert_eq!(c.validate(), Ok(()));
+}
+
+#[test]
+fn cli_seccomp_modes() {
+    for (arg, mode) in [
+        ("on", SeccompMode::On),
+        ("log", SeccompMode::Log),
+        ("off", SeccompMode::Off),
+    ] {
+        let c = parse(&["--kernel", "k", &format!("--seccomp={arg}")]).unwrap();
+        assert_eq!(c.seccomp, mode);
+    }
+    assert!(parse(&["--kernel", "k", "--seccomp=strict"]).is_err());
+}
+
+#[test]
+fn cli_iommu_and_devices() {
+    let c = parse(&[
+        "--iommu", "--kernel", "k", "--device", "edu", "--device", "edu",
+    ])
+    .unwrap();
+    assert_eq!(c.iommu, Some(IommuConfig::default()));
+    assert_eq!(c.devices, vec![DeviceConfig::Edu, DeviceConfig::Edu]);
+    let c = parse(&["--kernel", "k", "--iommu", "aw-bits=39,intremap=off"]).unwrap();
+    let i = c.iommu.unwrap();
+    assert_eq!((i.aw_bits, i.interrupt_remapping), (39, false));
+    assert!(parse(&["--kernel", "k", "--iommu", "aw-bits=40"]).is_err());
+    assert!(parse(&["--kernel", "k", "--device", "e1000"]).is_err());
+}
+
+#[test]
+fn cli_option_error_names_flag_and_option() {
+    let e = parse(&["--kernel", "k", "--iommu", "caching-mode=x"]).unwrap_err();
+    assert_eq!(
+        e,
+        "invalid value 'x' for '--iommu caching-mode': expected on or off"
+    );
+}
+
+#[test]
+fn cli_vfio_list_in_order() {
+    let c = parse(&["--kernel", "k", "--vfio", "01:00.0", "--vfio", "02:00.0"]).unwrap();
+    assert_eq!(c.passthrough, vec!["01:00.0", "02:00.0"]);
+}
+
+#[test]
+fn cli_memory_suffixes() {
+    for (arg, bytes) in [
+        ("512M", 512 << 20),
+        ("2G", 2 << 30),
+        ("65536k", 64 << 20),
+        ("67108864", 64 << 20),
+    ] {
+        assert_eq!(
+            parse(&["--kernel", "k", "--memory", arg])
+                .unwrap()
+                .memory
+                .size,
+            bytes
+        );
+    }
+    for bad in [
+        "",
+        "M",
+        "12X",
+        "-1G",
+        "1M",
+        "99999999999999999G",
+        "33554433",
+    ] {
+        assert!(parse(&["--kernel", "k", "--memory", bad]).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn cli_memory_low_ram_end() {
+    let c = parse(&["--kernel", "k", "--memory", "size=4G,low-ram-end=2G"]).unwrap();
+    assert_eq!((c.memory.size, c.memory.low_ram_end), (4 << 30, 2 << 30));
+}
+
+#[test]
+fn cli_rejects_bad_values_and_unknown_flags() {
+    assert!(parse(&["--kernel", "bz", "--cpus", "0"]).is_err());
+    assert!(parse(&["--kernel", "bz", "--cpus", "256"]).is_err());
+    assert!(parse(&["--kernel", "bz", "--serial", "tcp"]).is_err());
+    assert!(parse(&["--kernel", "bz", "--frobnicate"]).is_err());
+    assert!(parse(&["--cpus", "2"]).is_err(), "kernel is required");
+}
+
+#[test]
+fn cli_serial_modes() {
+    let c = parse(&["--kernel", "k", "--serial", "file=/tmp/x"]).unwrap();
+    assert_eq!(c.serial, SerialConfig::File("/tmp/x".into()));
+    let c = parse(&["--kernel", "k", "--serial", "off"]).unwrap();
+    assert_eq!(c.serial, SerialConfig::Off);
+}
+
+#[test]
+fn cli_debug_exit_options() {
+    let c = parse(&["--kernel", "k", "--debug-exit"]).unwrap();
+    assert_eq!(
+        c.debug_exit,
+        Some(DebugExitConfig {
+            iobase: 0xf4,
+            iosize: 4
+        })
+    );
+    let c = parse(&["--kernel", "k", "--debug-exit", "iobase=0x501,iosize=2"]).unwrap();
+    assert_eq!(
+        c.debug_exit,
+        Some(DebugExitConfig {
+            iobase: 0x501,
+            iosize: 2
+        })
+    );
+    assert!(parse(&["--kernel", "k", "--debug-exit", "iobase=0x10000"]).is_err());
+    assert!(parse(&["--kernel", "k", "--debug-exit", "speed=3"]).is_err());
+}
+
+#[test]
+fn cli_help_describes_every_flag() {
+    let help = Cli::command().render_long_help().to_string();
+    for flag in [
+        "--kernel",
+        "--initramfs",
+        "--cmdline",
+        "--cpus",
+        "--memory",
+        "low-ram-end",
+        "--serial",
+        "--debug-exit",
+        "--iommu",
+        "caching-mode",
+        "--device",
+        "--vfio",
+        "--seccomp",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}");
+    }
+}

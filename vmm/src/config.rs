@@ -1,0 +1,239 @@
+//! What a VM is made of, apart from where the settings came from (the command line today; a
+//! config file or a control socket later). Each flag's option string is parsed here with the
+//! one grammar of `crate::options`, and the whole configuration is checked once, by
+//! `VmConfig::validate`, before anything is set up.
+
+use std::path::PathBuf;
+
+use iommu::IommuConfig;
+
+use crate::layout;
+use crate::options::{parse_size, OptionError, Options};
+use crate::seccomp::SeccompMode;
+
+/// A whole VM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmConfig {
+    pub boot: BootSource,
+    pub memory: MemoryConfig,
+    /// Number of vCPUs.
+    pub cpus: u32,
+    pub serial: SerialConfig,
+    pub debug_exit: Option<DebugExitConfig>,
+    /// The emulated VT-d unit every PCI device sits behind, if any.
+    pub iommu: Option<IommuConfig>,
+    /// Emulated PCI devices, in slot order.
+    pub devices: Vec<DeviceConfig>,
+    /// Host PCI functions passed through with VFIO (BB:DD.F, DDDD:BB:DD.F or a sysfs path),
+    /// after the emulated devices in slot order.
+    pub passthrough: Vec<String>,
+    pub seccomp: SeccompMode,
+}
+
+/// What the vCPUs boot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BootSource {
+    pub kernel: PathBuf,
+    pub initramfs: Option<PathBuf>,
+    pub cmdline: String,
+}
+
+/// Guest RAM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryConfig {
+    /// Bytes of RAM.
+    pub size: u64,
+    /// Where RAM below 4 GiB ends (the rest continues at 4 GiB).
+    pub low_ram_end: u64,
+}
+
+/// Smallest guest RAM minivmm boots.
+pub const MIN_MEMORY: u64 = 32 << 20;
+/// RAM below 4 GiB ends on a 2 MiB boundary (one large page), at least this high.
+pub const LOW_RAM_END_ALIGN: u64 = 2 << 20;
+
+impl MemoryConfig {
+    /// RAM ranges (start, size): below `low_ram_end`, the rest from 4 GiB.
+    pub fn ram_ranges(&self) -> Vec<(u64, u64)> {
+        if self.size <= self.low_ram_end {
+            vec![(layout::RAM_START, self.size)]
+        } else {
+            vec![
+                (layout::RAM_START, self.low_ram_end),
+                (layout::RAM_HIGH_START, self.size - self.low_ram_end),
+            ]
+        }
+    }
+}
+
+/// Where the guest's COM1 goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SerialConfig {
+    Stdio,
+    File(PathBuf),
+    Off,
+}
+
+/// isa-debug-exit port settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DebugExitConfig {
+    pub iobase: u16,
+    pub iosize: u16,
+}
+
+/// An emulated PCI device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceConfig {
+    /// QEMU's edu DMA test device (PCI 1234:11e8).
+    Edu,
+}
+
+/// Why a configuration cannot make a VM.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Option(#[from] OptionError),
+    #[error("--vfio behind --iommu needs caching-mode=on: without it the guest's mappings cannot be followed")]
+    VfioNeedsCachingMode,
+    #[error("{0} PCI devices do not fit on the root bus (at most {max})", max = PCI_SLOTS)]
+    TooManyPciDevices(usize),
+}
+
+/// Root-bus slots for devices: slot 0 is the host bridge.
+pub const PCI_SLOTS: usize = devices::pci::root::NUM_DEVICES - 1;
+
+impl VmConfig {
+    /// Checks what no single flag can: combinations, and whether everything fits.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.passthrough.is_empty() && self.iommu.is_some_and(|c| !c.caching_mode) {
+            return Err(ConfigError::VfioNeedsCachingMode);
+        }
+        let pci = self.devices.len() + self.passthrough.len();
+        if pci > PCI_SLOTS {
+            return Err(ConfigError::TooManyPciDevices(pci));
+        }
+        Ok(())
+    }
+}
+
+/// `--memory SIZE` or `--memory size=SIZE,low-ram-end=ADDR`.
+pub fn memory_from_options(s: &str) -> Result<MemoryConfig, OptionError> {
+    let o = Options::parse("memory", s, &["size", "low-ram-end"], true)?;
+    let size_text = match (o.kind(), o.get("size")) {
+        (Some(_), Some(_)) => {
+            return Err(o.invalid("size", s, "give the size once, bare or as size=SIZE"))
+        }
+        (Some(v), None) | (None, Some(v)) => v,
+        (None, None) => return Err(o.invalid("size", "", "expected a size such as 512M or 2G")),
+    };
+    let size = match parse_size(size_text) {
+        Some(n) if n < MIN_MEMORY => {
+            return Err(o.invalid("size", size_text, "at least 32M of RAM is needed"))
+        }
+        Some(n) if n % 4096 != 0 => {
+            return Err(o.invalid("size", size_text, "expected a multiple of 4 KiB"))
+        }
+        Some(n) => n,
+        None => {
+            return Err(o.invalid(
+                "size",
+                size_text,
+                "expected a size such as 512M or 2G (K, M, G suffixes)",
+            ))
+        }
+    };
+    let low_ram_end = match o.get("low-ram-end") {
+        None => layout::LOW_RAM_END_MAX,
+        Some(v) => match parse_size(v) {
+            Some(n)
+                if n % LOW_RAM_END_ALIGN == 0
+                    && (MIN_MEMORY..=layout::LOW_RAM_END_MAX).contains(&n) =>
+            {
+                n
+            }
+            _ => {
+                return Err(o.invalid(
+                    "low-ram-end",
+                    v,
+                    &format!(
+                        "expected a multiple of 2M from 32M to {:#x}",
+                        layout::LOW_RAM_END_MAX
+                    ),
+                ))
+            }
+        },
+    };
+    Ok(MemoryConfig { size, low_ram_end })
+}
+
+/// `--serial stdio`, `--serial off` or `--serial file=PATH`.
+pub fn serial_from_options(s: &str) -> Result<SerialConfig, OptionError> {
+    let o = Options::parse("serial", s, &["file"], true)?;
+    const EXPECTED: &str = "expected stdio, file=PATH or off";
+    match (o.kind(), o.get("file")) {
+        (Some("stdio"), None) => Ok(SerialConfig::Stdio),
+        (Some("off"), None) => Ok(SerialConfig::Off),
+        (None, Some(p)) if !p.is_empty() => Ok(SerialConfig::File(p.into())),
+        (None, Some(p)) => Err(o.invalid("file", p, "expected a path")),
+        _ => Err(o.invalid_kind(s, EXPECTED)),
+    }
+}
+
+/// `--debug-exit [iobase=PORT,iosize=N]`.
+pub fn debug_exit_from_options(s: &str) -> Result<DebugExitConfig, OptionError> {
+    let o = Options::parse("debug-exit", s, &["iobase", "iosize"], false)?;
+    let iobase = o.number("iobase", layout::DEBUG_EXIT_PORT.into(), 0..=0xffff)? as u16;
+    let iosize = o.number("iosize", layout::DEBUG_EXIT_SIZE.into(), 1..=8)? as u16;
+    if u32::from(iobase) + u32::from(iosize) > 0x1_0000 {
+        return Err(o.invalid(
+            "iosize",
+            &iosize.to_string(),
+            &format!("the ports from {iobase:#x} pass 0xffff"),
+        ));
+    }
+    Ok(DebugExitConfig { iobase, iosize })
+}
+
+/// `--iommu [intremap=on|off,caching-mode=on|off,aw-bits=39|48,device-iotlb=on|off,x2apic=on|off]`.
+pub fn iommu_from_options(s: &str) -> Result<IommuConfig, OptionError> {
+    let o = Options::parse(
+        "iommu",
+        s,
+        &[
+            "intremap",
+            "caching-mode",
+            "aw-bits",
+            "device-iotlb",
+            "x2apic",
+            "eim",
+        ],
+        false,
+    )?;
+    let d = IommuConfig::default();
+    if o.get("x2apic").is_some() && o.get("eim").is_some() {
+        return Err(o.invalid("eim", "", "eim is another name for x2apic: give one"));
+    }
+    let x2apic = match o.get("eim") {
+        Some(_) => o.on_off("eim", d.x2apic)?,
+        None => o.on_off("x2apic", d.x2apic)?,
+    };
+    Ok(IommuConfig {
+        aw_bits: o.choice("aw-bits", d.aw_bits, &[("39", 39), ("48", 48)])?,
+        interrupt_remapping: o.on_off("intremap", d.interrupt_remapping)?,
+        caching_mode: o.on_off("caching-mode", d.caching_mode)?,
+        device_iotlb: o.on_off("device-iotlb", d.device_iotlb)?,
+        x2apic,
+    })
+}
+
+/// `--device KIND[,OPTIONS]`.
+pub fn device_from_options(s: &str) -> Result<DeviceConfig, OptionError> {
+    let o = Options::parse("device", s, &[], true)?;
+    match o.kind() {
+        Some("edu") => Ok(DeviceConfig::Edu),
+        _ => Err(o.invalid_kind(s, "expected a device kind (known: edu)")),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,186 @@
+use super::*;
+
+fn config() -> VmConfig {
+    VmConfig {
+        boot: BootSource {
+            kernel: "k".into(),
+            initramfs: None,
+            cmdline: String::new(),
+        },
+        memory: memory_from_options("512M").unwrap(),
+        cpus: 1,
+        serial: SerialConfig::Stdio,
+        debug_exit: None,
+        iommu: None,
+        devices: Vec::new(),
+        passthrough: Vec::new(),
+        seccomp: SeccompMode::On,
+    }
+}
+
+#[test]
+fn memory_bare_size_uses_default_low_ram_end() {
+    let m = memory_from_options("2G").unwrap();
+    assert_eq!((m.size, m.low_ram_end), (2 << 30, layout::MMIO32_START));
+    assert_eq!(memory_from_options("size=64M").unwrap().size, 64 << 20);
+}
+
+#[test]
+fn memory_too_small_or_unaligned_is_refused() {
+    assert_eq!(
+        memory_from_options("1M").unwrap_err().to_string(),
+        "invalid value '1M' for '--memory size': at least 32M of RAM is needed"
+    );
+    assert!(memory_from_options("33554433").is_err());
+    assert!(memory_from_options("").is_err());
+    assert!(memory_from_options("512M,size=512M").is_err());
+    assert!(memory_from_options("-1G").is_err());
+}
+
+#[test]
+fn memory_low_ram_end_splits_ram_at_the_boundary() {
+    let m = memory_from_options("size=4G,low-ram-end=2G").unwrap();
+    assert_eq!(
+        m.ram_ranges(),
+        vec![(0, 2 << 30), (layout::RAM_HIGH_START, 2 << 30)]
+    );
+}
+
+#[test]
+fn memory_low_ram_end_past_the_mmio32_window_is_refused() {
+    assert!(memory_from_options("size=4G,low-ram-end=0xc0200000").is_err());
+    assert!(memory_from_options("size=4G,low-ram-end=0x80001000").is_err());
+    assert!(memory_from_options("size=4G,low-ram-end=16M").is_err());
+}
+
+#[test]
+fn ram_below_hole_is_one_range() {
+    let m = memory_from_options("512M").unwrap();
+    assert_eq!(m.ram_ranges(), vec![(0, 512 << 20)]);
+    let m = memory_from_options(&format!("{}", layout::MMIO32_START)).unwrap();
+    assert_eq!(m.ram_ranges(), vec![(0, layout::MMIO32_START)]);
+}
+
+#[test]
+fn ram_above_hole_continues_at_4g() {
+    let m = memory_from_options("4G").unwrap();
+    assert_eq!(
+        m.ram_ranges(),
+        vec![
+            (0, layout::MMIO32_START),
+            (layout::RAM_HIGH_START, (4 << 30) - layout::MMIO32_START)
+        ]
+    );
+}
+
+#[test]
+fn serial_modes_and_errors() {
+    assert_eq!(serial_from_options("stdio"), Ok(SerialConfig::Stdio));
+    assert_eq!(serial_from_options("off"), Ok(SerialConfig::Off));
+    assert_eq!(
+        serial_from_options("file=/tmp/x"),
+        Ok(SerialConfig::File("/tmp/x".into()))
+    );
+    assert_eq!(
+        serial_from_options("tcp").unwrap_err().to_string(),
+        "invalid value 'tcp' for '--serial': expected stdio, file=PATH or off"
+    );
+    assert!(serial_from_options("file=").is_err());
+    assert!(serial_from_options("stdio,file=x").is_err());
+}
+
+#[test]
+fn debug_exit_defaults_and_options() {
+    assert_eq!(
+        debug_exit_from_options(""),
+        Ok(DebugExitConfig {
+            iobase: 0xf4,
+            iosize: 4
+        })
+    );
+    assert_eq!(
+        debug_exit_from_options("iobase=0x501,iosize=2"),
+        Ok(DebugExitConfig {
+            iobase: 0x501,
+            iosize: 2
+        })
+    );
+}
+
+#[test]
+fn debug_exit_bad_options_are_refused() {
+    assert_eq!(
+        debug_exit_from_options("iobase=0x10000")
+            .unwrap_err()
+            .to_string(),
+        "invalid value '0x10000' for '--debug-exit iobase': expected a number from 0x0 to 0xffff"
+    );
+    assert!(debug_exit_from_options("iosize=9").is_err());
+    assert!(debug_exit_from_options("iobase=0xfffe,iosize=4").is_err());
+    assert!(debug_exit_from_options("speed=3").is_err());
+}
+
+#[test]
+fn iommu_defaults_and_options() {
+    assert_eq!(iommu_from_options(""), Ok(IommuConfig::default()));
+    let c = iommu_from_options("intremap=off,aw-bits=39,caching-mode=off,device-iotlb=on,eim=off")
+        .unwrap();
+    assert_eq!(
+        c,
+        IommuConfig {
+            aw_bits: 39,
+            interrupt_remapping: false,
+            caching_mode: false,
+            device_iotlb: true,
+            x2apic: false,
+        }
+    );
+}
+
+#[test]
+fn iommu_bad_value_names_flag_and_option() {
+    assert_eq!(
+        iommu_from_options("caching-mode=x")
+            .unwrap_err()
+            .to_string(),
+        "invalid value 'x' for '--iommu caching-mode': expected on or off"
+    );
+    assert_eq!(
+        iommu_from_options("aw-bits=40").unwrap_err().to_string(),
+        "invalid value '40' for '--iommu aw-bits': expected 39 or 48"
+    );
+    assert!(iommu_from_options("frobnicate=on").is_err());
+    assert!(iommu_from_options("intremap").is_err());
+    assert!(iommu_from_options("x2apic=on,eim=on").is_err());
+}
+
+#[test]
+fn device_kinds() {
+    assert_eq!(device_from_options("edu"), Ok(DeviceConfig::Edu));
+    assert_eq!(
+        device_from_options("e1000").unwrap_err().to_string(),
+        "invalid value 'e1000' for '--device': expected a device kind (known: edu)"
+    );
+    assert!(device_from_options("edu,x=1").is_err());
+}
+
+#[test]
+fn validate_vfio_without_caching_mode_is_refused() {
+    let mut c = config();
+    c.passthrough.push("00:04.0".into());
+    assert_eq!(c.validate(), Ok(()));
+    c.iommu = Some(iommu_from_options("caching-mode=off").unwrap());
+    assert_eq!(c.validate(), Err(ConfigError::VfioNeedsCachingMode));
+}
+
+#[test]
+fn validate_more_pci_devices_than_slots_is_refused() {
+    let mut c = config();
+    c.devices = vec![DeviceConfig::Edu; PCI_SLOTS];
+    assert_eq!(c.validate(), Ok(()));
+    c.passthrough.push("00:04.0".into());
+    assert_eq!(
+        c.validate(),
+        Err(ConfigError::TooManyPciDevices(PCI_SLOTS + 1))
+    );
+}

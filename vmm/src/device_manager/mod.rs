@@ -1,0 +1,185 @@
+//! The device manager: creates every device, wires it to the interrupt platform and the DMA
+//! path, puts it on the port-I/O and MMIO buses or the PCI root bus, and hands out the
+//! resources (ports, addresses, IOAPIC pins, PCI slots, KVM memory slots) it takes.
+//!
+//! Adding a device: its model in `devices/`, one arm in `add_pci_device` (or one call in
+//! `add_legacy_devices`), one `DeviceConfig` variant.
+
+mod acpi;
+mod irqchip;
+mod legacy;
+mod passthrough;
+mod pci;
+mod resources;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use devices::bus::{lock, Bus, BusError, SharedDevice};
+use devices::dma::DmaAccess;
+use devices::ioapic::Ioapic;
+use devices::pci::host_bridge::HostBridge;
+use devices::pci::root::PciError;
+use devices::pci::{PciRoot, PrtRoute};
+use devices::serial::SerialDevice;
+use devices::vfio::HostDevice;
+use kvm_ioctls::VmFd;
+use vm_memory::GuestMemoryMmap;
+
+pub use acpi::acpi_config;
+use irqchip::InterruptPlatform;
+pub use irqchip::IoapicEoi;
+pub use resources::ResourceError;
+use resources::Resources;
+
+use crate::config::VmConfig;
+use crate::console::ConsoleOut;
+use crate::control::VmControl;
+use crate::iommu::{DirectDma, IommuDma};
+use crate::memory::{KvmMmioMapper, MemSlots};
+use crate::vfio::{AttachError, Attached};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceManagerError {
+    #[error("Device layout: {0}")]
+    Bus(#[from] BusError),
+    #[error("Device layout: {0}")]
+    Resources(#[from] ResourceError),
+    #[error("PCI: {0}")]
+    Pci(#[from] PciError),
+    #[error(transparent)]
+    Passthrough(#[from] AttachError),
+    #[error("Cannot open serial output {0}: {1}")]
+    SerialFile(PathBuf, #[source] std::io::Error),
+    #[error("Stopped by signal {0} during setup")]
+    Stopped(i32),
+}
+
+/// Every device of a VM, and what they are wired to. Fields drop in order: the buses and the
+/// PCI root (and with them the devices) go first, the passthrough DMA state after them.
+pub struct DeviceManager {
+    pio: Bus,
+    mmio: Bus,
+    pci: Arc<Mutex<PciRoot>>,
+    irq: InterruptPlatform,
+    passthrough: Vec<Attached>,
+    serial: Option<Arc<Mutex<SerialDevice>>>,
+    console: Option<ConsoleOut>,
+    mem: GuestMemoryMmap,
+    control: Arc<VmControl>,
+    resources: Resources,
+    /// DMA of the emulated devices: through the IOMMU, or straight to guest memory.
+    dma: Arc<dyn DmaAccess>,
+    mapper: Arc<KvmMmioMapper>,
+}
+
+impl DeviceManager {
+    /// Creates and wires every device `cfg` asks for, and the host functions `hosts`.
+    pub fn create(
+        vm: Arc<VmFd>,
+        mem: &GuestMemoryMmap,
+        slots: Arc<MemSlots>,
+        control: Arc<VmControl>,
+        cfg: &VmConfig,
+        hosts: &[HostDevice],
+    ) -> Result<Self, DeviceManagerError> {
+        let mut resources = Resources::new()?;
+        resources.reserve_address_map(&cfg.memory.ram_ranges())?;
+        let irq = InterruptPlatform::new(vm.clone(), cfg.iommu, mem);
+        let dma: Arc<dyn DmaAccess> = match &irq.iommu {
+            Some(i) => Arc::new(IommuDma(i.clone())),
+            None => Arc::new(DirectDma(mem.clone())),
+        };
+        let pci = Arc::new(Mutex::new(PciRoot::new()));
+        lock(&pci).add_device(Arc::new(Mutex::new(HostBridge::new())), Some(0))?;
+        let mut dm = DeviceManager {
+            mem: mem.clone(),
+            control,
+            resources,
+            irq,
+            dma,
+            mapper: Arc::new(KvmMmioMapper::new(vm, slots)),
+            pio: Bus::new(),
+            mmio: Bus::new(),
+            pci,
+            passthrough: Vec::new(),
+            serial: None,
+            console: None,
+        };
+        dm.add_interrupt_controllers()?;
+        dm.add_legacy_devices(cfg)?;
+        for kind in &cfg.devices {
+            dm.add_pci_device(*kind)?;
+        }
+        for host in hosts {
+            dm.add_passthrough(host)?;
+            stop_point()?;
+        }
+        Ok(dm)
+    }
+
+    /// Closes the PCI bus (windows, BAR assignment) and returns its _PRT routes.
+    pub fn finish(&mut self) -> Result<Vec<PrtRoute>, DeviceManagerError> {
+        self.finish_pci()
+    }
+
+    /// A device on ports `base..base + size`, claimed from the resources first.
+    fn add_pio(
+        &mut self,
+        what: &'static str,
+        base: u16,
+        size: u64,
+        dev: SharedDevice,
+    ) -> Result<(), DeviceManagerError> {
+        self.resources.reserve_pio(what, base, size)?;
+        self.pio.insert(base.into(), size, dev)?;
+        Ok(())
+    }
+
+    pub fn pio(&self) -> &Bus {
+        &self.pio
+    }
+
+    pub fn mmio(&self) -> &Bus {
+        &self.mmio
+    }
+
+    pub fn ioapic(&self) -> &Arc<Mutex<Ioapic>> {
+        &self.irq.ioapic
+    }
+
+    pub fn serial(&self) -> Option<&Arc<Mutex<SerialDevice>>> {
+        self.serial.as_ref()
+    }
+
+    pub fn console(&self) -> Option<&ConsoleOut> {
+        self.console.as_ref()
+    }
+
+    /// The interrupt, IOMMU and passthrough state (SIGUSR1, and at exit with RUST_LOG=info).
+    pub fn state_dump(&self) -> String {
+        let mut s = lock(&self.irq.ioapic).dump();
+        if let Some(i) = &self.irq.iommu {
+            s += &i.state_dump();
+        }
+        for p in &self.passthrough {
+            s += &p.dump();
+        }
+        for (gsi, address, data) in self.irq.kvm.irqfd_routes() {
+            s += &format!("  KVM irqfd route: GSI {gsi} -> {address:#x}/{data:#x}\n");
+        }
+        s
+    }
+}
+
+/// Setup's check for a stop signal between its longer steps: what was set up so far is
+/// dropped on the way out, which releases passed-through devices in order.
+pub fn stop_point() -> Result<(), DeviceManagerError> {
+    match crate::lifecycle::stop_signal() {
+        Some(sig) => Err(DeviceManagerError::Stopped(sig)),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,78 @@
+//! The PCI root bus: the host bridge, the emulated devices, the configuration mechanisms
+//! (ports 0xcf8/0xcfc and ECAM), the BAR windows, and BAR and INTx assignment.
+
+use std::sync::{Arc, Mutex};
+
+use devices::bus::lock;
+use devices::edu::EduDevice;
+use devices::ioapic::IoapicPin;
+use devices::pci::{intx_gsi, PciConfigIo, PciConfigMmio, PciWindow, PrtRoute};
+use devices::Bdf;
+
+use super::{DeviceManager, DeviceManagerError};
+use crate::config::DeviceConfig;
+use crate::layout::*;
+
+/// edu's interrupt pin (INTA, devices/src/edu/pci.rs).
+const EDU_INTX_PIN: u8 = 1;
+
+impl DeviceManager {
+    /// An emulated device in the next free slot: its DMA goes through the IOMMU (if any), its
+    /// MSIs through interrupt remapping, its INTx to the IOAPIC pin the _PRT gives it.
+    pub(super) fn add_pci_device(&mut self, kind: DeviceConfig) -> Result<(), DeviceManagerError> {
+        let slot = self.resources.pci_slot()?;
+        let address = Bdf::new(0, slot, 0);
+        let dev = match kind {
+            DeviceConfig::Edu => EduDevice::new(
+                address,
+                self.dma.clone(),
+                self.irq.msi.clone(),
+                self.intx_line(slot, EDU_INTX_PIN),
+            ),
+        };
+        lock(&self.pci).add_device(Arc::new(Mutex::new(dev)), Some(slot))?;
+        log::info!("{kind:?} device at {address}");
+        Ok(())
+    }
+
+    /// The IOAPIC pin INTx `pin` of device `slot` drives.
+    fn intx_line(&self, slot: u8, pin: u8) -> Arc<IoapicPin> {
+        Arc::new(IoapicPin {
+            ioapic: self.irq.ioapic.clone(),
+            pin: intx_gsi(slot, pin) as usize,
+        })
+    }
+
+    /// Once every device is on the bus: the configuration mechanisms and BAR windows go on
+    /// the buses, BARs get addresses (as firmware would), and the _PRT routes come back for
+    /// the DSDT.
+    pub(super) fn finish_pci(&mut self) -> Result<Vec<PrtRoute>, DeviceManagerError> {
+        let pci = &self.pci;
+        self.pio.insert(
+            PCI_CONFIG_PORT.into(),
+            8,
+            Arc::new(Mutex::new(PciConfigIo::new(pci.clone()))),
+        )?;
+        self.mmio.insert(
+            ECAM_START,
+            ECAM_SIZE,
+            Arc::new(Mutex::new(PciConfigMmio::new(pci.clone()))),
+        )?;
+        let windows = pci_windows();
+        for (base, size, io) in [
+            (windows.io.0, windows.io.1, true),
+            (windows.mmio32.0, windows.mmio32.1, false),
+            (windows.mmio64.0, windows.mmio64.1, false),
+        ] {
+            let bus = if io { &mut self.pio } else { &mut self.mmio };
+            bus.insert(
+                base,
+                size,
+                Arc::new(Mutex::new(PciWindow::new(pci.clone(), base, io))),
+            )?;
+        }
+        let mut root = lock(pci);
+        root.assign_resources(&windows)?;
+        Ok(root.prt_routes())
+    }
+}

@@ -1,0 +1,126 @@
+//! The device manager's wiring, at register level, on a real KVM VM (no vCPU runs).
+
+use super::*;
+use crate::config::{DebugExitConfig, DeviceConfig, SerialConfig};
+use crate::layout::*;
+
+/// A device manager for `cfg` on a fresh VM with its RAM, finished.
+fn build(cfg: &VmConfig) -> Result<(DeviceManager, Vec<PrtRoute>), DeviceManagerError> {
+    let kvm = kvm_ioctls::Kvm::new().expect("these tests need /dev/kvm");
+    let vm = Arc::new(kvm.create_vm().unwrap());
+    let slots = Arc::new(MemSlots::new(kvm.get_nr_memslots()).unwrap());
+    let mem = crate::memory::create(&cfg.memory).unwrap();
+    let (control, _stopped) = VmControl::new().unwrap();
+    let mut dm = DeviceManager::create(vm, &mem, slots, Arc::new(control), cfg, &[])?;
+    let prt = dm.finish()?;
+    Ok((dm, prt))
+}
+
+fn config() -> VmConfig {
+    VmConfig {
+        boot: crate::config::BootSource {
+            kernel: "k".into(),
+            initramfs: None,
+            cmdline: String::new(),
+        },
+        memory: crate::config::memory_from_options("64M").unwrap(),
+        cpus: 1,
+        serial: SerialConfig::Off,
+        debug_exit: None,
+        iommu: None,
+        devices: Vec::new(),
+        passthrough: Vec::new(),
+        seccomp: crate::seccomp::SeccompMode::Off,
+    }
+}
+
+/// Configuration mechanism #1 (PCI Local Bus 3.0 section 3.2.2.3.2): dword 0 of `device`.
+fn vendor_device(dm: &DeviceManager, device: u8) -> u32 {
+    let address = 0x8000_0000u32 | (u32::from(device) << 11);
+    assert!(dm
+        .pio()
+        .write(PCI_CONFIG_PORT.into(), &address.to_le_bytes()));
+    let mut data = [0u8; 4];
+    assert!(dm.pio().read(u64::from(PCI_CONFIG_PORT) + 4, &mut data));
+    u32::from_le_bytes(data)
+}
+
+#[test]
+fn device_manager_edu_devices_take_slots_in_order() {
+    let mut cfg = config();
+    cfg.devices = vec![DeviceConfig::Edu, DeviceConfig::Edu];
+    let (dm, prt) = build(&cfg).unwrap();
+    assert_eq!(
+        vendor_device(&dm, 0) & 0xffff,
+        0x1b36,
+        "host bridge at 00:00.0"
+    );
+    assert_eq!(vendor_device(&dm, 1), 0x11e8_1234);
+    assert_eq!(vendor_device(&dm, 2), 0x11e8_1234);
+    assert_eq!(vendor_device(&dm, 3), 0xffff_ffff, "nothing at 00:03.0");
+    assert!(prt.iter().any(|r| r.device == 2));
+}
+
+#[test]
+fn device_manager_drhd_only_with_an_iommu() {
+    let mut data = [0u8; 4];
+    let (dm, _) = build(&config()).unwrap();
+    assert!(!dm.mmio().read(DRHD_START, &mut data));
+    let mut cfg = config();
+    cfg.iommu = Some(iommu::IommuConfig::default());
+    let (dm, _) = build(&cfg).unwrap();
+    assert!(dm.mmio().read(DRHD_START, &mut data), "VER_REG decodes");
+    assert!(dm.mmio().read(IOAPIC_START, &mut data));
+}
+
+#[test]
+fn device_manager_serial_and_debug_exit_only_when_asked() {
+    let mut data = [0u8; 1];
+    let (dm, _) = build(&config()).unwrap();
+    assert!(!dm.pio().read(COM1_PORT.into(), &mut data));
+    assert!(!dm.pio().read(DEBUG_EXIT_PORT.into(), &mut data));
+    assert!(dm.serial().is_none());
+    let mut cfg = config();
+    let log = std::env::temp_dir().join(format!("minivmm-dm-serial-{}.log", std::process::id()));
+    cfg.serial = SerialConfig::File(log.clone());
+    cfg.debug_exit = Some(DebugExitConfig {
+        iobase: DEBUG_EXIT_PORT,
+        iosize: DEBUG_EXIT_SIZE,
+    });
+    let (dm, _) = build(&cfg).unwrap();
+    assert!(dm.pio().read(COM1_PORT.into(), &mut data));
+    assert!(dm.pio().read(DEBUG_EXIT_PORT.into(), &mut data));
+    assert!(dm.serial().is_some());
+    drop(dm);
+    let _ = std::fs::remove_file(log);
+}
+
+#[test]
+fn device_manager_debug_exit_on_pci_config_ports_is_refused() {
+    let mut cfg = config();
+    cfg.debug_exit = Some(DebugExitConfig {
+        iobase: PCI_CONFIG_PORT,
+        iosize: 4,
+    });
+    assert!(matches!(
+        build(&cfg),
+        Err(DeviceManagerError::Resources(ResourceError::Overlap {
+            what: "isa-debug-exit",
+            other: "PCI config ports",
+            ..
+        }))
+    ));
+}
+
+#[test]
+fn device_manager_acpi_config_follows_the_devices() {
+    let mut cfg = config();
+    let a = acpi_config(&cfg, &[]);
+    assert!(a.dmar.is_none());
+    assert!(a.dsdt.serial.is_none());
+    cfg.iommu = Some(iommu::IommuConfig::default());
+    cfg.serial = SerialConfig::Stdio;
+    let a = acpi_config(&cfg, &[]);
+    assert_eq!(a.dmar.map(|d| d.register_base), Some(DRHD_START));
+    assert_eq!(a.dsdt.serial, Some((COM1_PORT, COM1_IRQ)));
+}
