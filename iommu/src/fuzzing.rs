@@ -10,7 +10,9 @@
 //! * every DMA translation equals the reference walk of the current tables, or a translation
 //!   returned earlier that no invalidation has covered since;
 //! * the map/unmap event stream applies cleanly to a model container and, after a global or
-//!   covering invalidation, equals the reference walk of the tracked device's tables;
+//!   covering invalidation, equals the reference walk of the tracked device's tables (in an
+//!   operation where the unit hit one of its small drawn [`Limits`], is part of it, with a
+//!   fault pending unless the context has FPD);
 //! * every interrupt remapping equals the reference decode of an IRTE not invalidated since;
 //! * queued invalidation processes exactly the descriptors the reference accepts.
 
