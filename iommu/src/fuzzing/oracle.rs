@@ -15,6 +15,9 @@ const ABOVE_HAW_RESERVED: u64 = ((1 << 52) - 1) & !HAW_MASK;
 const PTE_R: u64 = 1;
 const PTE_W: u64 = 2;
 const PTE_PS: u64 = 1 << 7;
+/// Paging entry bit 11, SNP: reserved at every level without ECAP.SC (9.8; QEMU's
+/// `VTD_SPTE_*_RSVD_MASK` all hold 0x800 unless snoop control is on).
+const PTE_SNP: u64 = 1 << 11;
 
 /// What the unit advertises, read back from CAP/ECAP (11.4.2, 11.4.3).
 #[derive(Clone, Copy, Debug)]
@@ -23,10 +26,11 @@ pub struct Caps {
     pub sagaw: u64,
     /// CAP.SLLPS (37:34).
     pub sllps: u64,
-    /// ECAP.PT (6), ECAP.DT (2), ECAP.IR (3).
+    /// ECAP.PT (6), ECAP.DT (2), ECAP.IR (3), ECAP.SC (7).
     pub pt: bool,
     pub dt: bool,
     pub ir: bool,
+    pub sc: bool,
     /// Known findings the reference reproduces instead of flagging (for surveys only).
     pub allow: Allow,
 }
@@ -70,6 +74,7 @@ impl Caps {
             pt: ecap & (1 << 6) != 0,
             dt: ecap & (1 << 2) != 0,
             ir: ecap & (1 << 3) != 0,
+            sc: ecap & (1 << 7) != 0,
             allow: Allow::default(),
         }
     }
@@ -84,9 +89,11 @@ pub fn read_u64(mem: &GuestMemoryMmap, addr: u64) -> Option<u64> {
 pub enum RefCtx {
     /// Any fault on the way to a usable context entry.
     Blocked,
-    /// TT 00b/01b (translated, `levels` 3 or 4) or 10b (`pass_through`).
+    /// TT 00b/01b (translated, `levels` 3 or 4) or 10b (`pass_through`); `fpd`: fault
+    /// processing disabled (lo bit 1).
     Usable {
         did: u16,
+        fpd: bool,
         pass_through: bool,
         levels: u8,
         slptptr: u64,
@@ -116,6 +123,7 @@ pub fn context(mem: &GuestMemoryMmap, rta: u64, bdf: Bdf, caps: &Caps) -> RefCtx
         return blocked;
     }
     let did = (hi >> 8) as u16;
+    let fpd = lo & 2 != 0;
     let slptptr = lo & !0xfff;
     let tt = (lo >> 2) & 3;
     let translated = match tt {
@@ -124,6 +132,7 @@ pub fn context(mem: &GuestMemoryMmap, rta: u64, bdf: Bdf, caps: &Caps) -> RefCtx
         2 if caps.pt => {
             return RefCtx::Usable {
                 did,
+                fpd,
                 pass_through: true,
                 levels: 4,
                 slptptr,
@@ -138,6 +147,7 @@ pub fn context(mem: &GuestMemoryMmap, rta: u64, bdf: Bdf, caps: &Caps) -> RefCtx
     }
     RefCtx::Usable {
         did,
+        fpd,
         pass_through: false,
         levels: aw as u8 + 2,
         slptptr,
@@ -153,7 +163,7 @@ enum Pte {
 }
 
 fn decode_pte(e: u64, level: u64, caps: &Caps) -> Pte {
-    if e & ABOVE_HAW_RESERVED != 0 {
+    if e & ABOVE_HAW_RESERVED != 0 || (e & PTE_SNP != 0 && !caps.sc) {
         return Pte::Fault;
     }
     let addr = e & HAW_MASK & !0xfff;

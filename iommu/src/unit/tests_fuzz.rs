@@ -31,7 +31,6 @@ struct Progress {
 }
 
 #[test]
-#[ignore = "being reconciled with the merged fixes (branch fuzz-reconcile)"]
 fn fuzz_random_guest_operations_match_reference_model() {
     let one = env_u64("MINIVMM_FUZZ_SEED");
     let secs = std::env::var("MINIVMM_FUZZ_SECS")
@@ -74,6 +73,7 @@ fn fuzz_random_guest_operations_match_reference_model() {
                     total.checks += s.checks;
                     total.superpage_dmas += s.superpage_dmas;
                     total.partial_psis += s.partial_psis;
+                    total.limit_hits += s.limit_hits;
                 }
                 Ok(Err(Failure { msg, log })) => {
                     eprintln!(

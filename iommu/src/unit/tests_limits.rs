@@ -186,6 +186,25 @@ fn cm_ranges_past_the_walk_budget_are_unmapped_not_kept() {
 }
 
 #[test]
+fn limit_hits_counts_a_walk_budget_hit_even_with_fpd() {
+    let (mut u, _, mut t) = unit_with(SMALL);
+    let slpt = t.context(DEV, DID, 4, 0, true);
+    t.map(slpt, 4, 1 << 30, 0x80_0000, 0x1000, RW);
+    enable(&mut u, &t);
+    u.track(&t.mem, DEV);
+    dsi(&mut u, &t);
+    assert_eq!(u.limit_hits(), 0);
+    let l3 = t.r64(slpt) & !0xfff;
+    let (l2, l1) = (t.alloc(), t.alloc());
+    t.w64(l3, l2 | RW);
+    fill(&t, l2, l1 | RW);
+    dsi(&mut u, &t);
+    // FPD keeps the fault out of the log; the counter still tells the mapping is partial.
+    assert_eq!(u.faults.records().count(), 0);
+    assert_eq!(u.limit_hits(), 1);
+}
+
+#[test]
 fn state_dump_reports_peaks_and_limits_on_one_line() {
     let (mut u, _, mut t) = unit();
     let slpt = t.context(DEV, DID, 4, 0, false);

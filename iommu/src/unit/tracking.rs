@@ -87,6 +87,8 @@ pub(super) struct WalkWork {
     pub(super) peak_queue_write: usize,
     /// Steps of the resync diffs so far (tests bound the work with it).
     pub(super) diff_steps: u64,
+    /// Resyncs that hit a bound (walk budget or range cap) and so left ranges unmapped.
+    limit_hits: u64,
 }
 
 /// What the consumer must carry out on the host before the guest's invalidations and
@@ -250,6 +252,13 @@ impl RemappingUnit {
         self.tracker.range_stats(device)
     }
 
+    /// How many times a tracked device's resync hit a bound of [`crate::limits`] (walk
+    /// budget or range cap) and so left ranges unmapped (fail closed, fault 07h unless FPD).
+    /// Tests and the fuzzer tell a legitimate partial mapping from a lost one with it.
+    pub fn limit_hits(&self) -> u64 {
+        self.work.limit_hits
+    }
+
     /// A register write (or a new tracked device) starts with a fresh walk budget.
     pub(super) fn begin_work(&mut self) {
         self.work.remaining = self.limits.walk_entries_per_write;
@@ -338,6 +347,7 @@ impl RemappingUnit {
     /// guest sees a fault record there, as for a paging-entry access that failed (07h),
     /// unless the context entry disabled fault processing.
     fn bound_fault(&mut self, device: Bdf, iova: u64, fpd: bool, what: &str) {
+        self.work.limit_hits += 1;
         if fpd {
             return;
         }
