@@ -5,6 +5,8 @@
 pub mod configuration;
 pub mod host_bridge;
 pub mod msi;
+pub mod msix;
+pub mod regs;
 pub mod root;
 
 pub use configuration::{BarKind, BarSpec, PciConfiguration, PciIds};

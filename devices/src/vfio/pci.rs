@@ -12,18 +12,19 @@ use log::info;
 use vfio_ioctls::{VfioContainer, VfioDevice, VfioOps};
 
 use super::bars::{BarMaps, GuestMmioMapper, PAGE_SIZE};
-use super::config::{VirtualConfig, REG_COMMAND, REG_INTERRUPT_PIN};
+use super::config::VirtualConfig;
 use super::function::{HostFunction, VfioFunction, CONFIG_REGION};
 use super::host::HostDevice;
 use super::interrupts::{InterruptWiring, Interrupts, Mode};
 use super::relay::{EpollWatcher, Relay};
 use crate::interrupt::{IrqLine, IrqfdRouting, MsiTrigger};
+use crate::pci::regs::{
+    COMMAND as REG_COMMAND, COMMAND_MASTER, CONFIG_DWORDS, INTERRUPT_PIN as REG_INTERRUPT_PIN,
+};
 use crate::pci::PciDevice;
 
-/// Command register: bus master enable (PCI local bus spec 6.2.2).
-const COMMAND_BUS_MASTER: u8 = 1 << 2;
-/// Configuration space a guest can address (PCIe: 4 KiB).
-const CONFIG_DWORDS: usize = 1024;
+/// Command register low byte: bus master enable.
+const COMMAND_BUS_MASTER: u8 = COMMAND_MASTER as u8;
 
 /// What the device waits on before the guest may turn bus mastering on: its DMA mappings
 /// being in place (the VMM may still be making them).
