@@ -8,6 +8,7 @@ pub mod msi;
 pub mod msix;
 pub mod regs;
 pub mod root;
+pub mod vectors;
 
 pub use configuration::{BarKind, BarSpec, PciConfiguration, PciIds};
 pub use root::{intx_gsi, PciConfigIo, PciConfigMmio, PciRoot, PciWindow, PrtRoute};
