@@ -14,7 +14,6 @@ use crate::pci::configuration::{
     BarKind, BarSpec, PciConfiguration, PciIds, COMMAND_INTX_DISABLE, COMMAND_MASTER,
 };
 use crate::pci::msi::{MsiCap, CTL_64BIT};
-use crate::pci::regs::CAP_ID_MSI;
 use crate::pci::PciDevice;
 
 pub const EDU_VENDOR: u16 = 0x1234;
@@ -111,13 +110,9 @@ impl EduDevice {
                 kind: BarKind::Mem32,
             })
             .expect("BAR0 fits a fresh configuration space");
-        // The configuration space reserves the capability's bytes (ID and next pointer
-        // included) and links it; the registers after those are the model's.
-        let msi_len = MsiCap::new(0, CTL_64BIT).size();
-        let offset = config
-            .add_capability(CAP_ID_MSI, &vec![0; msi_len - 2], &[])
-            .expect("MSI fits a fresh configuration space");
-        let msi = MsiCap::new(offset, CTL_64BIT);
+        // One vector, 64-bit, no per-vector masking.
+        let msi =
+            MsiCap::add_to(&mut config, CTL_64BIT).expect("MSI fits a fresh configuration space");
         EduDevice {
             config,
             msi,

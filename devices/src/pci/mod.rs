@@ -3,6 +3,7 @@
 //! BAR accesses.
 
 pub mod configuration;
+pub mod emulated;
 pub mod host_bridge;
 pub mod msi;
 pub mod msix;

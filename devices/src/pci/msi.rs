@@ -5,6 +5,9 @@
 //! message control (the host kernel owns the real registers, so the guest's live here). The
 //! pending bits are the vectors' business (the vector group) and are passed in.
 
+use super::configuration::{ConfigError, PciConfiguration};
+use super::regs::CAP_ID_MSI;
+
 /// Message control bits: enable (0), multiple message capable (3:1), multiple message enable
 /// (6:4), 64-bit address capable (7), per-vector masking capable (8).
 pub const CTL_ENABLE: u16 = 1 << 0;
@@ -54,6 +57,15 @@ impl MsiCap {
             capable: capable.min(MAX_LOG2_VECTORS),
             ..Default::default()
         }
+    }
+
+    /// An emulated function's capability offering `device_control` (see [`MsiCap::new`]),
+    /// appended to `config`, which reserves and links its bytes; the registers after ID and
+    /// next pointer are this model's (read them through [`MsiCap::read_byte`]).
+    pub fn add_to(config: &mut PciConfiguration, device_control: u16) -> Result<Self, ConfigError> {
+        let size = MsiCap::new(0, device_control).size();
+        let offset = config.add_capability(CAP_ID_MSI, &vec![0; size - 2], &[])?;
+        Ok(MsiCap::new(offset, device_control))
     }
 
     pub fn offset(&self) -> usize {
