@@ -109,31 +109,20 @@ impl EmulatedMsix {
 
     /// A BAR read; returns false when it is not the table's or the PBA's.
     pub fn read_bar(&self, bar: usize, offset: u64, data: &mut [u8]) -> bool {
-        let (table, pba) = (self.cap.table(), self.cap.pba());
-        if table.contains(bar, offset) {
-            self.cap.read_table(offset - table.offset, data);
-        } else if pba.contains(bar, offset) {
-            let g = lock(&self.vectors);
-            self.cap
-                .read_pba(offset - pba.offset, data, |i| g.pending(i));
-        } else {
-            return false;
-        }
-        true
+        let g = lock(&self.vectors);
+        self.cap.read_bar(bar, offset, data, |i| g.pending(i))
     }
 
     /// A BAR write; returns false when it is not the table's or the PBA's (read-only).
     pub fn write_bar(&mut self, bar: usize, offset: u64, data: &[u8]) -> bool {
-        let (table, pba) = (self.cap.table(), self.cap.pba());
-        if table.contains(bar, offset) {
-            if let Some(i) = self.cap.write_table(offset - table.offset, data).entry {
-                let mut g = lock(&self.vectors);
-                self.sync(&mut g, i);
-            }
-            true
-        } else {
-            pba.contains(bar, offset)
+        let Some(change) = self.cap.write_bar(bar, offset, data) else {
+            return false;
+        };
+        if let Some(i) = change.entry {
+            let mut g = lock(&self.vectors);
+            self.sync(&mut g, i);
         }
+        true
     }
 }
 

@@ -231,6 +231,37 @@ impl MsixCap {
         }
     }
 
+    /// A BAR access's read: the table's or the PBA's (`pending(i)`: whether vector `i` is
+    /// pending). Returns false when `offset` in `bar` is neither's.
+    pub fn read_bar(
+        &self,
+        bar: usize,
+        offset: u64,
+        data: &mut [u8],
+        pending: impl Fn(usize) -> bool,
+    ) -> bool {
+        let (table, pba) = (self.table(), self.pba());
+        if table.contains(bar, offset) {
+            self.read_table(offset - table.offset, data);
+        } else if pba.contains(bar, offset) {
+            self.read_pba(offset - pba.offset, data, pending);
+        } else {
+            return false;
+        }
+        true
+    }
+
+    /// A BAR access's write: to the table, or to the PBA, which is read-only (6.8.2.10).
+    /// None when `offset` in `bar` is neither's.
+    pub fn write_bar(&mut self, bar: usize, offset: u64, data: &[u8]) -> Option<MsixChange> {
+        let (table, pba) = (self.table(), self.pba());
+        if table.contains(bar, offset) {
+            Some(self.write_table(offset - table.offset, data))
+        } else {
+            pba.contains(bar, offset).then(MsixChange::default)
+        }
+    }
+
     /// A PBA read, with `pending(i)` telling whether vector `i` is pending.
     pub fn read_pba(&self, offset: u64, data: &mut [u8], pending: impl Fn(usize) -> bool) {
         for (k, b) in data.iter_mut().enumerate() {

@@ -292,14 +292,10 @@ impl PciDevice for VfioPciDevice {
     fn read_bar(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
         data.fill(0xff);
         if let Some(m) = &self.config.msix {
-            let (table, pba) = (m.table(), m.pba());
-            if table.contains(bar, offset) {
-                return m.read_table(offset - table.offset, data);
-            }
-            if pba.contains(bar, offset) {
-                let irq = &self.interrupts;
-                let msix_mode = irq.mode() == Mode::Msix;
-                return m.read_pba(offset - pba.offset, data, |i| msix_mode && irq.pending(i));
+            let irq = &self.interrupts;
+            let msix_mode = irq.mode() == Mode::Msix;
+            if m.read_bar(bar, offset, data, |i| msix_mode && irq.pending(i)) {
+                return;
             }
         }
         self.host.read(bar as u32, offset, data);
@@ -307,16 +303,11 @@ impl PciDevice for VfioPciDevice {
 
     fn write_bar(&mut self, bar: usize, offset: u64, data: &[u8]) {
         if let Some(m) = self.config.msix.as_mut() {
-            let (table, pba) = (m.table(), m.pba());
-            if table.contains(bar, offset) {
-                let change = m.write_table(offset - table.offset, data);
+            if let Some(change) = m.write_bar(bar, offset, data) {
                 if let Some(i) = change.entry {
                     self.sync_vector(self.interrupts.mode(), i);
                 }
                 return;
-            }
-            if pba.contains(bar, offset) {
-                return; // read-only
             }
         }
         self.host.write(bar as u32, offset, data);

@@ -196,3 +196,29 @@ fn msix_pba_read_at_an_offset_and_past_the_vectors() {
     m.read_pba(1, &mut b, |i| i == 8);
     assert_eq!(b, [1, 0], "byte 1 holds vectors 8..16; 9.. do not exist");
 }
+
+#[test]
+fn msix_bar_access_dispatches_to_table_and_pba_only() {
+    let mut m = cap(2);
+    let mut b = [0xffu8; 4];
+    assert!(m.read_bar(1, 12, &mut b, |_| false));
+    assert_eq!(u32::from_le_bytes(b), 1, "entry 0 starts masked");
+    assert!(m.read_bar(1, 0x800, &mut b, |i| i == 1));
+    assert_eq!(b[0], 0b10);
+    assert!(
+        !m.read_bar(1, 0x400, &mut b, |_| false),
+        "between table and PBA"
+    );
+    assert!(!m.read_bar(0, 0, &mut b, |_| false), "another BAR");
+    assert_eq!(
+        m.write_bar(1, 12, &0u32.to_le_bytes())
+            .and_then(|c| c.entry),
+        Some(0)
+    );
+    assert_eq!(
+        m.write_bar(1, 0x800, &[0xff; 4]),
+        Some(MsixChange::default()),
+        "PBA: dropped"
+    );
+    assert_eq!(m.write_bar(1, 0x808, &[0xff; 4]), None);
+}
