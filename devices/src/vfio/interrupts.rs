@@ -85,7 +85,7 @@ impl LineChange {
 struct State {
     wiring: InterruptWiring,
     mode: Mode,
-    /// MSI's or MSI-X's vectors (empty in the other modes).
+    /// MSI's or MSI-X's vectors (None in the other modes).
     vectors: Option<VectorGroup>,
     intx: Option<Intx>,
     /// Vector interrupts the relay sent through the VMM in earlier modes (the current group
