@@ -7,7 +7,8 @@
 //! [`Limits::slow_access`]; the 0xCF8/0xCFC mechanism and ECAM read the same configuration
 //! bytes; a device's DMA requests stay within what the device can address and land in RAM
 //! only; a passed-through function's MSI-X vector that is masked (entry or function mask), or
-//! any vector while MSI-X and MSI are off, has no hypervisor route.
+//! any vector while MSI-X and MSI are off, has no hypervisor route; nor has a masked vector of
+//! the emulated MSI-X function, or any of its vectors while MSI-X is off.
 
 pub mod machine;
 
@@ -295,6 +296,29 @@ fn edu_msi_enable(d: &mut Draw) -> Vec<Access> {
     ]
 }
 
+/// Programs an entry of the emulated MSI-X function, sets its control (enable, function mask)
+/// and rings its doorbell, as a driver and its device would.
+fn msix_program(d: &mut Draw, m: &Machine) -> Vec<Access> {
+    let base = bar_base(m, MSIX_SLOT, 0);
+    let entry = base + u64::from(MSIX_TABLE) + 16 * d.below(u64::from(MSIX_VECTORS) + 1);
+    let control = d.pick(&[0x80u8, 0x80, 0xc0, 0x00]);
+    let mmio = |addr: u64, data: Vec<u8>| Access::Mmio {
+        addr,
+        data,
+        write: true,
+    };
+    vec![
+        mmio(entry, 0xfee0_0000u32.to_le_bytes().to_vec()),
+        mmio(
+            entry + 8,
+            (0x40 + d.below(0x10) as u32).to_le_bytes().to_vec(),
+        ),
+        mmio(entry + 12, (d.below(2) as u32).to_le_bytes().to_vec()),
+        ecam_write(MSIX_SLOT, 0x43, &[control]),
+        mmio(base + MSIX_DOORBELL, vec![d.below(16) as u8]),
+    ]
+}
+
 /// The next accesses: a driver-like sequence, or one access aimed at a device's registers,
 /// or anywhere.
 fn next_accesses(d: &mut Draw, m: &Machine) -> Vec<Access> {
@@ -306,6 +330,7 @@ fn next_accesses(d: &mut Draw, m: &Machine) -> Vec<Access> {
             vec![ecam_write(dev, 4, &v.to_le_bytes())]
         }
         1 => edu_dma_program(d, m),
+        2 if d.below(2) == 0 => msix_program(d, m),
         2 => edu_msi_enable(d),
         _ => vec![next_access(d, m)],
     }
@@ -391,6 +416,17 @@ fn next_access(d: &mut Draw, m: &Machine) -> Access {
             Access::Mmio {
                 addr: base + reg,
                 data,
+                write,
+            }
+        }
+        6 | 7 if d.below(4) == 0 => {
+            // The emulated MSI-X function: table, PBA, doorbell.
+            let base = bar_base(m, MSIX_SLOT, 0);
+            let off = d.pick(&[0, u64::from(MSIX_PBA), MSIX_DOORBELL]) + d.below(0x90);
+            let len = d.pick(&MMIO_SIZES);
+            Access::Mmio {
+                addr: base + off,
+                data: data_for(d, len),
                 write,
             }
         }
@@ -541,6 +577,42 @@ fn check_routes(m: &Machine) -> Result<(), String> {
     }
 }
 
+/// The emulated function's interrupt oracle: every route it holds carries the message of an
+/// entry the guest left unmasked, with MSI-X enabled and the function not masked, as the
+/// registers read.
+fn check_msix_routes(m: &Machine) -> Result<(), String> {
+    let mut dev = lock(&m.msix);
+    let routed: Vec<(u64, u32)> = lock(&m.msix_routes.0)
+        .values()
+        .map(|r| (r.address, r.data))
+        .collect();
+    let cap = dev.msix.cap().offset();
+    let control = dev.read_config_register(cap / 4) >> 16;
+    let allowed: Vec<(u64, u32)> = if control & 0xc000 != 0x8000 {
+        Vec::new()
+    } else {
+        (0..u64::from(MSIX_VECTORS))
+            .filter_map(|i| {
+                let mut e = [0u8; 16];
+                for k in 0..4 {
+                    let at = u64::from(MSIX_TABLE) + 16 * i + 4 * k;
+                    dev.read_bar(0, at, &mut e[4 * k as usize..4 * k as usize + 4]);
+                }
+                let word = |k: usize| u32::from_le_bytes([e[k], e[k + 1], e[k + 2], e[k + 3]]);
+                let address = (u64::from(word(4)) << 32) | u64::from(word(0));
+                (word(12) & 1 == 0).then_some((address, word(8)))
+            })
+            .collect()
+    };
+    match routed.iter().find(|r| !allowed.contains(r)) {
+        Some(r) => Err(format!(
+            "emulated MSI-X (control {control:#x}): hypervisor route {:#x}/{:#x} for no unmasked vector (unmasked: {allowed:x?})",
+            r.0, r.1
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Runs accesses drawn from `src` against a fresh machine until `limits` or the entropy
 /// runs out; the first failed oracle ends the run.
 pub fn run(src: &mut dyn Entropy, limits: Limits) -> Result<Summary, Finding> {
@@ -577,6 +649,7 @@ pub fn run(src: &mut dyn Entropy, limits: Limits) -> Result<Summary, Finding> {
             };
             check_dma(&m).map_err(fail)?;
             check_routes(&m).map_err(fail)?;
+            check_msix_routes(&m).map_err(fail)?;
             s.ops += 1;
         }
         let fail = |what: String| Finding {

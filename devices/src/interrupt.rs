@@ -57,6 +57,15 @@ pub trait IrqfdRouting: Send + Sync {
     fn unroute(&self, fd: &EventFd);
 }
 
+/// Watches eventfds on the VMM's behalf (with VFIO: the relay thread's epoll set), for
+/// interrupts that something outside the VMM signals (a host device) but the hypervisor does
+/// not deliver itself.
+pub trait FdWatcher: Send + Sync {
+    /// Reports `token` whenever `fd` becomes readable.
+    fn watch(&self, fd: &EventFd, token: u64);
+    fn unwatch(&self, fd: &EventFd);
+}
+
 /// Something that derived hypervisor routes from interrupt messages the guest programmed, and
 /// must derive them again when interrupt remapping entries change (VT-d 6.5.2.7: after an
 /// interrupt entry cache invalidation the hardware uses the new IRTEs).

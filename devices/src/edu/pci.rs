@@ -13,7 +13,7 @@ use crate::interrupt::{IrqLine, MsiMessage, MsiTrigger};
 use crate::pci::configuration::{
     BarKind, BarSpec, PciConfiguration, PciIds, COMMAND_INTX_DISABLE, COMMAND_MASTER,
 };
-use crate::pci::msi::MsiCapability;
+use crate::pci::msi::{MsiCap, CTL_64BIT};
 use crate::pci::PciDevice;
 
 pub const EDU_VENDOR: u16 = 0x1234;
@@ -29,7 +29,7 @@ const INTX_PIN: u8 = 1;
 /// An edu PCI function.
 pub struct EduDevice {
     config: PciConfiguration,
-    msi: MsiCapability,
+    msi: MsiCap,
     regs: EduRegisters,
     address: Bdf,
     msi_trigger: Arc<dyn MsiTrigger>,
@@ -40,7 +40,7 @@ pub struct EduDevice {
 /// Routes the register file's interrupt changes per the current configuration.
 struct Router<'a> {
     config: &'a PciConfiguration,
-    msi: MsiCapability,
+    msi: &'a MsiCap,
     address: Bdf,
     trigger: &'a dyn MsiTrigger,
     intx: &'a dyn IrqLine,
@@ -50,10 +50,13 @@ struct Router<'a> {
 impl EduInterrupt for Router<'_> {
     fn update(&mut self, pending: bool, raised: bool) {
         let command = self.config.command();
-        if self.msi.enabled(self.config) {
+        if self.msi.enabled() {
             self.set_intx(false);
-            if raised && command & COMMAND_MASTER != 0 {
-                let (address, data) = self.msi.message(self.config);
+            // An unprogrammed address sends nothing (the shared model's rule).
+            let message = self.msi.message(0);
+            if let Some((address, data)) =
+                message.filter(|_| raised && command & COMMAND_MASTER != 0)
+            {
                 let msg = MsiMessage {
                     address,
                     data,
@@ -107,7 +110,9 @@ impl EduDevice {
                 kind: BarKind::Mem32,
             })
             .expect("BAR0 fits a fresh configuration space");
-        let msi = MsiCapability::add(&mut config).expect("MSI fits a fresh configuration space");
+        // One vector, 64-bit, no per-vector masking.
+        let msi =
+            MsiCap::add_to(&mut config, CTL_64BIT).expect("MSI fits a fresh configuration space");
         EduDevice {
             config,
             msi,
@@ -126,7 +131,7 @@ impl EduDevice {
 
     /// Interrupt Status follows a pending interrupt that would go out as INTx.
     fn update_interrupt_status(&mut self) {
-        let intx_pending = self.regs.interrupt_status() != 0 && !self.msi.enabled(&self.config);
+        let intx_pending = self.regs.interrupt_status() != 0 && !self.msi.enabled();
         self.config.set_interrupt_status(intx_pending);
     }
 
@@ -135,7 +140,7 @@ impl EduDevice {
             &mut self.regs,
             Router {
                 config: &self.config,
-                msi: self.msi,
+                msi: &self.msi,
                 address: self.address,
                 trigger: self.msi_trigger.as_ref(),
                 intx: self.intx.as_ref(),
@@ -147,11 +152,28 @@ impl EduDevice {
 
 impl PciDevice for EduDevice {
     fn read_config_register(&mut self, reg_idx: usize) -> u32 {
-        self.config.read_register(reg_idx)
+        let mut b = self.config.read_register(reg_idx).to_le_bytes();
+        for (i, byte) in b.iter_mut().enumerate() {
+            let off = reg_idx * 4 + i;
+            if self.msi.contains(off) {
+                // No per-vector masking: no pending bits either.
+                *byte = self.msi.read_byte(off, *byte, 0);
+            }
+        }
+        u32::from_le_bytes(b)
     }
 
     fn write_config_register(&mut self, reg_idx: usize, offset: u64, data: &[u8]) {
+        // The capability's bytes are read-only in `config`: the write reaches the model alone.
         self.config.write_register(reg_idx, offset, data);
+        if offset as usize + data.len() <= 4 {
+            for (i, v) in data.iter().enumerate() {
+                let off = reg_idx * 4 + offset as usize + i;
+                if self.msi.contains(off) {
+                    self.msi.write_byte(off, *v);
+                }
+            }
+        }
         self.regs
             .set_bus_master(self.config.command() & COMMAND_MASTER != 0);
         // Enabling MSI or setting interrupt disable moves a pending INTx.

@@ -350,6 +350,35 @@ mod pci {
     }
 
     #[test]
+    fn edu_pci_msi_without_address_sends_nothing() {
+        // The shared MSI model's rule: an unprogrammed (zero) address is no message.
+        let mut r = rig();
+        command(&mut r.dev, COMMAND_MEMORY | COMMAND_MASTER);
+        enable_msi(&mut r.dev, 0, 0x1234);
+        r.dev.write_bar(0, REG_IRQ_RAISE, &1u32.to_le_bytes());
+        assert!(r.msis.0.lock().unwrap().is_empty());
+        assert!(
+            r.line.0.lock().unwrap().iter().all(|l| !l),
+            "nor INTx: MSI is enabled"
+        );
+    }
+
+    #[test]
+    fn edu_pci_msi_capability_reads_back_through_config() {
+        let mut r = rig();
+        enable_msi(&mut r.dev, 0x1_fee0_1007, 0x4041);
+        let cap = msi_offset(&mut r.dev) / 4;
+        assert_eq!(
+            r.dev.read_config_register(cap) >> 16,
+            0x81,
+            "64-bit, enabled"
+        );
+        assert_eq!(r.dev.read_config_register(cap + 1), 0xfee0_1004);
+        assert_eq!(r.dev.read_config_register(cap + 2), 1);
+        assert_eq!(r.dev.read_config_register(cap + 3), 0x4041);
+    }
+
+    #[test]
     fn edu_pci_intx_follows_status_and_interrupt_disable() {
         let mut r = rig();
         command(&mut r.dev, COMMAND_MEMORY | COMMAND_MASTER);

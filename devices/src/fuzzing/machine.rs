@@ -1,6 +1,7 @@
 //! The machine the bus fuzzer drives: the port and MMIO buses with every device, laid out as
 //! `vmm/src/vm.rs` lays them out (addresses from `vmm/src/layout.rs`), an edu device doing DMA
-//! into a flat guest memory and a passed-through function on a fake VFIO host.
+//! into a flat guest memory, a passed-through function on a fake VFIO host and an emulated
+//! function with MSI-X ([`MsixFunction`], a stand-in for virtio-pci).
 
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
@@ -23,6 +24,7 @@ use crate::interrupt::{InterruptError, IrqLine, IrqfdRouting, MsiMessage, MsiTri
 use crate::ioapic::Ioapic;
 use crate::pci::host_bridge::HostBridge;
 use crate::pci::root::Windows;
+use crate::pci::vectors::VectorWiring;
 use crate::pci::{PciConfigIo, PciConfigMmio, PciRoot, PciWindow};
 use crate::pvpanic::{PvPanic, PVPANIC_PORT};
 use crate::serial::{SerialDevice, SERIAL_PORT_SIZE};
@@ -51,6 +53,7 @@ pub const RAM: [(u64, usize); 2] = [(0, 0x9_f000), (0x10_0000, 0x30_0000)];
 /// Device numbers on bus 0: the host bridge, edu, the passed-through function.
 pub const EDU_SLOT: u8 = 1;
 pub const VFIO_SLOT: u8 = 2;
+pub const MSIX_SLOT: u8 = 3;
 /// Size of each of the passed-through function's two memory BARs (0: 32-bit, 2: 64-bit).
 pub const VFIO_BAR_SIZE: u64 = 0x8000;
 
@@ -111,6 +114,9 @@ impl IrqLine for IoapicPin {
         lock(&self.ioapic).set_irq(self.pin, level);
     }
 }
+
+mod msix_function;
+pub use msix_function::*;
 
 /// Hypervisor routes by eventfd, as KVM's irqfd routing keeps them.
 #[derive(Default)]
@@ -321,6 +327,9 @@ pub struct Machine {
     pub outbox: Arc<Outbox>,
     pub vfio: Arc<Mutex<VfioPciDevice>>,
     pub layout: VfioLayout,
+    /// The emulated MSI-X function and its hypervisor routes.
+    pub msix: Arc<Mutex<MsixFunction>>,
+    pub msix_routes: Arc<Routes>,
 }
 
 /// Why the machine could not be built (a bug in the fuzzer's set-up, not a finding).
@@ -332,6 +341,8 @@ pub enum MachineError {
     Pci(#[from] crate::pci::root::PciError),
     #[error("VFIO: {0}")]
     Vfio(#[from] crate::vfio::VfioPciError),
+    #[error("MSI-X: {0}")]
+    Msix(#[from] crate::pci::emulated::EmulatedMsixError),
     #[error("Guest memory: {0}")]
     Memory(#[from] vm_memory::GuestMemoryError),
     #[error("Guest memory regions: {0}")]
@@ -428,6 +439,16 @@ impl Machine {
         let vfio = Arc::new(Mutex::new(vfio));
         lock(&root).add_device(vfio.clone(), Some(VFIO_SLOT))?;
 
+        let msix_routes = Arc::new(Routes::default());
+        let msix = Arc::new(Mutex::new(MsixFunction::new(VectorWiring {
+            source: Bdf::new(0, MSIX_SLOT, 0),
+            trigger: msi.clone(),
+            routing: Some(msix_routes.clone()),
+            watcher: None,
+            name: "msix".into(),
+        })?));
+        lock(&root).add_device(msix.clone(), Some(MSIX_SLOT))?;
+
         pio.insert(
             PCI_CONFIG_PORT,
             8,
@@ -461,6 +482,8 @@ impl Machine {
             outbox,
             vfio,
             layout,
+            msix,
+            msix_routes,
         })
     }
 }

@@ -2,41 +2,30 @@
 //! header fields, BARs with sizing, command/status, interrupt line/pin and a capability list,
 //! each guarded by a writable mask so read-only fields ignore guest writes.
 
-/// Dwords in the 4 KiB PCIe configuration space.
-pub const CONFIG_DWORDS: usize = 1024;
+use super::regs::{self, dword, CONVENTIONAL_END, FIRST_CAPABILITY};
+pub use super::regs::{
+    COMMAND_INTX_DISABLE, COMMAND_IO, COMMAND_MASTER, COMMAND_MEMORY, CONFIG_DWORDS, NUM_BARS,
+};
 /// Register indexes (dword offsets) of the type-0 header.
-pub const REG_ID: usize = 0;
-pub const REG_COMMAND_STATUS: usize = 1;
-pub const REG_CLASS_REVISION: usize = 2;
-pub const REG_HEADER: usize = 3;
-pub const REG_BAR0: usize = 4;
-pub const REG_SUBSYSTEM: usize = 11;
-pub const REG_ROM: usize = 12;
-pub const REG_CAPABILITIES: usize = 13;
-pub const REG_INTERRUPT: usize = 15;
-/// Number of BARs in a type-0 header.
-pub const NUM_BARS: usize = 6;
-/// Command register bits (spec 6.2.2): I/O space, memory space, bus master, parity error
-/// response, SERR# enable, interrupt disable.
-pub const COMMAND_IO: u16 = 1 << 0;
-pub const COMMAND_MEMORY: u16 = 1 << 1;
-pub const COMMAND_MASTER: u16 = 1 << 2;
-pub const COMMAND_INTX_DISABLE: u16 = 1 << 10;
+pub const REG_ID: usize = dword(regs::ID);
+pub const REG_COMMAND_STATUS: usize = dword(regs::COMMAND);
+pub const REG_CLASS_REVISION: usize = dword(regs::CLASS_REVISION);
+pub const REG_HEADER: usize = dword(regs::HEADER);
+pub const REG_BAR0: usize = dword(regs::BAR0);
+pub const REG_SUBSYSTEM: usize = dword(regs::SUBSYSTEM);
+pub const REG_ROM: usize = dword(regs::ROM);
+pub const REG_CAPABILITIES: usize = dword(regs::CAPABILITIES);
+pub const REG_INTERRUPT: usize = dword(regs::INTERRUPT_LINE);
 const COMMAND_WRITABLE: u32 = 0x0547;
 /// Status register bits: interrupt status (RO), capabilities list (RO) and the
 /// write-1-to-clear error bits.
-const STATUS_INTERRUPT: u32 = 1 << 3;
-const STATUS_CAP_LIST: u32 = 1 << 4;
+const STATUS_INTERRUPT: u32 = regs::STATUS_INTERRUPT as u32;
+const STATUS_CAP_LIST: u32 = regs::STATUS_CAP_LIST as u32;
 const STATUS_RW1C: u32 = 0xf900;
 /// BAR low bits (spec 6.2.5.1).
 const BAR_IO: u32 = 0x1;
 const BAR_MEM_64: u32 = 0x4;
 const BAR_PREFETCH: u32 = 0x8;
-/// First byte available for capabilities (after the 64-byte header).
-const FIRST_CAPABILITY: usize = 0x40;
-/// End of conventional configuration space.
-const CONVENTIONAL_END: usize = 0x100;
-
 /// What a BAR decodes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BarKind {

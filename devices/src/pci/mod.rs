@@ -1,11 +1,17 @@
 //! PCI(e) for a single root bus: the device trait, a type-0 configuration space helper, the
 //! host bridge, and the root that dispatches configuration cycles (0xCF8/0xCFC and ECAM) and
-//! BAR accesses.
+//! BAR accesses. Interrupts of every function (emulated or passed through): the MSI and MSI-X
+//! capability models ([`msi`], [`msix`]), the vector group behind them ([`vectors`]) and MSI-X
+//! for emulated functions ([`emulated`]). Register offsets and bits are in [`regs`], once.
 
 pub mod configuration;
+pub mod emulated;
 pub mod host_bridge;
 pub mod msi;
+pub mod msix;
+pub mod regs;
 pub mod root;
+pub mod vectors;
 
 pub use configuration::{BarKind, BarSpec, PciConfiguration, PciIds};
 pub use root::{intx_gsi, PciConfigIo, PciConfigMmio, PciRoot, PciWindow, PrtRoute};

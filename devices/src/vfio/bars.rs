@@ -18,8 +18,7 @@ pub trait GuestMmioMapper: Send + Sync {
 
 /// The unit of guest mappings.
 pub const PAGE_SIZE: u64 = 0x1000;
-/// BARs of a type-0 function.
-pub const NUM_BARS: usize = 6;
+pub use crate::pci::regs::NUM_BARS;
 
 /// An mmap()ed piece of a BAR and where it is mapped in the guest.
 struct Piece {

@@ -5,23 +5,15 @@
 //! the capability list once so it can present it unchanged around them.
 
 use super::function::{HostFunction, CONFIG_REGION};
-use super::msi::{MsiCap, MsiChange};
-use super::msix::{MsixCap, MsixChange};
+use crate::pci::msi::{MsiCap, MsiChange};
+use crate::pci::msix::{MsixCap, MsixChange};
+use crate::pci::regs::{
+    CAPABILITIES as REG_CAPABILITIES, CAP_ID_MSI, CAP_ID_MSIX, CONFIG_SPACE, FIRST_CAPABILITY,
+    INTERRUPT_PIN as REG_INTERRUPT_PIN, ROM as REG_ROM, STATUS as REG_STATUS,
+};
 
-/// Capability IDs (PCI local bus spec 3.0 appendix H).
-const CAP_ID_MSI: u8 = 0x05;
-const CAP_ID_MSIX: u8 = 0x11;
-/// Header registers (type 0): status (capabilities list bit 4), expansion ROM BAR,
-/// capabilities pointer, interrupt pin.
-pub const REG_COMMAND: usize = 0x04;
-const STATUS_CAP_LIST: u8 = 1 << 4;
-const REG_STATUS: usize = 0x06;
-const REG_ROM: usize = 0x30;
-const REG_CAPABILITIES: usize = 0x34;
-pub const REG_INTERRUPT_PIN: usize = 0x3d;
-/// PCIe configuration space (4 KiB); capabilities live past the header.
-const CONFIG_SPACE: usize = 4096;
-const FIRST_CAP_OFFSET: u8 = 0x40;
+/// Status register low byte: capabilities list.
+const STATUS_CAP_LIST: u8 = crate::pci::regs::STATUS_CAP_LIST as u8;
 /// Longest capability list a walk follows (a malformed device may loop).
 const MAX_CAPS: usize = 48;
 
@@ -81,7 +73,7 @@ impl VirtualConfig {
         cfg.first_capability = read_u8(host, REG_CAPABILITIES) & 0xfc;
         let mut ptr = cfg.first_capability;
         for _ in 0..MAX_CAPS {
-            if ptr < FIRST_CAP_OFFSET {
+            if usize::from(ptr) < FIRST_CAPABILITY {
                 break;
             }
             let off = usize::from(ptr);

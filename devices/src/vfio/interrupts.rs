@@ -1,10 +1,12 @@
 //! Delivery of a passed-through function's interrupts. VFIO signals one eventfd per interrupt.
-//! An MSI or MSI-X vector that is unmasked and programmed is handed to the hypervisor
-//! ([`IrqfdRouting`], KVM irqfds), so it reaches the guest without the VMM; a masked vector, or
-//! one the hypervisor cannot deliver (interrupt remapping blocks it), is watched by the VMM's
-//! relay instead, which sets its pending bit or sends it through the [`MsiTrigger`] (where a
-//! blocked interrupt is recorded as a fault). INTx drives a level-triggered interrupt line and
-//! is unmasked at the host when the guest EOIs it ([`crate::interrupt::Resample`]).
+//! MSI and MSI-X vectors are a [`VectorGroup`] (shared with emulated devices): an unmasked,
+//! programmed vector is handed to the hypervisor ([`IrqfdRouting`], KVM irqfds), so it reaches
+//! the guest without the VMM; a masked vector, or one the hypervisor cannot deliver (interrupt
+//! remapping blocks it), is watched by the VMM's relay instead, which sets its pending bit or
+//! sends it through the [`MsiTrigger`] (where a blocked interrupt is recorded as a fault). What
+//! VFIO adds is the host side: enabling and disabling the host's vectors with their eventfds.
+//! INTx drives a level-triggered interrupt line and is unmasked at the host when the guest
+//! EOIs it ([`crate::interrupt::Resample`]).
 //!
 //! Only one of INTx, MSI and MSI-X is enabled at the host at a time, as VFIO requires.
 
@@ -15,17 +17,12 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::function::{HostFunction, INTX_IRQ, MSIX_IRQ, MSI_IRQ};
 use crate::bus::lock;
-use crate::interrupt::{InterruptRoutes, IrqLine, IrqfdRouting, MsiMessage, MsiTrigger, Resample};
+pub use crate::interrupt::FdWatcher;
+use crate::interrupt::{InterruptRoutes, IrqLine, IrqfdRouting, MsiTrigger, Resample};
+use crate::pci::vectors::{new_eventfds, VectorGroup, VectorWiring};
 
 /// The relay's token for the INTx eventfd (vectors use their index).
 pub const INTX_TOKEN: u64 = u64::MAX;
-
-/// Watches eventfds on the VMM's behalf (the relay thread's epoll set).
-pub trait FdWatcher: Send + Sync {
-    /// Reports `token` whenever `fd` becomes readable.
-    fn watch(&self, fd: &EventFd, token: u64);
-    fn unwatch(&self, fd: &EventFd);
-}
 
 /// Which interrupt mechanism the guest uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,17 +42,6 @@ impl Mode {
             Mode::Msix => Some(MSIX_IRQ),
         }
     }
-}
-
-struct Vector {
-    fd: EventFd,
-    message: Option<(u64, u32)>,
-    masked: bool,
-    pending: bool,
-    /// The hypervisor delivers it.
-    routed: bool,
-    /// The relay watches its eventfd.
-    watched: bool,
 }
 
 struct Intx {
@@ -99,10 +85,11 @@ impl LineChange {
 struct State {
     wiring: InterruptWiring,
     mode: Mode,
-    vectors: Vec<Vector>,
+    /// MSI's or MSI-X's vectors (None in the other modes).
+    vectors: Option<VectorGroup>,
     intx: Option<Intx>,
-    /// Vector interrupts the relay sent through the VMM (the rest went through the
-    /// hypervisor's routes), and INTx assertions.
+    /// Vector interrupts the relay sent through the VMM in earlier modes (the current group
+    /// counts its own), and INTx assertions.
     relayed: u64,
     intx_count: u64,
 }
@@ -118,65 +105,10 @@ fn new_eventfd() -> Option<EventFd> {
 }
 
 impl State {
-    fn message(&self, address: u64, data: u32) -> MsiMessage {
-        MsiMessage {
-            address,
-            data,
-            source: self.wiring.source,
-        }
-    }
-
-    fn send(&self, (address, data): (u64, u32)) {
-        if let Err(e) = self.wiring.trigger.send_msi(self.message(address, data)) {
-            iommu::warn_limited!("vfio {}: interrupt: {e}", self.wiring.name);
-        }
-    }
-
-    /// Brings vector `i`'s delivery in line with its message and mask.
-    fn reconcile(&mut self, i: usize) {
-        let Some(v) = self.vectors.get(i) else { return };
-        let deliverable = v.message.filter(|_| !v.masked);
-        if let (Some(m), true) = (deliverable, v.pending) {
-            // An interrupt held while masked is sent once it is unmasked (6.8.2.9).
-            self.vectors[i].pending = false;
-            self.send(m);
-        }
-        let v = &self.vectors[i];
-        let routed = match (deliverable, &self.wiring.routing) {
-            (Some((a, d)), Some(r)) => r.route(&v.fd, self.message(a, d)),
-            _ => false,
-        };
-        let v = &mut self.vectors[i];
-        if routed {
-            if v.watched {
-                self.wiring.watcher.unwatch(&v.fd);
-                v.watched = false;
-            }
-        } else {
-            if v.routed {
-                if let Some(r) = &self.wiring.routing {
-                    r.unroute(&v.fd);
-                }
-            }
-            if !v.watched {
-                self.wiring.watcher.watch(&v.fd, i as u64);
-                v.watched = true;
-            }
-        }
-        v.routed = routed;
-    }
-
     fn teardown(&mut self) -> LineChange {
         let mut change = LineChange::None;
-        for v in self.vectors.drain(..) {
-            if v.routed {
-                if let Some(r) = &self.wiring.routing {
-                    r.unroute(&v.fd);
-                }
-            }
-            if v.watched {
-                self.wiring.watcher.unwatch(&v.fd);
-            }
+        if let Some(g) = self.vectors.take() {
+            self.relayed += g.relayed();
         }
         if self.mode == Mode::Intx {
             if let Some(x) = &mut self.intx {
@@ -212,8 +144,7 @@ impl State {
             return;
         }
         let count = count.min(self.wiring.host.irq_count(index) as usize);
-        let fds: Option<Vec<EventFd>> = (0..count).map(|_| new_eventfd()).collect();
-        let Some(fds) = fds.filter(|f| !f.is_empty()) else {
+        let Some(fds) = new_eventfds(count).filter(|f| !f.is_empty()) else {
             return;
         };
         let refs: Vec<&EventFd> = fds.iter().collect();
@@ -225,21 +156,15 @@ impl State {
             );
             return;
         }
-        self.vectors = fds
-            .into_iter()
-            .map(|fd| Vector {
-                fd,
-                message: None,
-                masked: true,
-                pending: false,
-                routed: false,
-                watched: false,
-            })
-            .collect();
+        let wiring = VectorWiring {
+            source: self.wiring.source,
+            trigger: self.wiring.trigger.clone(),
+            routing: self.wiring.routing.clone(),
+            watcher: Some(self.wiring.watcher.clone()),
+            name: format!("vfio {}", self.wiring.name),
+        };
+        self.vectors = Some(VectorGroup::new(wiring, fds));
         self.mode = mode;
-        for i in 0..self.vectors.len() {
-            self.reconcile(i);
-        }
     }
 }
 
@@ -249,7 +174,7 @@ impl Interrupts {
         Interrupts(Arc::new(Mutex::new(State {
             wiring,
             mode: Mode::Off,
-            vectors: Vec::new(),
+            vectors: None,
             intx: None,
             relayed: 0,
             intx_count: 0,
@@ -285,7 +210,8 @@ impl Interrupts {
     pub fn set_mode(&self, mode: Mode, count: usize) {
         let change = {
             let mut st = lock(&self.0);
-            if st.mode == mode && (mode == Mode::Intx || st.vectors.len() == count) {
+            let n = st.vectors.as_ref().map_or(0, VectorGroup::len);
+            if st.mode == mode && (mode == Mode::Intx || n == count) {
                 return;
             }
             let change = st.teardown();
@@ -297,21 +223,14 @@ impl Interrupts {
 
     /// Vector `i`'s message and mask as the guest programmed them.
     pub fn update_vector(&self, i: usize, message: Option<(u64, u32)>, masked: bool) {
-        let mut st = lock(&self.0);
-        let Some(v) = st.vectors.get_mut(i) else {
-            return;
-        };
-        if v.message == message && v.masked == masked {
-            return;
+        if let Some(g) = lock(&self.0).vectors.as_mut() {
+            g.update(i, message, masked);
         }
-        v.message = message;
-        v.masked = masked;
-        st.reconcile(i);
     }
 
     /// Whether vector `i` has an interrupt held back by its mask.
     pub fn pending(&self, i: usize) -> bool {
-        lock(&self.0).vectors.get(i).is_some_and(|v| v.pending)
+        lock(&self.0).vectors.as_ref().is_some_and(|g| g.pending(i))
     }
 
     /// The relay saw `token`'s eventfd signalled.
@@ -329,19 +248,8 @@ impl Interrupts {
                     _ => LineChange::None,
                 }
             } else {
-                let i = token as usize;
-                let Some(v) = st.vectors.get_mut(i) else {
-                    return;
-                };
-                if v.fd.read().is_err() {
-                    return;
-                }
-                match v.message.filter(|_| !v.masked) {
-                    Some(m) => {
-                        st.relayed += 1;
-                        st.send(m);
-                    }
-                    None => v.pending = true,
+                if let Some(g) = st.vectors.as_mut() {
+                    g.signalled(token as usize);
                 }
                 LineChange::None
             }
@@ -352,10 +260,8 @@ impl Interrupts {
     /// One line per vector for the state dump.
     pub fn dump(&self) -> String {
         let st = lock(&self.0);
-        let mut s = format!(
-            "  interrupts: {:?}, {} relayed by the VMM",
-            st.mode, st.relayed
-        );
+        let relayed = st.relayed + st.vectors.as_ref().map_or(0, VectorGroup::relayed);
+        let mut s = format!("  interrupts: {:?}, {relayed} relayed by the VMM", st.mode);
         if let Some(x) = &st.intx {
             s += &format!(
                 ", INTx {} ({} assertions)",
@@ -364,20 +270,8 @@ impl Interrupts {
             );
         }
         s += "\n";
-        for (i, v) in st.vectors.iter().enumerate() {
-            let how = match (v.routed, v.message) {
-                (true, _) => "in KVM",
-                (false, None) => "unprogrammed",
-                (false, Some(_)) if v.masked => "masked",
-                (false, Some(_)) => "relayed",
-            };
-            let msg = v
-                .message
-                .map_or(String::new(), |(a, d)| format!(" {a:#x}/{d:#x}"));
-            s += &format!(
-                "    vector {i}: {how}{msg}{}\n",
-                if v.pending { " pending" } else { "" }
-            );
+        if let Some(g) = &st.vectors {
+            s += &g.dump();
         }
         s
     }
@@ -398,9 +292,8 @@ impl Resample for Interrupts {
 
 impl InterruptRoutes for Interrupts {
     fn refresh(&self) {
-        let mut st = lock(&self.0);
-        for i in 0..st.vectors.len() {
-            st.reconcile(i);
+        if let Some(g) = lock(&self.0).vectors.as_mut() {
+            g.refresh();
         }
     }
 }

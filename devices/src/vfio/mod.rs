@@ -10,8 +10,6 @@ pub(crate) mod fake;
 pub mod function;
 pub mod host;
 pub mod interrupts;
-mod msi;
-mod msix;
 pub mod pci;
 mod relay;
 

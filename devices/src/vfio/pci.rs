@@ -12,18 +12,19 @@ use log::info;
 use vfio_ioctls::{VfioContainer, VfioDevice, VfioOps};
 
 use super::bars::{BarMaps, GuestMmioMapper, PAGE_SIZE};
-use super::config::{VirtualConfig, REG_COMMAND, REG_INTERRUPT_PIN};
+use super::config::VirtualConfig;
 use super::function::{HostFunction, VfioFunction, CONFIG_REGION};
 use super::host::HostDevice;
 use super::interrupts::{InterruptWiring, Interrupts, Mode};
 use super::relay::{EpollWatcher, Relay};
 use crate::interrupt::{IrqLine, IrqfdRouting, MsiTrigger};
+use crate::pci::regs::{
+    COMMAND as REG_COMMAND, COMMAND_MASTER, CONFIG_DWORDS, INTERRUPT_PIN as REG_INTERRUPT_PIN,
+};
 use crate::pci::PciDevice;
 
-/// Command register: bus master enable (PCI local bus spec 6.2.2).
-const COMMAND_BUS_MASTER: u8 = 1 << 2;
-/// Configuration space a guest can address (PCIe: 4 KiB).
-const CONFIG_DWORDS: usize = 1024;
+/// Command register low byte: bus master enable.
+const COMMAND_BUS_MASTER: u8 = COMMAND_MASTER as u8;
 
 /// What the device waits on before the guest may turn bus mastering on: its DMA mappings
 /// being in place (the VMM may still be making them).
@@ -291,14 +292,10 @@ impl PciDevice for VfioPciDevice {
     fn read_bar(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
         data.fill(0xff);
         if let Some(m) = &self.config.msix {
-            let (table, pba) = (m.table(), m.pba());
-            if table.contains(bar, offset) {
-                return m.read_table(offset - table.offset, data);
-            }
-            if pba.contains(bar, offset) {
-                let irq = &self.interrupts;
-                let msix_mode = irq.mode() == Mode::Msix;
-                return m.read_pba(offset - pba.offset, data, |i| msix_mode && irq.pending(i));
+            let irq = &self.interrupts;
+            let msix_mode = irq.mode() == Mode::Msix;
+            if m.read_bar(bar, offset, data, |i| msix_mode && irq.pending(i)) {
+                return;
             }
         }
         self.host.read(bar as u32, offset, data);
@@ -306,16 +303,11 @@ impl PciDevice for VfioPciDevice {
 
     fn write_bar(&mut self, bar: usize, offset: u64, data: &[u8]) {
         if let Some(m) = self.config.msix.as_mut() {
-            let (table, pba) = (m.table(), m.pba());
-            if table.contains(bar, offset) {
-                let change = m.write_table(offset - table.offset, data);
+            if let Some(change) = m.write_bar(bar, offset, data) {
                 if let Some(i) = change.entry {
                     self.sync_vector(self.interrupts.mode(), i);
                 }
                 return;
-            }
-            if pba.contains(bar, offset) {
-                return; // read-only
             }
         }
         self.host.write(bar as u32, offset, data);

@@ -453,8 +453,8 @@ pub struct VfioHost {
 /// read-write, and a page the guest gave the device read-only must stay so.
 const VFIO_IOMMU_MAP_DMA: libc::c_ulong = 0x3b71; // _IO(';', 100 + 13)
 /// Command register (PCI local bus spec 6.2.2), and its bus master enable bit.
-const PCI_COMMAND: u64 = 0x04;
-const PCI_COMMAND_MASTER: u16 = 1 << 2;
+const PCI_COMMAND: u64 = devices::pci::regs::COMMAND as u64;
+use devices::pci::regs::COMMAND_MASTER as PCI_COMMAND_MASTER;
 
 impl HostDma for VfioHost {
     unsafe fn map(

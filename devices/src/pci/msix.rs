@@ -1,7 +1,10 @@
-//! The guest's view of a passed-through function's MSI-X capability, table and pending bit
-//! array (PCI local bus spec 3.0 section 6.8.2). The host kernel owns the device's real
-//! table, so the guest's table lives here; accesses to it (and to the PBA) are trapped out of
-//! the BARs, and its entries drive the vectors' routes.
+//! The MSI-X capability, table and pending bit array (PCI local bus spec 3.0 section 6.8.2,
+//! PCIe base spec 7.7.2) as the guest sees them. One model for every function: an emulated
+//! device (virtio-pci) builds it with [`MsixCap::emulated`] and places table and PBA in one
+//! of its BARs; a passed-through one takes the device's registers ([`MsixCap::new`]), since the
+//! host kernel owns the real table: accesses to the table and PBA are trapped out of the BARs
+//! and land here. The entries drive the vectors' routes (the vector group),
+//! which also own the pending bits.
 
 /// Message control: table size - 1 (10:0), function mask (14), MSI-X enable (15).
 const CTL_TABLE_SIZE_MASK: u16 = 0x7ff;
@@ -79,6 +82,14 @@ impl MsixCap {
                 n
             ],
         }
+    }
+
+    /// The capability at `offset` of an emulated function with `vectors` entries (1..=2048),
+    /// its table at `table` = (BAR, offset) and PBA at `pba` (offsets 8-byte aligned, 6.8.2.4).
+    pub fn emulated(offset: usize, vectors: u16, table: (usize, u32), pba: (usize, u32)) -> Self {
+        let size = vectors.clamp(1, CTL_TABLE_SIZE_MASK + 1) - 1;
+        let reg = |(bar, off): (usize, u32)| (off & !BIR_MASK) | (bar as u32 & BIR_MASK);
+        MsixCap::new(offset, size, reg(table), reg(pba))
     }
 
     pub fn offset(&self) -> usize {
@@ -220,6 +231,37 @@ impl MsixCap {
         }
     }
 
+    /// A BAR access's read: the table's or the PBA's (`pending(i)`: whether vector `i` is
+    /// pending). Returns false when `offset` in `bar` is neither's.
+    pub fn read_bar(
+        &self,
+        bar: usize,
+        offset: u64,
+        data: &mut [u8],
+        pending: impl Fn(usize) -> bool,
+    ) -> bool {
+        let (table, pba) = (self.table(), self.pba());
+        if table.contains(bar, offset) {
+            self.read_table(offset - table.offset, data);
+        } else if pba.contains(bar, offset) {
+            self.read_pba(offset - pba.offset, data, pending);
+        } else {
+            return false;
+        }
+        true
+    }
+
+    /// A BAR access's write: to the table, or to the PBA, which is read-only (6.8.2.10).
+    /// None when `offset` in `bar` is neither's.
+    pub fn write_bar(&mut self, bar: usize, offset: u64, data: &[u8]) -> Option<MsixChange> {
+        let (table, pba) = (self.table(), self.pba());
+        if table.contains(bar, offset) {
+            Some(self.write_table(offset - table.offset, data))
+        } else {
+            pba.contains(bar, offset).then(MsixChange::default)
+        }
+    }
+
     /// A PBA read, with `pending(i)` telling whether vector `i` is pending.
     pub fn read_pba(&self, offset: u64, data: &mut [u8], pending: impl Fn(usize) -> bool) {
         for (k, b) in data.iter_mut().enumerate() {
@@ -232,104 +274,4 @@ impl MsixCap {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cap(vectors: u16) -> MsixCap {
-        // Table in BAR 1 at 0, PBA in BAR 1 at 0x800 (as QEMU's virtio devices have it).
-        MsixCap::new(0x98, vectors - 1, 1, 0x801)
-    }
-
-    fn write32(m: &mut MsixCap, off: u64, v: u32) -> MsixChange {
-        m.write_table(off, &v.to_le_bytes())
-    }
-
-    fn read32(m: &MsixCap, off: u64) -> u32 {
-        let mut b = [0u8; 4];
-        m.read_table(off, &mut b);
-        u32::from_le_bytes(b)
-    }
-
-    #[test]
-    fn msix_locations_from_bir_and_offset() {
-        let m = cap(3);
-        assert_eq!(
-            m.table(),
-            Location {
-                bar: 1,
-                offset: 0,
-                size: 48
-            }
-        );
-        assert_eq!(
-            m.pba(),
-            Location {
-                bar: 1,
-                offset: 0x800,
-                size: 8
-            }
-        );
-        assert!(m.pba().contains(1, 0x807) && !m.pba().contains(1, 0x808));
-        assert!(!m.table().contains(2, 0));
-    }
-
-    #[test]
-    fn msix_entries_start_masked_and_hold_messages() {
-        let mut m = cap(2);
-        assert!(m.masked(0) && m.masked(1));
-        assert_eq!(read32(&m, 12), 1);
-        assert_eq!(write32(&mut m, 16, 0xfee0_100f).entry, Some(1));
-        write32(&mut m, 20, 0x1);
-        write32(&mut m, 24, 0x4055);
-        assert_eq!(
-            m.message(1),
-            Some((0x1_fee0_100c, 0x4055)),
-            "address bits 1:0 reserved"
-        );
-        assert_eq!(m.message(0), None);
-        assert_eq!(write32(&mut m, 28, 0xffff_fffe).entry, Some(1));
-        assert!(!m.masked(1), "only bit 0 of vector control is defined");
-        assert_eq!(read32(&m, 28), 0);
-        assert_eq!(write32(&mut m, 28, 0).entry, None, "no change, no event");
-    }
-
-    #[test]
-    fn msix_qword_access_and_bad_accesses() {
-        let mut m = cap(1);
-        let c = m.write_table(0, &0x0000_0001_fee0_0000u64.to_le_bytes());
-        assert_eq!(c.entry, Some(0));
-        let mut q = [0u8; 8];
-        m.read_table(0, &mut q);
-        assert_eq!(u64::from_le_bytes(q), 0x1_fee0_0000);
-        assert_eq!(m.write_table(2, &[1, 2]).entry, None, "unaligned");
-        assert_eq!(write32(&mut m, 64, 5).entry, None, "past the table");
-        assert_eq!(read32(&m, 64), 0);
-    }
-
-    #[test]
-    fn msix_control_only_enable_and_function_mask_writable() {
-        let mut m = cap(4);
-        assert_eq!(m.read_config_byte(0x9a, 0), 3, "table size - 1");
-        let c = m.write_config_byte(0x9b, 0xff);
-        assert!(c.control && m.enabled());
-        assert_eq!(m.read_config_byte(0x9b, 0), 0xc0);
-        assert_eq!(m.write_config_byte(0x9a, 0xff), MsixChange::default());
-        assert_eq!(m.read_config_byte(0x9a, 0), 3);
-        write32(&mut m, 12, 0);
-        assert!(m.masked(0), "the function mask masks every vector");
-        m.write_config_byte(0x9b, 0x80);
-        assert!(!m.masked(0) && m.masked(1));
-        assert_eq!(m.read_config_byte(0x9c, 0), 1, "table BIR");
-        assert_eq!(m.read_config_byte(0x98, 0x11), 0x11);
-    }
-
-    #[test]
-    fn msix_pba_reports_pending_vectors() {
-        let m = MsixCap::new(0x40, 69, 0, 0x1000);
-        let mut b = [0u8; 16];
-        m.read_pba(0, &mut b, |i| i == 3 || i == 69 || i == 70);
-        assert_eq!(b[0], 0b1000);
-        assert_eq!(b[8], 0b0010_0000, "vector 69; 70 is past the table");
-        assert_eq!(m.pba().size, 16);
-    }
-}
+mod tests;
