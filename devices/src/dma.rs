@@ -13,7 +13,9 @@
 use std::sync::Arc;
 
 use iommu::{Bdf, Iova};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{
+    Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, VolatileSlice,
+};
 
 mod iotlb;
 pub use iotlb::{DeviceIotlb, IotlbSet, DEVICE_IOTLB_ENTRIES};
@@ -191,6 +193,24 @@ impl DeviceDma {
             at += run.len as u64;
         }
         Ok(segments)
+    }
+
+    /// As [`translate`](Self::translate), as slices of guest memory the device reads or
+    /// writes in place.
+    pub fn slices(
+        &self,
+        iova: Iova,
+        len: usize,
+        access: Access,
+    ) -> Result<Vec<VolatileSlice<'_, ()>>, DmaError> {
+        self.translate(iova, len, access)?
+            .into_iter()
+            .map(|s| {
+                self.mem
+                    .get_slice(s.addr, s.len)
+                    .map_err(|_| self.out_of_range(iova))
+            })
+            .collect()
     }
 
     /// The translation of the page containing `iova`: from the cache, or from the

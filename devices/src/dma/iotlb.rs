@@ -6,6 +6,9 @@
 //! covers. An invalidation drops every entry it touches (a superpage that a page-selective
 //! invalidation overlaps in part goes whole, VT-d 6.5.1.2) and bumps a generation, so a
 //! translation obtained before it is not cached after it.
+//!
+//! Lock order: the VT-d unit's lock (held while it invalidates), then the set's list, then a
+//! cache's entries. A DMA never holds a cache's lock while it asks the translator.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};

@@ -177,6 +177,18 @@ fn device_dma_run_across_a_region_end_is_cut_there() {
 }
 
 #[test]
+fn device_dma_slices_write_in_place_across_a_region_end() {
+    let r = rig();
+    r.translator.map(0, 0xe_0000, SUPERPAGE, true);
+    let slices = r.dma.slices(Iova(0x1_fffe), 4, Access::Write).unwrap();
+    assert_eq!(slices.len(), 2);
+    for s in &slices {
+        s.write_slice(&[7, 7], 0).unwrap();
+    }
+    assert_eq!(bytes_at(&r.mem, 0xf_fffe, 4), vec![7; 4]);
+}
+
+#[test]
 fn device_dma_fault_mid_range_writes_nothing() {
     let r = rig();
     r.translator.map(0x8000_0000, 0x2000, PAGE, true);
