@@ -129,6 +129,15 @@ impl IotlbSet {
         self.lock().push(Arc::downgrade(iotlb));
     }
 
+    /// Caches in the set (devices gone are counted until the next invalidation).
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Weak<DeviceIotlb>>> {
         self.caches.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -423,3 +423,13 @@ fn identity_dma_reaches_the_guest_physical_address() {
     assert!(matches!(e, Err(DmaError::OutOfRange { .. })), "{e:?}");
     assert_eq!(bytes_at(&mem, 0xf_fffe, 2), vec![0; 2]);
 }
+
+#[test]
+fn iotlb_set_forgets_a_device_that_is_gone() {
+    let r = rig();
+    let other = DeviceDma::new(OTHER, r.mem.clone(), r.translator.clone(), &r.caches);
+    assert_eq!(r.caches.len(), 2);
+    drop(other);
+    r.caches.invalidate(CacheInvalidation::All);
+    assert_eq!(r.caches.len(), 1);
+}
