@@ -29,5 +29,6 @@ pub use fault_reason::FaultReason;
 pub use interrupt_remapping::InterruptRequest;
 pub use types::{Bdf, BdfParseError, Iova};
 pub use unit::{
-    DmaOutcome, HostEffects, InterruptOutcome, InterruptSink, MapFailure, RemappingUnit,
+    CacheInvalidation, DmaOutcome, HostEffects, InterruptOutcome, InterruptSink, MapFailure,
+    RemappingUnit, TranslationCaches,
 };

@@ -5,6 +5,7 @@
 //! Guest memory is passed to the calls that need it; events leave through [`InterruptSink`].
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use vm_memory::GuestMemoryBackend;
 
@@ -104,6 +105,8 @@ pub struct RemappingUnit {
     /// How far the consumer has carried out the map events (see `host_effects_applied`).
     host: tracking::HostSync,
     sink: Box<dyn InterruptSink>,
+    /// Translation caches outside the unit, told of every invalidation (`caches`).
+    caches: Option<Arc<dyn TranslationCaches>>,
 }
 
 fn merge32(old: u64, offset_in_qword: u64, v: u32) -> u64 {
@@ -157,6 +160,7 @@ impl RemappingUnit {
             map_events: Vec::new(),
             host: tracking::HostSync::default(),
             sink,
+            caches: None,
         }
     }
 
@@ -342,6 +346,9 @@ impl RemappingUnit {
                 self.interrupt_entries_changed = true;
             }
         }
+        if was_translating != self.translation_enabled() || v & GCMD_SRTP != 0 {
+            self.invalidate_caches(CacheInvalidation::All);
+        }
         if v & GCMD_SRTP != 0 {
             self.active_rtaddr = self.rtaddr;
             self.flush_all();
@@ -401,6 +408,11 @@ impl RemappingUnit {
             _ => true,
         };
         self.context_cache.retain(|b, c| !hit(*b, Some(c.did)));
+        self.invalidate_caches(match granularity {
+            2 => CacheInvalidation::Domain(did),
+            3 => CacheInvalidation::Devices { sid, mask },
+            _ => CacheInvalidation::All,
+        });
         // A context change may move a tracked device between domains or modes; devices whose
         // last known domain was `did` are re-read, and so is any device that had none.
         self.resync_tracked(mem, |(b, d)| hit(b, d) || d.is_none(), None);
@@ -432,6 +444,7 @@ impl RemappingUnit {
         match granularity {
             2 => {
                 self.iotlb.invalidate_domain(did);
+                self.invalidate_caches(CacheInvalidation::Domain(did));
                 self.resync_tracked(mem, |(_, d)| d == Some(did), None);
             }
             3 => {
@@ -441,11 +454,17 @@ impl RemappingUnit {
                 let base = addr & !(span - 1);
                 let end = base.checked_add(span);
                 self.iotlb.invalidate_range(did, base, end);
+                self.invalidate_caches(CacheInvalidation::Range {
+                    did,
+                    start: base,
+                    end,
+                });
                 let end = end.unwrap_or(u64::MAX);
                 self.resync_tracked(mem, |(_, d)| d == Some(did), Some((base, end)));
             }
             _ => {
                 self.iotlb.clear();
+                self.invalidate_caches(CacheInvalidation::All);
                 self.resync_tracked(mem, |_| true, None);
             }
         }
@@ -567,14 +586,28 @@ impl RemappingUnit {
         iova: Iova,
         write: bool,
     ) -> DmaOutcome {
+        self.translate_in_domain(mem, source, iova, write).0
+    }
+
+    /// As [`translate`](Self::translate), with the domain of the context that translated
+    /// (None with translation off): a cache outside the unit tags what it keeps with it, for
+    /// [`CacheInvalidation`].
+    pub fn translate_in_domain<M: GuestMemoryBackend>(
+        &mut self,
+        mem: &M,
+        source: Bdf,
+        iova: Iova,
+        write: bool,
+    ) -> (DmaOutcome, Option<u16>) {
         if !self.translation_enabled() {
-            return DmaOutcome::Translated(Translation {
+            let identity = DmaOutcome::Translated(Translation {
                 iova_base: iova.0 & !0xfff,
                 gpa_base: iova.0 & !0xfff,
                 page_size: 0x1000,
                 read: true,
                 write: true,
             });
+            return (identity, None);
         }
         let ctx = match self.context_cache.get(&source) {
             Some(c) => *c,
@@ -586,17 +619,17 @@ impl RemappingUnit {
                     }
                     Err(f) => {
                         self.report(source, iova, write, f);
-                        return DmaOutcome::Blocked(f.reason);
+                        return (DmaOutcome::Blocked(f.reason), None);
                     }
                 }
             }
         };
         if let Some(t) = self.iotlb.get(ctx.did, iova.0) {
             if t.permits(write) {
-                return DmaOutcome::Translated(t);
+                return (DmaOutcome::Translated(t), Some(ctx.did));
             }
         }
-        match translation::translate(mem, &ctx, iova, write, &self.walk) {
+        let outcome = match translation::translate(mem, &ctx, iova, write, &self.walk) {
             Ok(t) => {
                 // Pass-through needs no walk, so nothing is cached for it (as in QEMU).
                 if ctx.tt != translation::TranslationType::PassThrough {
@@ -608,7 +641,8 @@ impl RemappingUnit {
                 self.report(source, iova, write, f);
                 DmaOutcome::Blocked(f.reason)
             }
-        }
+        };
+        (outcome, Some(ctx.did))
     }
 
     /// A human-readable summary of the unit's state: enables, table pointers, queue, caches,
@@ -683,6 +717,8 @@ impl RemappingUnit {
     }
 }
 
+mod caches;
+pub use self::caches::{CacheInvalidation, TranslationCaches};
 mod interrupts;
 pub use interrupts::InterruptOutcome;
 mod tracking;
@@ -692,6 +728,8 @@ pub use tracking::{HostEffects, MapFailure};
 mod tests;
 #[cfg(test)]
 mod tests_bounds;
+#[cfg(test)]
+mod tests_caches;
 #[cfg(test)]
 mod tests_fuzz;
 #[cfg(test)]

@@ -5,17 +5,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use devices::bus::{lock, BusDevice};
-use devices::dma::{DmaAccess, DmaError};
+use devices::dma::{Access, DmaError, IotlbSet, PageTranslation, Translate};
 use devices::interrupt::{InterruptError, InterruptRoutes, IrqfdRouting, MsiMessage, MsiTrigger};
 use iommu::{
     Bdf, DmaOutcome, InterruptOutcome, InterruptRequest, InterruptSink, Iova, MapEvent, MapFailure,
     RemappingUnit,
 };
 use log::{debug, warn};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
-
-const PAGE_SIZE: u64 = 0x1000;
 
 /// Why a listener could not carry out a map event on the host.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +59,9 @@ pub struct Iommu {
     /// work they trigger: IQT writes (queued invalidations) and the others (among them the
     /// enabling of translation, which removes the identity mapping) apart.
     writes: Mutex<WriteStats>,
+    /// The translation caches of emulated devices, invalidated by the unit as it carries out
+    /// the guest's invalidations.
+    caches: Arc<IotlbSet>,
 }
 
 impl Iommu {
@@ -68,6 +69,8 @@ impl Iommu {
         // KVM routes are derived from IRTEs (`refresh_interrupt_routes`): the guest's
         // interrupt entry invalidations complete only once they are recomputed.
         unit.track_interrupt_routes();
+        let caches = IotlbSet::new();
+        unit.set_translation_caches(caches.clone());
         Arc::new(Iommu {
             unit: Mutex::new(unit),
             mem,
@@ -75,7 +78,13 @@ impl Iommu {
             listeners: Mutex::new(HashMap::new()),
             host_sync: Mutex::new(()),
             writes: Mutex::new(WriteStats::default()),
+            caches,
         })
+    }
+
+    /// The caches the unit invalidates: a device's `DeviceDma` joins them.
+    pub fn translation_caches(&self) -> &Arc<IotlbSet> {
+        &self.caches
     }
 
     /// Starts shadowing `device`'s DMA into `listener`, beginning with its current state.
@@ -274,119 +283,35 @@ impl MsiTrigger for RemappedMsi {
     }
 }
 
-/// DMA for emulated devices through the unit's translation. A transfer is checked page by
-/// page before any byte moves, so a blocked page leaves guest memory untouched.
-pub struct IommuDma(pub Arc<Iommu>);
+/// The unit as the translator of emulated devices' DMA ([`devices::dma::DeviceDma`]): asked
+/// on a miss in a device's cache, with the unit locked for that one page. Faults are recorded
+/// in the unit, as for any DMA.
+pub struct IommuTranslator(pub Arc<Iommu>);
 
-impl IommuDma {
-    /// The guest-physical pieces of `[iova, iova + len)`, or the error for the first page
-    /// the unit blocks.
+impl Translate for IommuTranslator {
     fn translate(
         &self,
         source: Bdf,
         iova: Iova,
-        len: usize,
-        write: bool,
-    ) -> Result<Vec<(u64, usize)>, DmaError> {
-        let mut pieces = Vec::new();
-        let mut unit = lock(&self.0.unit);
-        let mut addr = iova.0;
-        let mut left = len as u64;
-        while left > 0 {
-            let chunk = (PAGE_SIZE - addr % PAGE_SIZE).min(left);
-            match unit.translate(&self.0.mem, source, Iova(addr), write) {
-                DmaOutcome::Translated(t) => {
-                    pieces.push((t.gpa_base + (addr - t.iova_base), chunk as usize))
-                }
-                DmaOutcome::Blocked(_) => {
-                    return Err(DmaError::Blocked {
-                        requester: source,
-                        iova: Iova(addr),
-                    })
-                }
-            }
-            addr = addr.wrapping_add(chunk);
-            left -= chunk;
-        }
-        Ok(pieces)
-    }
-}
-
-impl DmaAccess for IommuDma {
-    fn dma_read(&self, source: Bdf, iova: Iova, buf: &mut [u8]) -> Result<(), DmaError> {
-        let pieces = self.translate(source, iova, buf.len(), false)?;
-        let mut off = 0;
-        for (gpa, n) in pieces {
-            self.0
-                .mem
-                .read_slice(&mut buf[off..off + n], GuestAddress(gpa))
-                .map_err(|_| DmaError::OutOfRange {
-                    requester: source,
-                    iova,
-                })?;
-            off += n;
-        }
-        Ok(())
-    }
-
-    fn dma_write(&self, source: Bdf, iova: Iova, buf: &[u8]) -> Result<(), DmaError> {
-        let pieces = self.translate(source, iova, buf.len(), true)?;
-        // Check every piece lands in RAM before writing any.
-        if pieces
-            .iter()
-            .any(|(gpa, n)| !range_in_memory(&self.0.mem, *gpa, *n))
-        {
-            return Err(DmaError::OutOfRange {
+        access: Access,
+    ) -> Result<PageTranslation, DmaError> {
+        let write = access == Access::Write;
+        let (outcome, domain) =
+            lock(&self.0.unit).translate_in_domain(&self.0.mem, source, iova, write);
+        match outcome {
+            DmaOutcome::Translated(t) => Ok(PageTranslation {
+                iova_base: t.iova_base,
+                gpa_base: t.gpa_base,
+                size: t.page_size,
+                read: t.read,
+                write: t.write,
+                domain,
+            }),
+            DmaOutcome::Blocked(_) => Err(DmaError::Blocked {
                 requester: source,
                 iova,
-            });
+            }),
         }
-        let mut off = 0;
-        for (gpa, n) in pieces {
-            self.0
-                .mem
-                .write_slice(&buf[off..off + n], GuestAddress(gpa))
-                .map_err(|_| DmaError::OutOfRange {
-                    requester: source,
-                    iova,
-                })?;
-            off += n;
-        }
-        Ok(())
-    }
-}
-
-fn range_in_memory(mem: &GuestMemoryMmap, gpa: u64, len: usize) -> bool {
-    use vm_memory::{GuestMemory, Permissions};
-    len == 0 || mem.check_range(GuestAddress(gpa), len, Permissions::Write)
-}
-
-/// DMA without an IOMMU: IOVA = guest-physical address.
-pub struct DirectDma(pub GuestMemoryMmap);
-
-impl DmaAccess for DirectDma {
-    fn dma_read(&self, source: Bdf, iova: Iova, buf: &mut [u8]) -> Result<(), DmaError> {
-        self.0
-            .read_slice(buf, GuestAddress(iova.0))
-            .map_err(|_| DmaError::OutOfRange {
-                requester: source,
-                iova,
-            })
-    }
-
-    fn dma_write(&self, source: Bdf, iova: Iova, buf: &[u8]) -> Result<(), DmaError> {
-        if !range_in_memory(&self.0, iova.0, buf.len()) {
-            return Err(DmaError::OutOfRange {
-                requester: source,
-                iova,
-            });
-        }
-        self.0
-            .write_slice(buf, GuestAddress(iova.0))
-            .map_err(|_| DmaError::OutOfRange {
-                requester: source,
-                iova,
-            })
     }
 }
 

@@ -23,6 +23,10 @@
 //! apply them with the unit unlocked; call `host_effects_applied` with the maps that failed;
 //! take again (the queue may have run on to its next wait). Completions with nothing
 //! outstanding happen at once, as before.
+//!
+//! Translation caches outside the unit (emulated devices' IOTLBs, [`super::caches`]) are not
+//! host effects: the unit drops their entries itself, synchronously, as it carries out each
+//! invalidation, so they need no acknowledgement.
 
 use vm_memory::GuestMemoryBackend;
 

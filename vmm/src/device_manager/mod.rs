@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use devices::bus::{lock, Bus, BusError, SharedDevice};
-use devices::dma::DmaAccess;
+use devices::dma::{Identity, IotlbSet, Translate};
 use devices::ioapic::Ioapic;
 use devices::pci::host_bridge::HostBridge;
 use devices::pci::root::PciError;
@@ -35,7 +35,7 @@ use resources::Resources;
 use crate::config::VmConfig;
 use crate::console::ConsoleOut;
 use crate::control::VmControl;
-use crate::iommu::{DirectDma, IommuDma};
+use crate::iommu::IommuTranslator;
 use crate::memory::{KvmMmioMapper, MemSlots};
 use crate::vfio::{AttachError, Attached};
 
@@ -55,6 +55,13 @@ pub enum DeviceManagerError {
     Stopped(i32),
 }
 
+/// What emulated devices' DMA goes through, and the set their translation caches join (the
+/// one the VT-d unit invalidates).
+struct DmaTranslation {
+    translator: Arc<dyn Translate>,
+    caches: Arc<IotlbSet>,
+}
+
 /// Every device of a VM, and what they are wired to. Fields drop in order: the buses and the
 /// PCI root (and with them the devices) go first, the passthrough DMA state after them.
 pub struct DeviceManager {
@@ -68,8 +75,8 @@ pub struct DeviceManager {
     mem: GuestMemoryMmap,
     control: Arc<VmControl>,
     resources: Resources,
-    /// DMA of the emulated devices: through the IOMMU, or straight to guest memory.
-    dma: Arc<dyn DmaAccess>,
+    /// What the emulated devices' DMA goes through: the IOMMU, or identity.
+    dma: DmaTranslation,
     mapper: Arc<KvmMmioMapper>,
 }
 
@@ -86,9 +93,15 @@ impl DeviceManager {
         let mut resources = Resources::new()?;
         resources.reserve_address_map(&cfg.memory.ram_ranges())?;
         let irq = InterruptPlatform::new(vm.clone(), cfg.iommu, mem);
-        let dma: Arc<dyn DmaAccess> = match &irq.iommu {
-            Some(i) => Arc::new(IommuDma(i.clone())),
-            None => Arc::new(DirectDma(mem.clone())),
+        let dma = match &irq.iommu {
+            Some(i) => DmaTranslation {
+                translator: Arc::new(IommuTranslator(i.clone())),
+                caches: i.translation_caches().clone(),
+            },
+            None => DmaTranslation {
+                translator: Arc::new(Identity),
+                caches: IotlbSet::new(),
+            },
         };
         let pci = Arc::new(Mutex::new(PciRoot::new()));
         lock(&pci).add_device(Arc::new(Mutex::new(HostBridge::new())), Some(0))?;

@@ -4,6 +4,7 @@
 use std::sync::{Arc, Mutex};
 
 use devices::bus::lock;
+use devices::dma::DeviceDma;
 use devices::edu::EduDevice;
 use devices::ioapic::IoapicPin;
 use devices::pci::{intx_gsi, PciConfigIo, PciConfigMmio, PciWindow, PrtRoute};
@@ -25,7 +26,7 @@ impl DeviceManager {
         let dev = match kind {
             DeviceConfig::Edu => EduDevice::new(
                 address,
-                self.dma.clone(),
+                Arc::new(self.device_dma(address)),
                 self.irq.msi.clone(),
                 self.intx_line(slot, EDU_INTX_PIN),
             ),
@@ -33,6 +34,16 @@ impl DeviceManager {
         lock(&self.pci).add_device(Arc::new(Mutex::new(dev)), Some(slot))?;
         log::info!("{kind:?} device at {address}");
         Ok(())
+    }
+
+    /// The DMA of the device at `address`, with its own translation cache.
+    fn device_dma(&self, address: Bdf) -> DeviceDma {
+        DeviceDma::new(
+            address,
+            self.mem.clone(),
+            self.dma.translator.clone(),
+            &self.dma.caches,
+        )
     }
 
     /// The IOAPIC pin INTx `pin` of device `slot` drives.

@@ -375,3 +375,5 @@ fn drhd_ire_status_shows_after_the_routes_are_recomputed() {
         "the writing vCPU sees IRES once its write returns"
     );
 }
+
+mod dma;
