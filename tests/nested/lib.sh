@@ -38,15 +38,16 @@ run_l1_once() {
 # lab flake: SIGNATURE)" after a retry, to "" otherwise. This is the lab's only L1 retry.
 RETRY_NOTE=""
 retry_on_flake() {
-    local log="$1" flake rc=0
+    local log="$1" flake sig rc=0
     shift
     RETRY_NOTE=""
     "$@" || rc=$?
     lab_flake "$log" || return $rc
     flake="${log%.log}-flake.log"
     mv "$log" "$flake"
-    RETRY_NOTE=" (retried once after a lab flake: $(grep -m1 -oE "Oops: int3|triple-faulted" "$flake"))"
-    echo "note: $(basename "$log"):${RETRY_NOTE# }" >&2
+    sig=$(grep -m1 -oE "Oops: int3|triple-faulted" "$flake")
+    RETRY_NOTE=" (retried once after a lab flake: $sig)"
+    echo "note: $(basename "$log"): retried once after a lab flake ($sig)" >&2
     rc=0
     "$@" || rc=$?
     return $rc
