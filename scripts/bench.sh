@@ -5,13 +5,15 @@
 # L1 time to init, L1's VFIO map+unmap rate of 4 KiB pages, VMM peak RSS.
 # BENCH_RUNS (default 3) sets the runs per VMM.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+# shellcheck source=tests/nested/common.sh
+. "$(dirname "$0")/../tests/nested/common.sh"
+cd "$REPO_ROOT"
 scripts/install-deps.sh
 tests/nested/setup.sh
 cargo build --release
-RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --quiet -p edu-vfio-test \
-    --target x86_64-unknown-linux-gnu
+build_static edu-vfio-test
 export MINIVMM="$PWD/target/release/minivmm"
 tests/nested/build-idle.sh
-export EDU_VFIO_TEST="$PWD/target/x86_64-unknown-linux-gnu/release/edu-vfio-test"
+EDU_VFIO_TEST="$(static_bin edu-vfio-test)"
+export EDU_VFIO_TEST
 exec tests/nested/run-l0.sh --timeout "${BENCH_TIMEOUT:-3000}" tests/nested/bench-inner.sh

@@ -6,12 +6,14 @@
 # binds the passed-through device to its own vfio-pci and runs a DMA test on it. The first run
 # downloads a Debian kernel (about a minute).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+# shellcheck source=tests/nested/common.sh
+. "$(dirname "$0")/../tests/nested/common.sh"
+cd "$REPO_ROOT"
 scripts/install-deps.sh >/dev/null
 tests/nested/setup.sh >/dev/null
 cargo build --release -p minivmm
-RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --quiet -p edu-vfio-test \
-    --target x86_64-unknown-linux-gnu
+build_static edu-vfio-test
 export MINIVMM="$PWD/target/release/minivmm"
-export EDU_VFIO_TEST="$PWD/target/x86_64-unknown-linux-gnu/release/edu-vfio-test"
+EDU_VFIO_TEST="$(static_bin edu-vfio-test)"
+export EDU_VFIO_TEST
 exec tests/nested/run-l0.sh --timeout 900 tests/nested/demo-inner.sh

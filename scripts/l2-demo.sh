@@ -4,15 +4,15 @@
 # to vfio-pci and runs minivmm (a static build) to boot L2 with it behind a second vIOMMU, and
 # L2 runs the DMA test program. Exit status 0 when the test passes in L2.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+# shellcheck source=tests/nested/common.sh
+. "$(dirname "$0")/../tests/nested/common.sh"
+cd "$REPO_ROOT"
 scripts/install-deps.sh
 tests/nested/setup.sh
 cargo build --release
-static=(env RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --quiet
-    --target x86_64-unknown-linux-gnu)
-"${static[@]}" -p edu-vfio-test
-"${static[@]}" -p minivmm
+build_static edu-vfio-test minivmm
 export MINIVMM="$PWD/target/release/minivmm"
-export MINIVMM_STATIC="$PWD/target/x86_64-unknown-linux-gnu/release/minivmm"
-export EDU_VFIO_TEST="$PWD/target/x86_64-unknown-linux-gnu/release/edu-vfio-test"
+MINIVMM_STATIC="$(static_bin minivmm)"
+EDU_VFIO_TEST="$(static_bin edu-vfio-test)"
+export MINIVMM_STATIC EDU_VFIO_TEST
 exec tests/nested/run-l0.sh --timeout "${L2_TIMEOUT:-5400}" tests/nested/l2-inner.sh

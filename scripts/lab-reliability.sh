@@ -8,8 +8,9 @@
 # time and prints the counts so far; RESUME=1 keeps the results of an earlier, interrupted
 # check and continues it. Results and every log: $NESTED_WORKDIR/reliability/.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-export NESTED_WORKDIR="${NESTED_WORKDIR:-$PWD/tests/nested/work}"
+# shellcheck source=tests/nested/common.sh
+. "$(dirname "$0")/../tests/nested/common.sh"
+cd "$REPO_ROOT"
 export MINIVMM="${MINIVMM:-$PWD/target/release/minivmm}"
 [ -x "$MINIVMM" ] || cargo build --release -p minivmm
 tests/nested/setup.sh

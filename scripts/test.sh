@@ -1,17 +1,26 @@
 #!/usr/bin/env bash
-# The project's whole test suite, as CI runs it: formatting, lints, unit and integration tests on
-# this host's /dev/kvm, then the nested-KVM scenarios (minivmm inside a simulated L0 host).
+# The project's whole test suite, as CI runs it: shellcheck on the scripts, formatting, lints,
+# unit and integration tests on this host's /dev/kvm, then the nested-KVM scenarios (minivmm
+# inside a simulated L0 host).
 # Usage: scripts/test.sh [--no-nested]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 nested=1
-[ "${1:-}" = "--no-nested" ] && nested=0
+case "${1:-}" in
+"") ;;
+--no-nested) nested=0 ;;
+*) echo "usage: scripts/test.sh [--no-nested]" >&2; exit 2 ;;
+esac
 
 step() { printf '\n=== %s\n' "$*"; }
 
 step "Installing test prerequisites (apt; skipped when present)"
 scripts/install-deps.sh
+
+step "shellcheck (the lab's and these scripts)"
+shellcheck -x scripts/*.sh tests/nested/*.sh tests/nested/scenarios/*.sh tests/nested/l0-init \
+    tests/nested/guest/*
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

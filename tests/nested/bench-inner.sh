@@ -6,21 +6,27 @@
 # minivmm with its emulated edu instead of the physical one, whose map+unmap rate is what L1
 # reaches when no host VFIO call is made at all (the floor the guest side sets).
 set -euo pipefail
+# shellcheck source=tests/nested/common.sh
+. "$NESTED_DIR/common.sh"
 : "${MINIVMM:?}" "${EDU_BDF:?}" "${EDU_VFIO_TEST:?}"
 runs="${BENCH_RUNS:-3}"
 tmp="${TMPDIR:-/tmp}/bench"; mkdir -p "$tmp"
 img="$tmp/l1-bench.img"
 "$NESTED_DIR/mk-initramfs.sh" "$img" "$NESTED_DIR/guest/init-bench" \
-    --module irqbypass --module vfio --module vfio_iommu_type1 --module vfio-pci-core \
-    --module vfio-pci --file "$EDU_VFIO_TEST:/edu-vfio-test" 2>/dev/null
+    --module irqbypass "${L1_VFIO_MODULES[@]}" --file "$EDU_VFIO_TEST:/edu-vfio-test" 2>/dev/null
 cmdline="console=ttyS0 intel_iommu=on panic=-1"
 # minivmm prints its state at exit (the cost of its VFIO calls and register writes).
+# QEMU's option syntax has commas (SC2054); the *_cmd arrays are used through `declare -n`
+# (SC2034).
+# shellcheck disable=SC2054,SC2034
 minivmm_cmd=(env RUST_LOG=info,vfio_ioctls=error "$MINIVMM" --kernel "$BZIMAGE" --initramfs "$img" --cpus 2 --memory 512M
     --iommu --vfio "$EDU_BDF" --cmdline "$cmdline")
+# shellcheck disable=SC2054,SC2034
 qemu_cmd=(qemu-system-x86_64 -machine q35,accel=kvm,kernel_irqchip=split -cpu host -smp 2 -m 512M
     -device intel-iommu,intremap=on,caching-mode=on -device "vfio-pci,host=$EDU_BDF"
     -kernel "$BZIMAGE" -initrd "$img" -append "$cmdline" -display none -serial stdio
     -no-reboot -nodefaults)
+# shellcheck disable=SC2034
 emulated_cmd=("$MINIVMM" --kernel "$BZIMAGE" --initramfs "$img" --cpus 2 --memory 512M
     --iommu --device edu --cmdline "$cmdline")
 
@@ -68,12 +74,7 @@ median() { sort -n | awk '{a[NR]=$1} END {if (NR==0) print 0; else if (NR%2) pri
 
 # An idle VM held for the whole run keeps L0's KVM static keys from toggling with every L1
 # (tests/payloads/idle.S says why; without it L0 itself sometimes dies mid-benchmark).
-idle_pid=""
-if [ -f "$NESTED_WORKDIR/idle.elf" ]; then
-    "$MINIVMM" --kernel "$NESTED_WORKDIR/idle.elf" --memory 32M --serial off > /dev/null 2>&1 &
-    idle_pid=$!
-fi
-trap '[ -n "$idle_pid" ] && kill "$idle_pid" 2>/dev/null' EXIT
+start_idle_vm
 echo "bench: warm-up L1 under minivmm (not measured)"
 one minivmm "$tmp/warmup.log" "${minivmm_cmd[@]}" > /dev/null
 names=(minivmm qemu emulated)

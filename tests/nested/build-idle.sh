@@ -4,11 +4,8 @@
 # tests/payloads/triple-fault.S, with which the reliability check tests its triple-fault
 # detection under each VMM.
 set -euo pipefail
-here="$(cd "$(dirname "$0")" && pwd)"
-work="${NESTED_WORKDIR:-$here/work}"
-mkdir -p "$work"
+# shellcheck source=tests/nested/common.sh
+. "$(dirname "$0")/common.sh"
 for p in idle triple-fault; do
-    cc -c -o "$work/$p.o" "$here/../payloads/$p.S"
-    ld -m elf_x86_64 -Ttext=0x100000 -z noseparate-code -nostdlib -o "$work/${p}64.elf" "$work/$p.o"
-    objcopy -I elf64-x86-64 -O elf32-i386 "$work/${p}64.elf" "$work/$p.elf"
+    build_payload "$p" "$NESTED_WORKDIR"
 done

@@ -2,11 +2,12 @@
 # Inside L0: the user's command. The lab's edu (bound to vfio-pci in L0) goes to L1 behind
 # minivmm's vIOMMU; the guest console is on stdout.
 set -euo pipefail
+# shellcheck source=tests/nested/common.sh
+. "$NESTED_DIR/common.sh"
 : "${EDU_BDF:?L0 has no edu device bound to vfio-pci}" "${EDU_VFIO_TEST:?}"
 img="$NESTED_WORKDIR/l1-demo.img"
 "$NESTED_DIR/mk-initramfs.sh" "$img" "$NESTED_DIR/guest/init-demo" \
-    --module irqbypass --module vfio --module vfio_iommu_type1 --module vfio-pci-core \
-    --module vfio-pci --file "$EDU_VFIO_TEST:/edu-vfio-test" 2>/dev/null
+    --module irqbypass "${L1_VFIO_MODULES[@]}" --file "$EDU_VFIO_TEST:/edu-vfio-test" 2>/dev/null
 cmd=("$MINIVMM" --vfio "$EDU_BDF" --iommu --kernel "$BZIMAGE" --initramfs "$img" --cpus 2
     --memory 512M --cmdline "console=ttyS0 intel_iommu=on")
 echo "+ minivmm --vfio $EDU_BDF --iommu --kernel bzImage --initramfs initrd.img --cpus 2 --memory 512M --cmdline \"console=ttyS0 intel_iommu=on\""

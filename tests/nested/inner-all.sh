@@ -2,17 +2,15 @@
 # Runs inside L0: every scenario in tests/nested/scenarios (or those named in $SCENARIOS),
 # each with its log in $NESTED_WORKDIR/logs; prints PASS/FAIL lines and a summary line.
 set -uo pipefail
+# shellcheck source=tests/nested/common.sh
+. "$NESTED_DIR/common.sh"
 export LOGDIR="$NESTED_WORKDIR/logs"
 rm -rf "$LOGDIR"; mkdir -p "$LOGDIR"
 : "${MINIVMM:?MINIVMM must point at the minivmm binary}"
 [ -x "$MINIVMM" ] || { echo "MINIVMM=$MINIVMM is not executable"; exit 1; }
 passed=0; failed=0
 # An idle VM held for the whole run keeps L0's KVM static keys from toggling (idle.S says why).
-idle_pid=""
-if [ -f "$NESTED_WORKDIR/idle.elf" ]; then
-    "$MINIVMM" --kernel "$NESTED_WORKDIR/idle.elf" --memory 32M --serial off > /dev/null 2>&1 &
-    idle_pid=$!
-fi
+start_idle_vm
 for s in "$NESTED_DIR"/scenarios/*.sh; do
     name=$(basename "$s" .sh)
     if [ -n "${SCENARIOS:-}" ] && ! grep -qw -- "${name#*-}" <<< "$SCENARIOS"; then continue; fi
@@ -26,6 +24,7 @@ for s in "$NESTED_DIR"/scenarios/*.sh; do
     else
         failed=$((failed + 1))
         echo "FAIL $name (${secs}s): $(tail -n1 <<< "$out")"
+        # shellcheck disable=SC2001 # a prefix on every line
         sed 's/^/    | /' <<< "$out" | tail -n 20
         for l in "$LOGDIR"/"$name"*.log; do
             [ -f "$l" ] || continue
@@ -34,6 +33,6 @@ for s in "$NESTED_DIR"/scenarios/*.sh; do
         done
     fi
 done
-[ -n "$idle_pid" ] && kill "$idle_pid" 2>/dev/null
+stop_idle_vm
 echo "nested: $passed passed, $failed failed"
 [ $failed -eq 0 ]

@@ -2,13 +2,14 @@
 # Runs inside L0 (see scripts/l2-demo.sh): L0 gives its edu to L1 behind minivmm's vIOMMU; L1
 # gives it on to L2 with its own minivmm behind a second vIOMMU; L2 runs the DMA test.
 set -euo pipefail
+# shellcheck source=tests/nested/common.sh
+. "$NESTED_DIR/common.sh"
 : "${MINIVMM_STATIC:?}" "${EDU_BDF:?}" "${EDU_VFIO_TEST:?}"
 tmp="${TMPDIR:-/tmp}/l2"; mkdir -p "$tmp"
-vfio=(--module vfio --module vfio_iommu_type1 --module vfio-pci-core --module vfio-pci)
 "$NESTED_DIR/mk-initramfs.sh" "$tmp/l2.img" "$NESTED_DIR/guest/init-iommu" --module irqbypass \
-    "${vfio[@]}" --file "$EDU_VFIO_TEST:/edu-vfio-test" 2>/dev/null
+    "${L1_VFIO_MODULES[@]}" --file "$EDU_VFIO_TEST:/edu-vfio-test" 2>/dev/null
 "$NESTED_DIR/mk-initramfs.sh" "$tmp/l1.img" "$NESTED_DIR/guest/init-l1-host" \
-    --module irqbypass --module kvm --module ccp --module kvm-amd "${vfio[@]}" \
+    --module irqbypass --module kvm --module ccp --module kvm-amd "${L1_VFIO_MODULES[@]}" \
     --file "$MINIVMM_STATIC:/minivmm" --file "$BZIMAGE:/bzImage" --file "$tmp/l2.img:/l2.img" 2>/dev/null
 log="$NESTED_WORKDIR/logs/l2-demo.log"
 mkdir -p "$(dirname "$log")"

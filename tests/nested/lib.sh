@@ -1,6 +1,10 @@
+# shellcheck shell=bash
 # Helpers for nested scenarios (sourced inside L0 by inner-all.sh).
 # Each scenario is tests/nested/scenarios/NN-name.sh, run with bash; exit 0 means pass.
-# Available: $MINIVMM, $MINIVMM_STATIC, $EDU_VFIO_TEST, $BZIMAGE, $MODDIR, $EDU_BDF, $NESTED_DIR, $NESTED_WORKDIR, $LOGDIR.
+# Available: $MINIVMM, $MINIVMM_STATIC, $EDU_VFIO_TEST, $BZIMAGE, $MODDIR, $EDU_BDF, $NESTED_DIR, $NESTED_WORKDIR, $LOGDIR,
+# and what common.sh defines (L1_VFIO_MODULES, ...).
+# shellcheck source=tests/nested/common.sh
+. "$NESTED_DIR/common.sh"
 
 # l1_initramfs OUT INIT [mk-initramfs args...]
 l1_initramfs() {
@@ -9,25 +13,44 @@ l1_initramfs() {
 
 # run_l1 LOG TIMEOUT [minivmm args...]: runs minivmm with the guest console in LOG and its own
 # stderr appended after it (kept apart while it runs, so log lines cannot split console lines);
-# returns its exit status (124 on timeout).
+# returns its exit status (124 on timeout). A run the lab broke is run once more
+# (retry_on_flake).
 run_l1() {
-    local log="$1" t="$2" rc attempt
+    retry_on_flake "$1" run_l1_once "$@"
+}
+
+# run_l1_once LOG TIMEOUT [minivmm args...]: run_l1 without the retry.
+run_l1_once() {
+    local log="$1" t="$2" rc
     shift 2
-    for attempt in 1 2; do
-        set +e
-        timeout -k 5 "$t" "$MINIVMM" "$@" > "$log" 2> "$log.stderr" < /dev/null
-        rc=$?
-        set -e
-        { echo "--- minivmm stderr"; cat "$log.stderr"; echo "minivmm exited $rc"; } >> "$log"
-        rm -f "$log.stderr"
-        # A run the lab itself broke is run once more (the first log is kept as -flake.log).
-        if [ $attempt = 1 ] && lab_flake "$log"; then
-            mv "$log" "${log%.log}-flake.log"
-            echo "note: $(basename "$log"): retried once after a lab flake ($(grep -m1 -oE "Oops: int3|triple-faulted|timer wakeup didn.t happen" "${log%.log}-flake.log"))" >&2
-            continue
-        fi
-        return $rc
-    done
+    set +e
+    timeout -k 5 "$t" "$MINIVMM" "$@" > "$log" 2> "$log.stderr" < /dev/null
+    rc=$?
+    set -e
+    { echo "--- minivmm stderr"; cat "$log.stderr"; echo "minivmm exited $rc"; } >> "$log"
+    rm -f "$log.stderr"
+    return $rc
+}
+
+# retry_on_flake LOG CMD...: runs CMD, which writes LOG. If LOG then shows a lab flake
+# (lab_flake), LOG is kept as *-flake.log, a note goes to stderr and CMD runs once more: at
+# most two runs in all. Returns CMD's last status. Sets RETRY_NOTE to " (retried once after a
+# lab flake: SIGNATURE)" after a retry, to "" otherwise. This is the lab's only L1 retry.
+RETRY_NOTE=""
+retry_on_flake() {
+    local log="$1" flake sig rc=0
+    shift
+    RETRY_NOTE=""
+    "$@" || rc=$?
+    lab_flake "$log" || return $rc
+    flake="${log%.log}-flake.log"
+    mv "$log" "$flake"
+    sig=$(grep -m1 -oE "Oops: int3|triple-faulted|timer wakeup didn.t happen" "$flake")
+    RETRY_NOTE=" (retried once after a lab flake: $sig)"
+    echo "note: $(basename "$log"): retried once after a lab flake ($sig)" >&2
+    rc=0
+    "$@" || rc=$?
+    return $rc
 }
 
 # expect LOG PATTERN [what]: fails with a message unless LOG matches PATTERN (grep -E).
@@ -52,8 +75,8 @@ reject() {
 lab_flake() {
     grep -q "Oops: int3" "$1" && return 0
     # An L1 that triple-faults at a random point of its boot: a few times in dozens of runs,
-    # in any scenario, never twice in a row; not diagnosed (see the README's lab notes). A
-    # genuine fault would fail the retry too.
+    # in any scenario, never twice in a row; L1s under QEMU-KVM in the same L0 do it too (the
+    # README's "Lab reliability"). A genuine fault would fail the retry too.
     grep -q "minivmm: the guest triple-faulted" "$1" && return 0
     # An L1 whose CPU stops taking its (in-kernel LAPIC) timer interrupt while the other CPU
     # waits in text_poke_bp: the lab's reliability check saw the same stall under QEMU-KVM
@@ -83,7 +106,7 @@ check_vtd_l1() {
     local groups devices
     devices=$(grep -c "^MINIVMM-GROUP " "$log")
     groups=$(grep "^MINIVMM-GROUP " "$log" | sed 's/.*group=//' | sort -u | wc -l)
-    [ "$devices" -ge 2 ] && [ "$devices" = "$groups" ] || { echo "$devices devices in $groups groups"; return 1; }
+    if [ "$devices" -lt 2 ] || [ "$devices" != "$groups" ]; then echo "$devices devices in $groups groups"; return 1; fi
     expect "$log" "^MINIVMM-EDU .* driver=vfio-pci" "edu bound to vfio-pci" || return 1
     expect "$log" "^MINIVMM-TEST PASS dma" "the DMA round trip" || return 1
     expect "$log" "^MINIVMM-TEST PASS unmapped-dma-blocked" "unmapped DMA blocked" || return 1
@@ -116,26 +139,19 @@ check_nvme() {
     echo "nvme: $(grep -c '^MINIVMM-NVME-IRQ.*PCI-MSIX' "$log") MSI-X vectors"
 }
 
-# l1_variant LOG NAME "CHECK ARGS" MINIVMM-ARGS...: runs one L1 with minivmm, then CHECK ARGS
-# LOG; prints "NAME: ok, <check's last line>" or "NAME: <why>" and returns non-zero. A run
-# that shows the lab's int3 flake is retried once, and the line says so.
+# l1_variant LOG NAME "CHECK ARGS" MINIVMM-ARGS...: runs one L1 with minivmm (run_l1, so a run
+# the lab broke is run once more), then CHECK ARGS LOG; prints "NAME: ok, <check's last line>"
+# or "NAME: <why>" and returns non-zero. After a retry the line says so.
 l1_variant() {
-    local log="$1" name="$2" check="$3" out rc note=""
+    local log="$1" name="$2" check="$3" out="" rc=0
     shift 3
-    for attempt in 1 2; do
-        rc=0
-        run_l1 "$log" 480 "$@" || rc=$?
-        if [ $rc -eq 0 ] && out=$($check "$log"); then
-            echo "$name: ok${out:+, $(tail -n1 <<< "$out")}$note"
-            return 0
-        fi
-        if [ $attempt = 1 ] && lab_flake "$log"; then
-            mv "$log" "${log%.log}-flake.log"
-            note=" (retried once after a lab flake: $(grep -m1 -oE "Oops: int3|triple-faulted|timer wakeup didn.t happen" "${log%.log}-flake.log"))"
-            continue
-        fi
-        [ $rc -eq 0 ] || out="minivmm exited $rc"
-        echo "$name: $out"
-        return 1
-    done
+    run_l1 "$log" 480 "$@" || rc=$?
+    # $check is a command and its first arguments, split on purpose.
+    if [ $rc -eq 0 ] && out=$($check "$log"); then
+        echo "$name: ok${out:+, $(tail -n1 <<< "$out")}$RETRY_NOTE"
+        return 0
+    fi
+    [ $rc -eq 0 ] || out="minivmm exited $rc"
+    echo "$name: $out$RETRY_NOTE"
+    return 1
 }

@@ -5,11 +5,10 @@
 # Usage: mk-initramfs.sh OUT INIT [--module NAME]... [--file SRC:DST]...
 # Works on the host and inside L0's chroot (needs only busybox, cpio, gzip, find).
 set -euo pipefail
-here="$(cd "$(dirname "$0")" && pwd)"
+# shellcheck source=tests/nested/common.sh
+. "$(dirname "$0")/common.sh"
 out="$1"; init="$2"; shift 2
-work="${NESTED_WORKDIR:-$here/work}"
-# shellcheck disable=SC1091
-. "$work/env.sh"
+lab_env
 root=$(mktemp -d "${TMPDIR:-/tmp}/initramfs.XXXXXX")
 trap 'rm -rf "$root"' EXIT
 mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,modules,etc,root,mnt}

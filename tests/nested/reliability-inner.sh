@@ -18,6 +18,8 @@
 # $NESTED_WORKDIR/reliability/logs; if L0 dies and run-l0.sh boots it again, the check resumes
 # where it stopped. RELIABILITY_UNTIL (epoch seconds) stops starting rounds after that time.
 set -uo pipefail
+# shellcheck source=tests/nested/common.sh
+. "$NESTED_DIR/common.sh"
 : "${MINIVMM:?}" "${BZIMAGE:?}" "${NESTED_WORKDIR:?}" "${NESTED_DIR:?}"
 runs="${RELIABILITY_RUNS:-30}"
 until_s="${RELIABILITY_UNTIL:-0}"
@@ -39,9 +41,12 @@ minivmm_cmd=("$MINIVMM" --kernel "$BZIMAGE" --initramfs "$img" --cpus 2 --memory
     --cmdline "$cmdline")
 # As in bench-inner.sh, minus the vIOMMU and the passed-through device (this L1 has neither):
 # a split irqchip, as minivmm uses.
+# QEMU's option syntax has commas.
+# shellcheck disable=SC2054
 qemu_base=(qemu-system-x86_64 -machine q35,accel=kvm,kernel_irqchip=split -cpu host -smp 2
     -m 512M -display none -serial stdio -no-reboot -nodefaults
     -trace qemu_system_shutdown_request -trace runstate_set)
+# shellcheck disable=SC2034 # used through `declare -n`
 qemu_cmd=("${qemu_base[@]}" -kernel "$BZIMAGE" -initrd "$img" -append "$cmdline")
 
 # boot LOG CMD...: runs CMD with console and stderr in LOG (on L0's tmpfs, copied to the work
@@ -78,12 +83,7 @@ classify() {
 }
 
 # An idle VM held for the whole run keeps L0's KVM static keys from toggling (idle.S says why).
-idle_pid=""
-if [ -f "$NESTED_WORKDIR/idle.elf" ]; then
-    "$MINIVMM" --kernel "$NESTED_WORKDIR/idle.elf" --memory 32M --serial off > /dev/null 2>&1 &
-    idle_pid=$!
-fi
-trap '[ -n "$idle_pid" ] && kill "$idle_pid" 2>/dev/null' EXIT
+start_idle_vm
 
 if [ ! -s "$out/detection" ]; then
     # The detection itself, on a payload that triple-faults at once.

@@ -9,16 +9,16 @@
 # variables of $NESTED_WORKDIR/env.sh (KVER, BZIMAGE, VMLINUX, MODDIR), plus MINIVMM,
 # EDU_VFIO_TEST, SCENARIOS and RUST_LOG when set.
 set -euo pipefail
-here="$(cd "$(dirname "$0")" && pwd)"
+# shellcheck source=tests/nested/common.sh
+. "$(dirname "$0")/common.sh"
+here="$NESTED_DIR"
+work="$NESTED_WORKDIR"
 timeout=1200
 if [ "${1:-}" = --timeout ]; then timeout="$2"; shift 2; fi
 [ $# -ge 1 ] || { echo "usage: run-l0.sh [--timeout SECS] SCRIPT [ARGS...]" >&2; exit 2; }
 script="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"; shift
 "$here/setup.sh" >&2
-work="${NESTED_WORKDIR:-$here/work}"
-work="$(cd "$work" && pwd)"
-# shellcheck disable=SC1091
-. "$work/env.sh"
+lab_env
 
 mkdir -p "$work/job"
 cp "$script" "$work/job/script.sh"

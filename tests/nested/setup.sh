@@ -6,14 +6,14 @@
 #   - L0's initramfs
 # Usage: tests/nested/setup.sh            (work dir: $NESTED_WORKDIR or tests/nested/work)
 set -euo pipefail
-here="$(cd "$(dirname "$0")" && pwd)"
-work="${NESTED_WORKDIR:-$here/work}"
-mkdir -p "$work"
-work="$(cd "$work" && pwd)"
+# shellcheck source=tests/nested/common.sh
+. "$(dirname "$0")/common.sh"
+here="$NESTED_DIR"
+work="$NESTED_WORKDIR"
 
 log() { printf 'nested-setup: %s\n' "$*"; }
 
-"$here/../../scripts/install-deps.sh" >/dev/null
+"$REPO_ROOT/scripts/install-deps.sh" >/dev/null
 
 if [ ! -s "$work/env.sh" ]; then
     pkg=$(apt-cache search --names-only '^linux-image-[0-9].*-amd64-unsigned$' \
@@ -26,10 +26,12 @@ if [ ! -s "$work/env.sh" ]; then
     [ -n "$pkg" ] || { echo "nested-setup: no linux-image-*-amd64-unsigned package in apt" >&2; exit 1; }
     log "kernel package: $pkg"
     rm -rf "$work/kernel" && mkdir -p "$work/kernel"
-    (cd "$work" && rm -f ./*.deb && apt-get download -qq "$pkg" 2>&1 | grep -v unsandboxed || true)
+    rm -f "$work"/*.deb
+    (cd "$work" && { apt-get download -qq "$pkg" 2>&1 | grep -v unsandboxed || true; })
     dpkg -x "$work"/"$pkg"_*.deb "$work/kernel"
     rm -f "$work"/*.deb
-    kver=$(ls "$work/kernel/lib/modules" | head -n1)
+    kdirs=("$work/kernel/lib/modules"/*)
+    kver=$(basename "${kdirs[0]}")
     bzimage="$work/kernel/boot/vmlinuz-$kver"
     [ -f "$bzimage" ] || { echo "nested-setup: $bzimage missing" >&2; exit 1; }
     # The vmlinux inside the bzImage is compressed (zstd on current Debian kernels, xz or gzip
@@ -53,8 +55,7 @@ MODDIR=$work/kernel/lib/modules/$kver/kernel
 ENV
     log "kernel $kver unpacked"
 fi
-# shellcheck disable=SC1091
-. "$work/env.sh"
+lab_env
 
 # L0's initramfs: busybox, the modules L0 needs, and its init.
 if [ ! -s "$work/l0-initrd.img" ] || [ "$here/l0-init" -nt "$work/l0-initrd.img" ] \
@@ -67,4 +68,5 @@ if [ ! -s "$work/l0-initrd.img" ] || [ "$here/l0-init" -nt "$work/l0-initrd.img"
     "$here/mk-initramfs.sh" "$work/l0-initrd.img" "$here/l0-init" "${args[@]}"
     log "L0 initramfs built"
 fi
+# shellcheck disable=SC2153 # KVER comes from env.sh
 log "ready: kernel $KVER, work dir $work"

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Linux boots on 2 vCPUs to its init, sees both CPUs, and poweroff ends minivmm with 0.
 img="$NESTED_WORKDIR/l1-boot.img"
 l1_initramfs "$img" "$NESTED_DIR/guest/init-boot"

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # A guest reboot request ends minivmm with status 0.
 img="$NESTED_WORKDIR/l1-reboot.img"
 l1_initramfs "$img" "$NESTED_DIR/guest/init-reboot"

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Typing into minivmm's stdin reaches the guest through the UART's interrupt (IRQ 4 through
 # the userspace IOAPIC). The line is sent once the guest says it is reading.
 img="$NESTED_WORKDIR/l1-echo.img"

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # VFIO passthrough: L0's edu (the lab's "physical" device, bound to vfio-pci in L0) goes to L1.
 #  - error cases, each one clear line and a non-zero status, before anything is set up;
 #  - with --iommu: L1 (intel_iommu=on) sees 1234:11e8 in its own IOMMU group, binds it to its
@@ -13,8 +14,7 @@
 nvme_mods=(--module nvme-auth --module nvme-core --module nvme --file "$NESTED_DIR/guest/nvme-check:/nvme-check")
 img="$NESTED_WORKDIR/l1-vfio.img"
 l1_initramfs "$img" "$NESTED_DIR/guest/init-iommu" \
-    --module irqbypass --module vfio --module vfio_iommu_type1 --module vfio-pci-core \
-    --module vfio-pci "${nvme_mods[@]}" --file "$EDU_VFIO_TEST:/edu-vfio-test"
+    --module irqbypass "${L1_VFIO_MODULES[@]}" "${nvme_mods[@]}" --file "$EDU_VFIO_TEST:/edu-vfio-test"
 img_noiommu="$NESTED_WORKDIR/l1-vfio-noiommu.img"
 l1_initramfs "$img_noiommu" "$NESTED_DIR/guest/init-vfio-noiommu" "${nvme_mods[@]}" \
     --file "$EDU_VFIO_TEST:/edu-vfio-test" --file "$MINIVMM_STATIC:/minivmm"
@@ -26,7 +26,7 @@ error() {
     local case="$1" pattern="$2" log="$LOGDIR/60-vfio-error-$1.log" rc=0
     shift 2
     timeout 60 "$@" > "$log" 2>&1 < /dev/null || rc=$?
-    [ $rc -ne 0 ] && [ $rc -ne 124 ] || { echo "$case: exit status $rc"; return 1; }
+    if [ $rc -eq 0 ] || [ $rc -eq 124 ]; then echo "$case: exit status $rc"; return 1; fi
     [ "$(wc -l < "$log")" -eq 1 ] || { echo "$case: not one line: $(cat "$log")"; return 1; }
     grep -qE "$pattern" "$log" || { echo "$case: unexpected message: $(cat "$log")"; return 1; }
     echo "error $case: $(cat "$log")"
