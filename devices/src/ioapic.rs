@@ -221,30 +221,51 @@ impl Ioapic {
         }
     }
 
-    /// A readable dump of the redirection table, for debugging.
-    pub fn dump(&self) -> String {
-        let mut s = format!("IOAPIC id {} (source {})\n", self.id >> 24, self.source);
-        for (pin, e) in self.rte.iter().enumerate() {
-            if e & RTE_MASKED == 0 || self.line[pin] {
-                s += &format!(
-                    "  pin {pin:2}: {e:#018x} vector {:#04x} {} {}{}\n",
-                    e & RTE_VECTOR_MASK,
-                    if e & RTE_TRIGGER_LEVEL != 0 {
-                        "level"
-                    } else {
-                        "edge"
-                    },
-                    if e & RTE_MASKED != 0 {
-                        "masked"
-                    } else {
-                        "unmasked"
-                    },
-                    if self.line[pin] { " asserted" } else { "" }
-                );
-            }
+    /// The redirection entries that are unmasked or whose line is asserted (for the state
+    /// dump).
+    pub fn state(&self) -> IoapicState {
+        IoapicState {
+            id: self.id >> 24,
+            source: self.source,
+            pins: self
+                .rte
+                .iter()
+                .enumerate()
+                .filter(|(pin, e)| *e & RTE_MASKED == 0 || self.line[*pin])
+                .map(|(pin, &e)| PinState {
+                    pin,
+                    entry: e,
+                    vector: (e & RTE_VECTOR_MASK) as u8,
+                    level: e & RTE_TRIGGER_LEVEL != 0,
+                    masked: e & RTE_MASKED != 0,
+                    asserted: self.line[pin],
+                })
+                .collect(),
         }
-        s
     }
+}
+
+/// The IOAPIC as the state dump sees it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct IoapicState {
+    /// The IOAPIC ID (IOAPICID register bits 27:24).
+    pub id: u32,
+    /// Its requester id for interrupt remapping.
+    pub source: Bdf,
+    /// Unmasked or asserted pins only.
+    pub pins: Vec<PinState>,
+}
+
+/// One redirection table entry (82093AA 3.2.4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct PinState {
+    pub pin: usize,
+    pub entry: u64,
+    pub vector: u8,
+    /// Level-triggered, else edge.
+    pub level: bool,
+    pub masked: bool,
+    pub asserted: bool,
 }
 
 impl BusDevice for Ioapic {

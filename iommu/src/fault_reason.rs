@@ -3,7 +3,7 @@
 
 /// Why a DMA or interrupt request was blocked. The discriminant is the FR field value recorded
 /// in a fault recording register (VT-d spec 11.4.14).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 #[repr(u8)]
 pub enum FaultReason {
     /// 01h: root entry used for the request has P clear.

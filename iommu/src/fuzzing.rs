@@ -241,7 +241,7 @@ impl<'p> Harness<'p> {
     fn failure(&self, msg: String) -> Failure {
         let from = self.log.len().saturating_sub(60);
         let mut log = self.log[from..].to_vec();
-        log.push(self.unit.state_dump());
+        log.push(format!("{:#?}", self.unit.state()));
         Failure { msg, log }
     }
 

@@ -2,7 +2,7 @@
 //! A guest that reaches one gets what it would get from a smaller, slower unit (a cache
 //! miss, a recorded fault, a mapping the device cannot use), never a stalled vCPU or an
 //! unbounded allocation. The values are provisional until measured against a real Linux
-//! guest: `RemappingUnit::state_dump` prints the peaks to compare them with.
+//! guest: `RemappingUnit::state` reports the peaks to compare them with.
 
 /// Entries in the emulated IOTLB, one per cached leaf (4 KiB, 2 MiB or 1 GiB). When full it
 /// is emptied, as QEMU does with its 1,024 entries (`VTD_IOTLB_MAX_SIZE`); a miss only costs

@@ -46,7 +46,7 @@ pub struct WalkConfig {
 }
 
 /// Context entry translation types (9.3 TT).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum TranslationType {
     /// 00b: untranslated requests are translated.
     Untranslated,

@@ -7,6 +7,13 @@ use std::str::FromStr;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Bdf(u16);
 
+/// Serialised as its text form, `bb:dd.f`.
+impl serde::Serialize for Bdf {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl Bdf {
     /// Builds a requester id; `device` is masked to 5 bits and `function` to 3 bits.
     pub const fn new(bus: u8, device: u8, function: u8) -> Self {

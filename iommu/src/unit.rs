@@ -644,81 +644,12 @@ impl RemappingUnit {
         };
         (outcome, Some(ctx.did))
     }
-
-    /// A human-readable summary of the unit's state: enables, table pointers, queue, caches,
-    /// pending faults and what is mapped for tracked devices.
-    pub fn state_dump(&self) -> String {
-        let on = |b: u32| if self.gsts & b != 0 { "on" } else { "off" };
-        let mut s = format!(
-            "VT-d unit: translation {}, queued invalidation {}, interrupt remapping {} (compat {}, {} mode)\n",
-            on(GSTS_TES),
-            on(GSTS_QIES),
-            on(GSTS_IRES),
-            on(GSTS_CFIS),
-            if self.active_irta & IRTA_EIME != 0 { "x2APIC" } else { "xAPIC" },
-        );
-        s += &format!(
-            "  root table {:#x}, IRTA {:#x} ({} entries), IQA {:#x} IQH {} IQT {}\n",
-            self.active_rtaddr,
-            self.active_irta & IRTA_ADDR_MASK,
-            crate::interrupt_remapping::table_entries(self.active_irta),
-            self.iqa,
-            self.iqh >> IQ_INDEX_SHIFT,
-            self.iqt >> IQ_INDEX_SHIFT
-        );
-        s += &format!(
-            "  FSTS {:#x}, context cache {} entries, IOTLB {}/{} entries, interrupt entry cache {} entries\n",
-            self.fsts(),
-            self.context_cache.len(),
-            self.iotlb.len(),
-            self.iotlb.capacity(),
-            self.iec.len()
-        );
-        let mut contexts: Vec<_> = self.context_cache.iter().collect();
-        contexts.sort_by_key(|(b, _)| **b);
-        for (b, c) in contexts {
-            s += &format!(
-                "  context {b}: domain {} {:?} {}-level tables at {:#x}\n",
-                c.did, c.tt, c.levels, c.slptptr
-            );
-        }
-        let mut tracked = self.tracker.devices();
-        tracked.sort();
-        let mut peaks = String::new();
-        for (b, _) in tracked {
-            let maps = self.tracker.mappings(b);
-            let bytes: u64 = maps.iter().map(|m| m.size).sum();
-            s += &format!(
-                "  tracked {b}: {} ranges, {bytes:#x} bytes mapped\n",
-                maps.len()
-            );
-            if let Some(r) = self.tracker.range_stats(b) {
-                peaks += &format!(", {b} peak {} ranges ({} refused)", r.peak, r.refused);
-            }
-        }
-        if self.host.failures > 0 {
-            s += &format!("  {} host mapping failures\n", self.host.failures);
-        }
-        if self.host_effects_outstanding() {
-            s += "  completions waiting for host effects to be applied\n";
-        }
-        s += &format!(
-            "  limits: largest walk {} entries per invalidation, {} per IQT write (budgets {} per domain, {} per write); range cap {}{peaks}\n",
-            self.work.peak_invalidation,
-            self.work.peak_queue_write,
-            self.limits.walk_entries_per_domain,
-            self.limits.walk_entries_per_write,
-            self.limits.tracked_ranges_per_device,
-        );
-        for r in self.faults.records() {
-            s += &format!("  fault: {} {:?} at {:#x}\n", r.source, r.reason, r.info);
-        }
-        s
-    }
 }
 
 mod caches;
+mod state;
 pub use self::caches::{CacheInvalidation, TranslationCaches};
+pub use self::state::{ContextState, FaultState, LimitsState, TrackedState, UnitState};
 mod interrupts;
 pub use interrupts::InterruptOutcome;
 mod tracking;

@@ -12,6 +12,8 @@ use iommu::{
     RemappingUnit,
 };
 use log::{debug, warn};
+
+use crate::state::{IommuState, RegisterWriteCosts, VfioDmaState};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -29,9 +31,9 @@ pub trait MapListener: Send + Sync {
     /// mapping and has stopped the device from reaching memory instead (fail closed).
     fn map_event(&self, device: Bdf, event: MapEvent) -> Result<(), ListenerError>;
 
-    /// A line for the state dump (what the listener holds, what it cost).
-    fn summary(&self) -> String {
-        String::new()
+    /// What the listener holds and what it cost, for the state dump (None: nothing to show).
+    fn state(&self) -> Option<VfioDmaState> {
+        None
     }
 }
 
@@ -150,25 +152,30 @@ impl Iommu {
         }
     }
 
-    pub fn state_dump(&self) -> String {
-        let mut s = lock(&self.unit).state_dump();
+    /// The unit's state, the cost of its register writes and its listeners' state.
+    pub fn state(&self) -> IommuState {
+        let unit = lock(&self.unit).state();
         let w = lock(&self.writes);
         let avg = |(n, ns): (u64, u64)| ns.checked_div(n).unwrap_or(0) / 1000;
-        s += &format!(
-            "  {} invalidation queue tail writes handled, {} us on average; {} other register writes, {} us on average\n",
-            w.iqt.0,
-            avg(w.iqt),
-            w.other.0,
-            avg(w.other)
-        );
+        let writes = RegisterWriteCosts {
+            iqt_writes: w.iqt.0,
+            iqt_avg_us: avg(w.iqt),
+            other_writes: w.other.0,
+            other_avg_us: avg(w.other),
+        };
         drop(w);
         let listeners = lock(&self.listeners);
         let mut devices: Vec<_> = listeners.keys().copied().collect();
         devices.sort();
-        for d in devices {
-            s += &listeners[&d].summary();
+        let listeners = devices
+            .into_iter()
+            .filter_map(|d| listeners[&d].state())
+            .collect();
+        IommuState {
+            unit,
+            writes,
+            listeners,
         }
-        s
     }
 }
 

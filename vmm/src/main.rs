@@ -15,6 +15,7 @@ mod lifecycle;
 mod memory;
 mod options;
 mod seccomp;
+mod state;
 mod terminal;
 mod vcpu;
 mod vfio;

@@ -14,6 +14,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use crate::cpuid;
 use crate::exit::{handle_exit, Action, EoiHandler, Exit, StopReason};
+use crate::state::{ApicState, VcpuState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VcpuError {
@@ -185,29 +186,30 @@ fn highest_vector(regs: &[std::os::raw::c_char], base: usize) -> Option<u8> {
     })
 }
 
-/// One line describing where vCPU `id` is: instruction pointer, flags, and the highest
+/// Where vCPU `id` is (`state::render_vcpu` gives its line): instruction pointer, flags, and the highest
 /// vectors in service and requested at its local APIC.
-fn describe(vcpu: &VcpuFd, id: u32) -> String {
+fn describe(vcpu: &VcpuFd, id: u32) -> VcpuState {
     let regs = match vcpu.get_regs() {
         Ok(r) => r,
-        Err(e) => return format!("vCPU {id}: registers unavailable: {e}\n"),
+        Err(e) => {
+            return VcpuState::Unavailable {
+                id,
+                error: e.to_string(),
+            }
+        }
     };
-    let apic = vcpu.get_lapic().ok();
-    let vec = |base| {
-        apic.as_ref()
-            .and_then(|a| highest_vector(&a.regs, base))
-            .map_or("-".to_string(), |v| format!("{v:#04x}"))
-    };
-    format!(
-        "vCPU {id}: RIP {:#x} RSP {:#x} RFLAGS {:#x} (IF {}), APIC TPR {:#x} ISR {} IRR {}\n",
-        regs.rip,
-        regs.rsp,
-        regs.rflags,
-        (regs.rflags >> 9) & 1,
-        apic.as_ref().map_or(0, |a| a.regs[APIC_TPR] as u8),
-        vec(APIC_ISR),
-        vec(APIC_IRR)
-    )
+    let apic = vcpu.get_lapic().ok().map(|a| ApicState {
+        tpr: a.regs[APIC_TPR] as u8,
+        isr: highest_vector(&a.regs, APIC_ISR),
+        irr: highest_vector(&a.regs, APIC_IRR),
+    });
+    VcpuState::Running {
+        id,
+        rip: regs.rip,
+        rsp: regs.rsp,
+        rflags: regs.rflags,
+        apic,
+    }
 }
 
 /// What becomes of a KVM exit the run loop has no handler for.
@@ -241,7 +243,7 @@ pub fn run(mut vcpu: VcpuFd, id: u32, ctx: &VcpuContext) {
         let want = ctx.dump.load(Ordering::Acquire);
         if want != dumped {
             dumped = want;
-            eprint!("{}", describe(&vcpu, id));
+            eprint!("{}", crate::state::render_vcpu(&describe(&vcpu, id)));
         }
         let exit = match vcpu.run() {
             Ok(VcpuExit::IoIn(port, data)) => Exit::IoIn(port, data),

@@ -13,6 +13,7 @@ use iommu::Bdf;
 use vm_memory::GuestMemoryMmap;
 
 use crate::iommu::Iommu;
+use crate::state::PassthroughState;
 
 mod dma;
 pub use dma::{VfioDma, VfioDmaError, VfioHost};
@@ -49,14 +50,13 @@ pub struct Attached {
 }
 
 impl Attached {
-    pub fn dump(&self) -> String {
-        format!(
-            "passthrough {} at {}:\n{}  {}",
-            self.name,
-            self.address,
-            self.interrupts.dump(),
-            self.dma.summary()
-        )
+    pub fn state(&self) -> PassthroughState {
+        PassthroughState {
+            name: self.name.clone(),
+            address: self.address,
+            interrupts: self.interrupts.state(),
+            dma: self.dma.state(),
+        }
     }
 }
 

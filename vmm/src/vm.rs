@@ -275,7 +275,7 @@ impl Vm {
                 lock(h).flush_pending();
             }
             if DUMP_REQUESTED.swap(false, Ordering::AcqRel) {
-                eprint!("{}", self.devices.state_dump());
+                eprint!("{}", crate::state::render(&self.devices.state()));
                 // Each vCPU prints where it is once it leaves KVM_RUN.
                 dump.fetch_add(1, Ordering::AcqRel);
                 for t in &threads {
@@ -292,7 +292,10 @@ impl Vm {
         // that hangs while released, does not keep minivmm up past the deadline.
         crate::lifecycle::arm_stop_deadline(&reason);
         self.flush_console();
-        log::info!("state at exit:\n{}", self.devices.state_dump());
+        log::info!(
+            "state at exit:\n{}",
+            crate::state::render(&self.devices.state())
+        );
 
         stop_vcpus(&stop, threads);
         drop(self.vm);

@@ -42,6 +42,37 @@ pub struct VectorWiring {
     pub name: String,
 }
 
+/// One vector of a group as the state dump sees it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct VectorState {
+    pub index: usize,
+    pub delivery: VectorDelivery,
+    /// The programmed MSI message (address, data), if any.
+    pub message: Option<VectorMessage>,
+    /// An interrupt is held for it (pending bit).
+    pub pending: bool,
+}
+
+/// An MSI message (PCI 6.8.1): address and data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct VectorMessage {
+    pub address: u64,
+    pub data: u32,
+}
+
+/// How a vector's interrupts reach the guest, as reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum VectorDelivery {
+    /// Routed in KVM (irqfd).
+    InHypervisor,
+    /// No message programmed.
+    Unprogrammed,
+    /// Programmed, masked.
+    Masked,
+    /// The VMM sends each interrupt itself.
+    Relayed,
+}
+
 /// How a vector's interrupts reach the guest now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Delivery {
@@ -250,23 +281,25 @@ impl VectorGroup {
         self.relayed
     }
 
-    /// One line per vector for the state dump.
-    pub fn dump(&self) -> String {
-        let mut s = String::new();
-        for (i, v) in self.vectors.iter().enumerate() {
-            let how = match (v.delivery, v.message) {
-                (Delivery::InHypervisor, _) => "in KVM",
-                (_, None) => "unprogrammed",
-                (_, Some(_)) if v.masked => "masked",
-                (_, Some(_)) => "relayed",
-            };
-            let msg = v
-                .message
-                .map_or(String::new(), |(a, d)| format!(" {a:#x}/{d:#x}"));
-            let pending = if self.pending(i) { " pending" } else { "" };
-            s += &format!("    vector {i}: {how}{msg}{pending}\n");
-        }
-        s
+    /// Each vector's state, in index order (for the state dump).
+    pub fn state(&self) -> Vec<VectorState> {
+        self.vectors
+            .iter()
+            .enumerate()
+            .map(|(i, v)| VectorState {
+                index: i,
+                delivery: match (v.delivery, v.message) {
+                    (Delivery::InHypervisor, _) => VectorDelivery::InHypervisor,
+                    (_, None) => VectorDelivery::Unprogrammed,
+                    (_, Some(_)) if v.masked => VectorDelivery::Masked,
+                    (_, Some(_)) => VectorDelivery::Relayed,
+                },
+                message: v
+                    .message
+                    .map(|(address, data)| VectorMessage { address, data }),
+                pending: self.pending(i),
+            })
+            .collect()
     }
 }
 

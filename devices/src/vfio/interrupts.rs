@@ -19,13 +19,31 @@ use super::function::{HostFunction, INTX_IRQ, MSIX_IRQ, MSI_IRQ};
 use crate::bus::lock;
 pub use crate::interrupt::FdWatcher;
 use crate::interrupt::{InterruptRoutes, IrqLine, IrqfdRouting, MsiTrigger, Resample};
-use crate::pci::vectors::{new_eventfds, VectorGroup, VectorWiring};
+use crate::pci::vectors::{new_eventfds, VectorGroup, VectorState, VectorWiring};
 
 /// The relay's token for the INTx eventfd (vectors use their index).
 pub const INTX_TOKEN: u64 = u64::MAX;
 
+/// A passed-through function's interrupts as the state dump sees them.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct InterruptsState {
+    pub mode: Mode,
+    /// Interrupts the VMM sent itself (INTx and vectors it could not route in KVM).
+    pub relayed: u64,
+    /// Present when the function has an INTx pin wired.
+    pub intx: Option<IntxState>,
+    pub vectors: Vec<VectorState>,
+}
+
+/// The INTx line of a passed-through function.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct IntxState {
+    pub asserted: bool,
+    pub assertions: u64,
+}
+
 /// Which interrupt mechanism the guest uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum Mode {
     Off,
     Intx,
@@ -257,23 +275,18 @@ impl Interrupts {
         change.apply();
     }
 
-    /// One line per vector for the state dump.
-    pub fn dump(&self) -> String {
+    /// The mode, the relay count, INTx and each vector (for the state dump).
+    pub fn state(&self) -> InterruptsState {
         let st = lock(&self.0);
-        let relayed = st.relayed + st.vectors.as_ref().map_or(0, VectorGroup::relayed);
-        let mut s = format!("  interrupts: {:?}, {relayed} relayed by the VMM", st.mode);
-        if let Some(x) = &st.intx {
-            s += &format!(
-                ", INTx {} ({} assertions)",
-                if x.asserted { "asserted" } else { "idle" },
-                st.intx_count
-            );
+        InterruptsState {
+            mode: st.mode,
+            relayed: st.relayed + st.vectors.as_ref().map_or(0, VectorGroup::relayed),
+            intx: st.intx.as_ref().map(|x| IntxState {
+                asserted: x.asserted,
+                assertions: st.intx_count,
+            }),
+            vectors: st.vectors.as_ref().map_or(Vec::new(), VectorGroup::state),
         }
-        s += "\n";
-        if let Some(g) = &st.vectors {
-            s += &g.dump();
-        }
-        s
     }
 }
 

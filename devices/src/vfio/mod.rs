@@ -15,5 +15,5 @@ mod relay;
 
 pub use bars::GuestMmioMapper;
 pub use host::{check, HostDevice, HostDeviceError};
-pub use interrupts::Interrupts;
+pub use interrupts::{Interrupts, InterruptsState, IntxState, Mode};
 pub use pci::{DmaGate, VfioPciDevice, VfioPciError, VfioPciWiring};

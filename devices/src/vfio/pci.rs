@@ -237,11 +237,6 @@ impl VfioPciDevice {
             _ => 0,
         }
     }
-
-    /// A one-line-per-item description for the state dump.
-    pub fn dump(&self) -> String {
-        format!("vfio {}:\n{}", self.name, self.interrupts.dump())
-    }
 }
 
 impl PciDevice for VfioPciDevice {

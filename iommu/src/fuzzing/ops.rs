@@ -580,7 +580,7 @@ fn misc(h: &mut Harness, c: &mut Choices) -> Result<(), String> {
         }
         _ => {
             h.note("state dump".into());
-            let _ = h.timed("state_dump", |h| h.unit.state_dump())?;
+            let _ = h.timed("state", |h| h.unit.state())?;
             Ok(())
         }
     }

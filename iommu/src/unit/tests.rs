@@ -395,14 +395,17 @@ fn qi_queue_outside_memory_is_iqe_not_panic() {
 }
 
 #[test]
-fn state_dump_mentions_faults() {
+fn state_after_blocked_write_lists_the_fault() {
     let (mut u, _, mut t) = unit();
     t.context(DEV, 5, 4, 0, false);
     enable(&mut u, &t);
     u.translate(&t.mem, DEV, Iova(0x7000), true);
-    let s = u.state_dump();
-    assert!(s.contains("translation on"), "{s}");
-    assert!(s.contains("WriteDenied"), "{s}");
+    let s = u.state();
+    assert!(s.translation, "{s:?}");
+    assert_eq!(s.faults.len(), 1, "{s:?}");
+    assert_eq!(s.faults[0].source, DEV);
+    assert_eq!(s.faults[0].reason, FaultReason::WriteDenied);
+    assert_eq!(s.faults[0].info, 0x7000);
 }
 
 mod fuzz {
@@ -446,7 +449,7 @@ mod fuzz {
                 u.remap_interrupt(&t.mem, req);
             }
             let _ = u.take_map_events();
-            let _ = u.state_dump();
+            let _ = u.state();
         }
     }
 }

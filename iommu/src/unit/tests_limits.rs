@@ -205,20 +205,25 @@ fn limit_hits_counts_a_walk_budget_hit_even_with_fpd() {
 }
 
 #[test]
-fn state_dump_reports_peaks_and_limits_on_one_line() {
+fn state_reports_range_peaks_and_walk_limits() {
     let (mut u, _, mut t) = unit();
     let slpt = t.context(DEV, DID, 4, 0, false);
     t.map(slpt, 4, 0, 0x80_0000, 0x1000, RW);
     t.map(slpt, 4, 0x2000, 0x90_0000, 0x1000, RW);
     enable(&mut u, &t);
     u.track(&t.mem, DEV);
-    let dump = u.state_dump();
-    let line = dump
-        .lines()
-        .find(|l| l.contains("limits:"))
-        .expect("a limits line");
-    assert!(line.contains(&format!("{DEV} peak 2 ranges")), "{line}");
-    assert!(line.contains("per IQT write"), "{line}");
+    let s = u.state();
+    assert_eq!(s.tracked.len(), 1, "{s:?}");
+    assert_eq!(s.tracked[0].device, DEV);
+    assert_eq!(s.tracked[0].ranges, 2);
+    assert_eq!(s.tracked[0].peak_ranges, Some(2));
+    assert_eq!(s.tracked[0].refused_ranges, Some(0));
+    assert_eq!(s.limits.range_cap, u.limits.tracked_ranges_per_device);
+    assert_eq!(
+        s.limits.walk_budget_per_write,
+        u.limits.walk_entries_per_write
+    );
+    assert!(s.limits.peak_walk_per_invalidation > 0, "{s:?}");
 }
 
 /// Log lines, by the thread that wrote them (tests run in parallel).

@@ -78,7 +78,7 @@ pub struct MapFailure {
 }
 
 /// Table-walk work of the current register write, and the largest seen (for choosing the
-/// limits: [`RemappingUnit::state_dump`] prints them).
+/// limits: [`RemappingUnit::state`] reports them).
 #[derive(Debug, Default)]
 pub(super) struct WalkWork {
     /// Entries the current write may still read.

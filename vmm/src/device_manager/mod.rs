@@ -37,6 +37,7 @@ use crate::console::ConsoleOut;
 use crate::control::VmControl;
 use crate::iommu::IommuTranslator;
 use crate::memory::{KvmMmioMapper, MemSlots};
+use crate::state::{IrqfdRoute, VmState};
 use crate::vfio::{AttachError, Attached};
 
 #[derive(Debug, thiserror::Error)]
@@ -170,18 +171,20 @@ impl DeviceManager {
     }
 
     /// The interrupt, IOMMU and passthrough state (SIGUSR1, and at exit with RUST_LOG=info).
-    pub fn state_dump(&self) -> String {
-        let mut s = lock(&self.irq.ioapic).dump();
-        if let Some(i) = &self.irq.iommu {
-            s += &i.state_dump();
+    /// `state::render` gives its text.
+    pub fn state(&self) -> VmState {
+        VmState {
+            ioapic: lock(&self.irq.ioapic).state(),
+            iommu: self.irq.iommu.as_ref().map(|i| i.state()),
+            passthrough: self.passthrough.iter().map(Attached::state).collect(),
+            irqfd_routes: self
+                .irq
+                .kvm
+                .irqfd_routes()
+                .into_iter()
+                .map(|(gsi, address, data)| IrqfdRoute { gsi, address, data })
+                .collect(),
         }
-        for p in &self.passthrough {
-            s += &p.dump();
-        }
-        for (gsi, address, data) in self.irq.kvm.irqfd_routes() {
-            s += &format!("  KVM irqfd route: GSI {gsi} -> {address:#x}/{data:#x}\n");
-        }
-        s
     }
 }
 

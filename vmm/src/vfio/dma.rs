@@ -13,6 +13,7 @@ use vfio_ioctls::VfioContainer;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::iommu::{ListenerError, MapListener};
+use crate::state::VfioDmaState;
 
 /// The host calls a device's DMA needs, behind a trait so that their failures can be tested
 /// without /dev/vfio.
@@ -358,29 +359,23 @@ impl VfioDma {
         }
     }
 
-    /// A line on what the container holds and what keeping it in step has cost.
-    pub fn summary(&self) -> String {
+    /// What the container holds and what keeping it in step has cost.
+    pub fn state(&self) -> VfioDmaState {
         let st = lock(&self.state);
         let avg = |ns: u64, n: u64| ns.checked_div(n).unwrap_or(0) / 1000;
-        let mut s = format!(
-            "vfio {}: {} host mappings{} (largest {:#x}); {} VFIO_IOMMU_MAP_DMA ({} failed, avg {} us), {} VFIO_IOMMU_UNMAP_DMA (avg {} us)\n",
-            self.device,
-            st.mappings,
-            if st.identity { " + all RAM at IOVA = GPA" } else { "" },
-            st.stats.largest,
-            st.stats.maps,
-            st.map_failures,
-            avg(st.stats.map_ns, st.stats.maps),
-            st.stats.unmaps,
-            avg(st.stats.unmap_ns, st.stats.unmaps),
-        );
-        if let Some(e) = &st.identity_error {
-            s += &format!("  identity mapping failed: {e}\n");
+        VfioDmaState {
+            device: self.device.clone(),
+            mappings: st.mappings,
+            identity: st.identity,
+            largest: st.stats.largest,
+            maps: st.stats.maps,
+            map_failures: st.map_failures,
+            map_avg_us: avg(st.stats.map_ns, st.stats.maps),
+            unmaps: st.stats.unmaps,
+            unmap_avg_us: avg(st.stats.unmap_ns, st.stats.unmaps),
+            identity_error: st.identity_error.clone(),
+            stopped: self.stopped.load(Ordering::SeqCst),
         }
-        if self.stopped.load(Ordering::SeqCst) {
-            s += "  STOPPED: a host unmap failed; bus mastering refused\n";
-        }
-        s
     }
 }
 
@@ -406,8 +401,8 @@ impl devices::vfio::DmaGate for VfioDma {
 }
 
 impl MapListener for VfioDma {
-    fn summary(&self) -> String {
-        VfioDma::summary(self)
+    fn state(&self) -> Option<VfioDmaState> {
+        Some(VfioDma::state(self))
     }
 
     fn map_event(&self, device: Bdf, event: MapEvent) -> Result<(), ListenerError> {

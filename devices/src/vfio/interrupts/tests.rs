@@ -1,4 +1,5 @@
 use super::*;
+use crate::pci::vectors::{VectorDelivery, VectorMessage};
 use crate::vfio::fake::{FakeFunction, Line, Routes, Sent, Watched};
 
 struct Rig {
@@ -225,16 +226,31 @@ fn host_refusing_to_enable_leaves_the_function_silent() {
 }
 
 #[test]
-fn dump_names_each_vector_state() {
+fn state_reports_each_vector_delivery() {
     let r = rig();
     r.routes.blocked.lock().unwrap().insert(0x42);
     r.irq.set_mode(Mode::Msix, 4);
     r.irq.update_vector(0, Some((0xfee0_0000, 0x40)), false);
     r.irq.update_vector(1, Some((0xfee0_0000, 0x41)), true);
     r.irq.update_vector(2, Some((0xfee0_0000, 0x42)), false);
-    let d = r.irq.dump();
-    assert!(d.contains("vector 0: in KVM"), "{d}");
-    assert!(d.contains("vector 1: masked"), "{d}");
-    assert!(d.contains("vector 2: relayed"), "{d}");
-    assert!(d.contains("vector 3: unprogrammed"), "{d}");
+    let s = r.irq.state();
+    assert_eq!(s.mode, Mode::Msix);
+    let how: Vec<_> = s.vectors.iter().map(|v| (v.index, v.delivery)).collect();
+    assert_eq!(
+        how,
+        vec![
+            (0, VectorDelivery::InHypervisor),
+            (1, VectorDelivery::Masked),
+            (2, VectorDelivery::Relayed),
+            (3, VectorDelivery::Unprogrammed),
+        ]
+    );
+    assert_eq!(
+        s.vectors[1].message,
+        Some(VectorMessage {
+            address: 0xfee0_0000,
+            data: 0x41
+        })
+    );
+    assert_eq!(s.vectors[3].message, None);
 }

@@ -1,0 +1,302 @@
+//! The VM's interrupt, IOMMU and passthrough state as data, and its one text form: what
+//! SIGUSR1 prints (and `RUST_LOG=info` at exit). Each part comes from its owner as a plain
+//! struct (`iommu::unit::UnitState`, `devices::ioapic::IoapicState`, ...); only [`render`]
+//! and [`render_vcpu`] turn them into text. The nested lab greps this text (see the test
+//! `rendered_state_matches_the_lab_patterns`): keep those lines as they are.
+
+use std::fmt::Write;
+
+use devices::ioapic::IoapicState;
+use devices::pci::vectors::{VectorDelivery, VectorState};
+use devices::vfio::InterruptsState;
+use iommu::unit::UnitState;
+use iommu::Bdf;
+use serde::Serialize;
+
+/// Everything the state dump shows, but the vCPUs (each prints its own line, [`VcpuState`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct VmState {
+    pub ioapic: IoapicState,
+    pub iommu: Option<IommuState>,
+    pub passthrough: Vec<PassthroughState>,
+    pub irqfd_routes: Vec<IrqfdRoute>,
+}
+
+/// The emulated VT-d unit with what handling its registers cost and its DMA listeners.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct IommuState {
+    pub unit: UnitState,
+    pub writes: RegisterWriteCosts,
+    /// The map listeners (VFIO containers), by device.
+    pub listeners: Vec<VfioDmaState>,
+}
+
+/// Register writes the guest made to the unit and their average handling time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RegisterWriteCosts {
+    /// IQT writes (queued invalidations).
+    pub iqt_writes: u64,
+    pub iqt_avg_us: u64,
+    pub other_writes: u64,
+    pub other_avg_us: u64,
+}
+
+/// What a VFIO container holds for one device and what keeping it in step cost.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct VfioDmaState {
+    pub device: String,
+    pub mappings: usize,
+    /// All guest RAM is mapped at IOVA = GPA (no translation).
+    pub identity: bool,
+    pub largest: u64,
+    pub maps: u64,
+    pub map_failures: u64,
+    pub map_avg_us: u64,
+    pub unmaps: u64,
+    pub unmap_avg_us: u64,
+    pub identity_error: Option<String>,
+    /// A host unmap failed and bus mastering is refused.
+    pub stopped: bool,
+}
+
+/// A passed-through function.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PassthroughState {
+    pub name: String,
+    pub address: Bdf,
+    pub interrupts: InterruptsState,
+    pub dma: VfioDmaState,
+}
+
+/// A KVM GSI route an irqfd delivers through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct IrqfdRoute {
+    pub gsi: u32,
+    pub address: u64,
+    pub data: u32,
+}
+
+/// Where a vCPU is: its registers and the highest vectors at its local APIC.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum VcpuState {
+    Running {
+        id: u32,
+        rip: u64,
+        rsp: u64,
+        rflags: u64,
+        /// Absent when the local APIC could not be read.
+        apic: Option<ApicState>,
+    },
+    Unavailable {
+        id: u32,
+        error: String,
+    },
+}
+
+/// The local APIC's task priority and highest vectors in service and requested.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct ApicState {
+    pub tpr: u8,
+    pub isr: Option<u8>,
+    pub irr: Option<u8>,
+}
+
+/// The state dump's text.
+pub fn render(vm: &VmState) -> String {
+    let mut s = String::new();
+    render_ioapic(&mut s, &vm.ioapic);
+    if let Some(i) = &vm.iommu {
+        render_unit(&mut s, &i.unit);
+        let w = &i.writes;
+        let _ = writeln!(
+            s,
+            "  {} invalidation queue tail writes handled, {} us on average; {} other register writes, {} us on average",
+            w.iqt_writes, w.iqt_avg_us, w.other_writes, w.other_avg_us
+        );
+        for l in &i.listeners {
+            render_dma(&mut s, l);
+        }
+    }
+    for p in &vm.passthrough {
+        let _ = writeln!(s, "passthrough {} at {}:", p.name, p.address);
+        render_interrupts(&mut s, &p.interrupts);
+        s += "  ";
+        render_dma(&mut s, &p.dma);
+    }
+    for r in &vm.irqfd_routes {
+        let _ = writeln!(
+            s,
+            "  KVM irqfd route: GSI {} -> {:#x}/{:#x}",
+            r.gsi, r.address, r.data
+        );
+    }
+    s
+}
+
+/// A vCPU's line.
+pub fn render_vcpu(v: &VcpuState) -> String {
+    match v {
+        VcpuState::Unavailable { id, error } => {
+            format!("vCPU {id}: registers unavailable: {error}\n")
+        }
+        VcpuState::Running {
+            id,
+            rip,
+            rsp,
+            rflags,
+            apic,
+        } => {
+            let vec = |v: Option<u8>| v.map_or("-".to_string(), |v| format!("{v:#04x}"));
+            format!(
+                "vCPU {id}: RIP {rip:#x} RSP {rsp:#x} RFLAGS {rflags:#x} (IF {}), APIC TPR {:#x} ISR {} IRR {}\n",
+                (rflags >> 9) & 1,
+                apic.map_or(0, |a| a.tpr),
+                vec(apic.and_then(|a| a.isr)),
+                vec(apic.and_then(|a| a.irr)),
+            )
+        }
+    }
+}
+
+fn render_ioapic(s: &mut String, a: &IoapicState) {
+    let _ = writeln!(s, "IOAPIC id {} (source {})", a.id, a.source);
+    for p in &a.pins {
+        let _ = writeln!(
+            s,
+            "  pin {:2}: {:#018x} vector {:#04x} {} {}{}",
+            p.pin,
+            p.entry,
+            p.vector,
+            if p.level { "level" } else { "edge" },
+            if p.masked { "masked" } else { "unmasked" },
+            if p.asserted { " asserted" } else { "" }
+        );
+    }
+}
+
+fn render_unit(s: &mut String, u: &UnitState) {
+    let on = |b: bool| if b { "on" } else { "off" };
+    let _ = writeln!(
+        s,
+        "VT-d unit: translation {}, queued invalidation {}, interrupt remapping {} (compat {}, {} mode)",
+        on(u.translation),
+        on(u.queued_invalidation),
+        on(u.interrupt_remapping),
+        on(u.compat_format),
+        if u.x2apic { "x2APIC" } else { "xAPIC" },
+    );
+    let _ = writeln!(
+        s,
+        "  root table {:#x}, IRTA {:#x} ({} entries), IQA {:#x} IQH {} IQT {}",
+        u.root_table, u.irta, u.irte_entries, u.iqa, u.iqh, u.iqt
+    );
+    let _ = writeln!(
+        s,
+        "  FSTS {:#x}, context cache {} entries, IOTLB {}/{} entries, interrupt entry cache {} entries",
+        u.fsts,
+        u.context_cache_entries,
+        u.iotlb_entries,
+        u.iotlb_capacity,
+        u.interrupt_entry_cache_entries
+    );
+    for c in &u.contexts {
+        let _ = writeln!(
+            s,
+            "  context {}: domain {} {:?} {}-level tables at {:#x}",
+            c.source, c.domain, c.translation_type, c.levels, c.table
+        );
+    }
+    let mut peaks = String::new();
+    for t in &u.tracked {
+        let _ = writeln!(
+            s,
+            "  tracked {}: {} ranges, {:#x} bytes mapped",
+            t.device, t.ranges, t.bytes
+        );
+        if let (Some(peak), Some(refused)) = (t.peak_ranges, t.refused_ranges) {
+            let _ = write!(
+                peaks,
+                ", {} peak {peak} ranges ({refused} refused)",
+                t.device
+            );
+        }
+    }
+    if u.host_mapping_failures > 0 {
+        let _ = writeln!(s, "  {} host mapping failures", u.host_mapping_failures);
+    }
+    if u.host_effects_outstanding {
+        s.push_str("  completions waiting for host effects to be applied\n");
+    }
+    let l = &u.limits;
+    let _ = writeln!(
+        s,
+        "  limits: largest walk {} entries per invalidation, {} per IQT write (budgets {} per domain, {} per write); range cap {}{peaks}",
+        l.peak_walk_per_invalidation,
+        l.peak_walk_per_queue_write,
+        l.walk_budget_per_domain,
+        l.walk_budget_per_write,
+        l.range_cap,
+    );
+    for f in &u.faults {
+        let _ = writeln!(s, "  fault: {} {:?} at {:#x}", f.source, f.reason, f.info);
+    }
+}
+
+fn render_dma(s: &mut String, d: &VfioDmaState) {
+    let _ = writeln!(
+        s,
+        "vfio {}: {} host mappings{} (largest {:#x}); {} VFIO_IOMMU_MAP_DMA ({} failed, avg {} us), {} VFIO_IOMMU_UNMAP_DMA (avg {} us)",
+        d.device,
+        d.mappings,
+        if d.identity { " + all RAM at IOVA = GPA" } else { "" },
+        d.largest,
+        d.maps,
+        d.map_failures,
+        d.map_avg_us,
+        d.unmaps,
+        d.unmap_avg_us,
+    );
+    if let Some(e) = &d.identity_error {
+        let _ = writeln!(s, "  identity mapping failed: {e}");
+    }
+    if d.stopped {
+        s.push_str("  STOPPED: a host unmap failed; bus mastering refused\n");
+    }
+}
+
+fn render_interrupts(s: &mut String, i: &InterruptsState) {
+    let _ = write!(
+        s,
+        "  interrupts: {:?}, {} relayed by the VMM",
+        i.mode, i.relayed
+    );
+    if let Some(x) = &i.intx {
+        let _ = write!(
+            s,
+            ", INTx {} ({} assertions)",
+            if x.asserted { "asserted" } else { "idle" },
+            x.assertions
+        );
+    }
+    s.push('\n');
+    for v in &i.vectors {
+        render_vector(s, v);
+    }
+}
+
+fn render_vector(s: &mut String, v: &VectorState) {
+    let how = match v.delivery {
+        VectorDelivery::InHypervisor => "in KVM",
+        VectorDelivery::Unprogrammed => "unprogrammed",
+        VectorDelivery::Masked => "masked",
+        VectorDelivery::Relayed => "relayed",
+    };
+    let msg = v.message.map_or(String::new(), |m| {
+        format!(" {:#x}/{:#x}", m.address, m.data)
+    });
+    let pending = if v.pending { " pending" } else { "" };
+    let _ = writeln!(s, "    vector {}: {how}{msg}{pending}", v.index);
+}
+
+#[cfg(test)]
+mod tests;

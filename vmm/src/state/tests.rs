@@ -1,0 +1,288 @@
+use devices::ioapic::PinState;
+use devices::pci::vectors::VectorMessage;
+use devices::vfio::{IntxState, Mode};
+use iommu::translation::TranslationType;
+use iommu::unit::{ContextState, FaultState, LimitsState, TrackedState};
+use iommu::FaultReason;
+use regex::Regex;
+
+use super::*;
+
+/// The lab's host BDFs look like these (tests/nested/l0-init, `to_vfio`).
+const EDU_BDF: &str = "0000:00:03.0";
+const NVME_BDF: &str = "0000:00:04.0";
+
+fn dma(device: &str, largest: u64) -> VfioDmaState {
+    VfioDmaState {
+        device: device.into(),
+        mappings: 3,
+        identity: false,
+        largest,
+        maps: 12,
+        map_failures: 0,
+        map_avg_us: 7,
+        unmaps: 9,
+        unmap_avg_us: 5,
+        identity_error: None,
+        stopped: false,
+    }
+}
+
+fn interrupts(mode: Mode, intx: Option<IntxState>, vectors: Vec<VectorState>) -> InterruptsState {
+    InterruptsState {
+        mode,
+        relayed: 0,
+        intx,
+        vectors,
+    }
+}
+
+/// A VM like the lab's 60-vfio run: edu and an NVMe controller passed through behind the
+/// vIOMMU in caching mode.
+fn sample() -> VmState {
+    let edu_guest = Bdf::new(0, 1, 0);
+    let nvme_guest = Bdf::new(0, 2, 0);
+    VmState {
+        ioapic: IoapicState {
+            id: 0,
+            source: Bdf::new(0, 0x1f, 0),
+            pins: vec![PinState {
+                pin: 4,
+                entry: 0x1_0000_0031,
+                vector: 0x31,
+                level: false,
+                masked: false,
+                asserted: true,
+            }],
+        },
+        iommu: Some(IommuState {
+            unit: UnitState {
+                translation: true,
+                queued_invalidation: true,
+                interrupt_remapping: true,
+                compat_format: false,
+                x2apic: true,
+                root_table: 0x10_0000,
+                irta: 0x20_0000,
+                irte_entries: 65536,
+                iqa: 0x30_0000,
+                iqh: 17,
+                iqt: 17,
+                fsts: 0,
+                context_cache_entries: 1,
+                iotlb_entries: 4,
+                iotlb_capacity: 4096,
+                interrupt_entry_cache_entries: 2,
+                contexts: vec![ContextState {
+                    source: edu_guest,
+                    domain: 1,
+                    translation_type: TranslationType::Untranslated,
+                    levels: 4,
+                    table: 0x40_0000,
+                }],
+                tracked: vec![TrackedState {
+                    device: edu_guest,
+                    ranges: 3,
+                    bytes: 0x20_2000,
+                    peak_ranges: Some(5),
+                    refused_ranges: Some(0),
+                }],
+                host_mapping_failures: 1,
+                host_effects_outstanding: false,
+                limits: LimitsState {
+                    peak_walk_per_invalidation: 1024,
+                    peak_walk_per_queue_write: 2048,
+                    walk_budget_per_domain: 1 << 20,
+                    walk_budget_per_write: 1 << 22,
+                    range_cap: 65536,
+                },
+                faults: vec![FaultState {
+                    source: edu_guest,
+                    reason: FaultReason::WriteDenied,
+                    info: 0x7000,
+                }],
+            },
+            writes: RegisterWriteCosts {
+                iqt_writes: 40,
+                iqt_avg_us: 12,
+                other_writes: 30,
+                other_avg_us: 3,
+            },
+            listeners: vec![dma(EDU_BDF, 0x20_0000), dma(NVME_BDF, 0x1000)],
+        }),
+        passthrough: vec![
+            PassthroughState {
+                name: EDU_BDF.into(),
+                address: edu_guest,
+                interrupts: interrupts(
+                    Mode::Msi,
+                    Some(IntxState {
+                        asserted: false,
+                        assertions: 3,
+                    }),
+                    vec![VectorState {
+                        index: 0,
+                        delivery: VectorDelivery::InHypervisor,
+                        message: Some(VectorMessage {
+                            address: 0xfee0_0000,
+                            data: 0x41,
+                        }),
+                        pending: false,
+                    }],
+                ),
+                dma: dma(EDU_BDF, 0x20_0000),
+            },
+            PassthroughState {
+                name: NVME_BDF.into(),
+                address: nvme_guest,
+                interrupts: interrupts(
+                    Mode::Msix,
+                    None,
+                    vec![
+                        VectorState {
+                            index: 0,
+                            delivery: VectorDelivery::Masked,
+                            message: None,
+                            pending: true,
+                        },
+                        VectorState {
+                            index: 1,
+                            delivery: VectorDelivery::Unprogrammed,
+                            message: None,
+                            pending: false,
+                        },
+                    ],
+                ),
+                dma: dma(NVME_BDF, 0x1000),
+            },
+        ],
+        irqfd_routes: vec![IrqfdRoute {
+            gsi: 24,
+            address: 0xfee0_0000,
+            data: 0x41,
+        }],
+    }
+}
+
+/// grep -E PATTERN: some line matches.
+fn greps(text: &str, pattern: &str) -> bool {
+    let re = Regex::new(pattern).unwrap();
+    text.lines().any(|l| re.is_match(l))
+}
+
+/// The lines of the state dump that tests/nested/scenarios/60-vfio.sh and
+/// tests/nested/bench-inner.sh extract, with their patterns as written there.
+#[test]
+fn rendered_state_matches_the_lab_patterns() {
+    let text = render(&sample());
+    // 60-vfio.sh: expect "vfio $EDU_BDF: .*largest 0x200000\)".
+    assert!(
+        greps(&text, &format!(r"vfio {EDU_BDF}: .*largest 0x200000\)")),
+        "{text}"
+    );
+    // 60-vfio.sh: grep -A1 "^ *passthrough $NVME_BDF" | tail -n1 | grep -q " 0 relayed by the VMM".
+    let start = Regex::new(&format!("^ *passthrough {NVME_BDF}")).unwrap();
+    let lines: Vec<_> = text.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| start.is_match(l))
+        .expect("a passthrough line for the NVMe");
+    assert!(lines[at + 1].contains(" 0 relayed by the VMM"), "{text}");
+    // 60-vfio.sh: expect "INTx idle \([1-9][0-9]* assertions\)".
+    assert!(
+        greps(&text, r"INTx idle \([1-9][0-9]* assertions\)"),
+        "{text}"
+    );
+    // bench-inner.sh: grep -m1 "tail writes handled" and grep -m1 VFIO_IOMMU_MAP_DMA, with the
+    // leading blanks replaced ("minivmm cost (run N): ...").
+    let first = |what: &str| {
+        lines
+            .iter()
+            .find(|l| l.contains(what))
+            .map(|l| l.trim_start())
+    };
+    assert_eq!(
+        first("tail writes handled"),
+        Some("40 invalidation queue tail writes handled, 12 us on average; 30 other register writes, 3 us on average")
+    );
+    assert_eq!(
+        first("VFIO_IOMMU_MAP_DMA"),
+        Some(&*format!("vfio {EDU_BDF}: 3 host mappings (largest 0x200000); 12 VFIO_IOMMU_MAP_DMA (0 failed, avg 7 us), 9 VFIO_IOMMU_UNMAP_DMA (avg 5 us)"))
+    );
+    // The limits line the README's Security section quotes peaks from.
+    assert!(
+        greps(
+            &text,
+            r"^  limits: largest walk [0-9]+ entries per invalidation, [0-9]+ per IQT write \(budgets [0-9]+ per domain, [0-9]+ per write\); range cap [0-9]+(, [0-9a-f:.]+ peak [0-9]+ ranges \([0-9]+ refused\))*$"
+        ),
+        "{text}"
+    );
+}
+
+/// The whole text, as the formatting spread over the crates produced it before the state
+/// became data.
+#[test]
+fn rendered_state_is_the_previous_text() {
+    let expected = format!(
+        "\
+IOAPIC id 0 (source 00:1f.0)
+  pin  4: 0x0000000100000031 vector 0x31 edge unmasked asserted
+VT-d unit: translation on, queued invalidation on, interrupt remapping on (compat off, x2APIC mode)
+  root table 0x100000, IRTA 0x200000 (65536 entries), IQA 0x300000 IQH 17 IQT 17
+  FSTS 0x0, context cache 1 entries, IOTLB 4/4096 entries, interrupt entry cache 2 entries
+  context 00:01.0: domain 1 Untranslated 4-level tables at 0x400000
+  tracked 00:01.0: 3 ranges, 0x202000 bytes mapped
+  1 host mapping failures
+  limits: largest walk 1024 entries per invalidation, 2048 per IQT write (budgets 1048576 per domain, 4194304 per write); range cap 65536, 00:01.0 peak 5 ranges (0 refused)
+  fault: 00:01.0 WriteDenied at 0x7000
+  40 invalidation queue tail writes handled, 12 us on average; 30 other register writes, 3 us on average
+vfio {EDU_BDF}: 3 host mappings (largest 0x200000); 12 VFIO_IOMMU_MAP_DMA (0 failed, avg 7 us), 9 VFIO_IOMMU_UNMAP_DMA (avg 5 us)
+vfio {NVME_BDF}: 3 host mappings (largest 0x1000); 12 VFIO_IOMMU_MAP_DMA (0 failed, avg 7 us), 9 VFIO_IOMMU_UNMAP_DMA (avg 5 us)
+passthrough {EDU_BDF} at 00:01.0:
+  interrupts: Msi, 0 relayed by the VMM, INTx idle (3 assertions)
+    vector 0: in KVM 0xfee00000/0x41
+  vfio {EDU_BDF}: 3 host mappings (largest 0x200000); 12 VFIO_IOMMU_MAP_DMA (0 failed, avg 7 us), 9 VFIO_IOMMU_UNMAP_DMA (avg 5 us)
+passthrough {NVME_BDF} at 00:02.0:
+  interrupts: Msix, 0 relayed by the VMM
+    vector 0: masked pending
+    vector 1: unprogrammed
+  vfio {NVME_BDF}: 3 host mappings (largest 0x1000); 12 VFIO_IOMMU_MAP_DMA (0 failed, avg 7 us), 9 VFIO_IOMMU_UNMAP_DMA (avg 5 us)
+  KVM irqfd route: GSI 24 -> 0xfee00000/0x41
+"
+    );
+    assert_eq!(render(&sample()), expected);
+}
+
+#[test]
+fn render_vcpu_without_apic_prints_dashes() {
+    let line = render_vcpu(&VcpuState::Running {
+        id: 1,
+        rip: 0xfff0,
+        rsp: 0x7000,
+        rflags: 0x202,
+        apic: None,
+    });
+    assert_eq!(
+        line,
+        "vCPU 1: RIP 0xfff0 RSP 0x7000 RFLAGS 0x202 (IF 1), APIC TPR 0x0 ISR - IRR -\n"
+    );
+}
+
+#[test]
+fn render_vcpu_with_apic_prints_highest_vectors() {
+    let line = render_vcpu(&VcpuState::Running {
+        id: 0,
+        rip: 0x1000,
+        rsp: 0x8000,
+        rflags: 0x2,
+        apic: Some(ApicState {
+            tpr: 0x10,
+            isr: Some(0x31),
+            irr: None,
+        }),
+    });
+    assert_eq!(
+        line,
+        "vCPU 0: RIP 0x1000 RSP 0x8000 RFLAGS 0x2 (IF 0), APIC TPR 0x10 ISR 0x31 IRR -\n"
+    );
+}
