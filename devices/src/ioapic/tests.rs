@@ -218,3 +218,36 @@ fn ioapic_out_of_range_pins_and_registers_are_ignored() {
     assert_eq!(b, [0; 8]);
     assert_eq!(sent(&rec), 0);
 }
+
+#[test]
+fn ioapic_state_lists_unmasked_or_asserted_pins_only() {
+    let (mut io, _) = setup();
+    write_reg(&mut io, IOAPICID, 0x0200_0000);
+    program(&mut io, 4, 0x31);
+    program(&mut io, 9, RTE_MASKED | RTE_TRIGGER_LEVEL | 0x39);
+    io.set_irq(9, true);
+    let s = io.state();
+    assert_eq!(s.id, 2);
+    assert_eq!(s.source, SRC);
+    assert_eq!(
+        s.pins,
+        vec![
+            PinState {
+                pin: 4,
+                entry: 0x31,
+                vector: 0x31,
+                level: false,
+                masked: false,
+                asserted: false,
+            },
+            PinState {
+                pin: 9,
+                entry: RTE_MASKED | RTE_TRIGGER_LEVEL | 0x39,
+                vector: 0x39,
+                level: true,
+                masked: true,
+                asserted: true,
+            },
+        ]
+    );
+}

@@ -377,3 +377,21 @@ fn drhd_ire_status_shows_after_the_routes_are_recomputed() {
 }
 
 mod dma;
+
+#[test]
+fn drhd_state_counts_iqt_writes_apart_from_other_registers() {
+    let mut r = rig(false);
+    let before = r.drhd.0.state();
+    assert!(before.unit.translation && before.unit.queued_invalidation);
+    assert!(before.writes.iqt_writes > 0, "{:?}", before.writes);
+    r.wait(0, 0);
+    r.w64(IQT_REG, 1 << 4);
+    let after = r.drhd.0.state();
+    assert_eq!(after.writes.iqt_writes, before.writes.iqt_writes + 1);
+    assert_eq!(after.writes.other_writes, before.writes.other_writes);
+    assert_eq!(after.unit.iqh, 1, "the queue head as a descriptor index");
+    assert!(
+        after.listeners.is_empty(),
+        "the stand-in listener reports no state"
+    );
+}
