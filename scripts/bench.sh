@@ -3,7 +3,8 @@
 # vIOMMU under minivmm and under QEMU (-device intel-iommu,intremap=on,caching-mode=on -device
 # vfio-pci), alternately in the same L0 after a warm-up, and prints the medians side by side:
 # L1 time to init, L1's VFIO map+unmap rate of 4 KiB pages, VMM peak RSS.
-# BENCH_RUNS (default 3) sets the runs per VMM.
+# BENCH_RUNS (default 3) sets the runs per VMM; BENCH_MINIVMM_ARGS adds minivmm flags (e.g.
+# --seccomp=off, to measure the sandbox).
 set -euo pipefail
 # shellcheck source=tests/nested/common.sh
 . "$(dirname "$0")/../tests/nested/common.sh"

@@ -18,9 +18,12 @@ cmdline="console=ttyS0 intel_iommu=on panic=-1"
 # minivmm prints its state at exit (the cost of its VFIO calls and register writes).
 # QEMU's option syntax has commas (SC2054); the *_cmd arrays are used through `declare -n`
 # (SC2034).
+# BENCH_MINIVMM_ARGS: extra minivmm flags for both minivmm columns (e.g. --seccomp=off, to
+# measure what the sandbox costs).
+read -r -a extra <<< "${BENCH_MINIVMM_ARGS:-}"
 # shellcheck disable=SC2054,SC2034
 minivmm_cmd=(env RUST_LOG=info,vfio_ioctls=error "$MINIVMM" --kernel "$BZIMAGE" --initramfs "$img" --cpus 2 --memory 512M
-    --iommu --vfio "$EDU_BDF" --cmdline "$cmdline")
+    --iommu --vfio "$EDU_BDF" --cmdline "$cmdline" "${extra[@]}")
 # shellcheck disable=SC2054,SC2034
 qemu_cmd=(qemu-system-x86_64 -machine q35,accel=kvm,kernel_irqchip=split -cpu host -smp 2 -m 512M
     -device intel-iommu,intremap=on,caching-mode=on -device "vfio-pci,host=$EDU_BDF"
@@ -28,7 +31,7 @@ qemu_cmd=(qemu-system-x86_64 -machine q35,accel=kvm,kernel_irqchip=split -cpu ho
     -no-reboot -nodefaults)
 # shellcheck disable=SC2034
 emulated_cmd=("$MINIVMM" --kernel "$BZIMAGE" --initramfs "$img" --cpus 2 --memory 512M
-    --iommu --device edu --cmdline "$cmdline")
+    --iommu --device edu --cmdline "$cmdline" "${extra[@]}")
 
 # one NAME LOG CMD...: runs CMD; prints "seconds-to-init pairs-per-second peak-rss-MiB".
 # Measuring must not load the lab (L0 emulates every instruction): the console is read by a
