@@ -350,6 +350,21 @@ fn kill(pid: u32, sig: i32) {
     unsafe { libc::kill(pid as i32, sig) };
 }
 
+/// Starts minivmm on the idle payload (COM1 off, stderr piped) with `cpus` vCPUs and, in
+/// debug builds, the fault hook `fault` (`MINIVMM_TEST_FAULT`, vmm/src/lifecycle.rs).
+fn spawn_idle(cpus: &str, fault: Option<&str>) -> std::process::Child {
+    require_kvm();
+    let elf = payload("idle");
+    let mut cmd = minivmm();
+    cmd.args(["--kernel", elf.to_str().unwrap(), "--memory", "32M"])
+        .args(["--cpus", cpus, "--serial", "off"])
+        .stderr(std::process::Stdio::piped());
+    if let Some(f) = fault {
+        cmd.env("MINIVMM_TEST_FAULT", f);
+    }
+    cmd.spawn().expect("minivmm runs")
+}
+
 #[test]
 fn sigterm_during_setup_stops_in_order_with_status_143() {
     require_kvm();
@@ -438,23 +453,8 @@ fn sigterm_with_setup_stuck_exits_after_the_stop_deadline() {
 
 #[test]
 fn sigterm_with_vcpu_stuck_exits_after_the_stop_deadline() {
-    require_kvm();
-    let elf = payload("idle");
     // Debug builds only: vCPU 1 never returns (as if held inside a device handler).
-    let child = minivmm()
-        .args([
-            "--kernel",
-            elf.to_str().unwrap(),
-            "--memory",
-            "32M",
-            "--cpus",
-            "2",
-        ])
-        .args(["--serial", "off"])
-        .env("MINIVMM_TEST_FAULT", "hang:vcpu1-sandboxed")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("minivmm runs");
+    let child = spawn_idle("2", Some("hang:vcpu1-sandboxed"));
     std::thread::sleep(std::time::Duration::from_millis(1500));
     let t = std::time::Instant::now();
     kill(child.id(), libc::SIGTERM);
@@ -478,14 +478,7 @@ fn sigterm_with_vcpu_stuck_exits_after_the_stop_deadline() {
 
 #[test]
 fn sigterm_while_running_stops_in_order_with_status_143() {
-    require_kvm();
-    let elf = payload("idle");
-    let child = minivmm()
-        .args(["--kernel", elf.to_str().unwrap(), "--memory", "32M"])
-        .args(["--serial", "off"])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("minivmm runs");
+    let child = spawn_idle("1", None);
     // Long enough for setup and the guest to start on this emulated KVM.
     std::thread::sleep(std::time::Duration::from_millis(1500));
     kill(child.id(), libc::SIGTERM);
@@ -504,17 +497,9 @@ fn sigterm_while_running_stops_in_order_with_status_143() {
 
 #[test]
 fn vcpu_panic_stops_vm_with_one_error_line() {
-    require_kvm();
-    let elf = payload("idle");
     // Debug builds only: the named thread panics as it starts (see vmm/src/lifecycle.rs),
     // under its seccomp filter.
-    let child = minivmm()
-        .args(["--kernel", elf.to_str().unwrap(), "--memory", "32M"])
-        .args(["--serial", "off"])
-        .env("MINIVMM_TEST_FAULT", "panic:vcpu0-sandboxed")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("minivmm runs");
+    let child = spawn_idle("1", Some("panic:vcpu0-sandboxed"));
     let out = wait_bounded(child, 20);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "stderr: {err}");
@@ -528,21 +513,7 @@ fn vcpu_panic_stops_vm_with_one_error_line() {
 
 #[test]
 fn seccomp_filter_is_on_by_default_in_every_thread() {
-    require_kvm();
-    let elf = payload("idle");
-    let child = minivmm()
-        .args([
-            "--kernel",
-            elf.to_str().unwrap(),
-            "--memory",
-            "32M",
-            "--cpus",
-            "2",
-        ])
-        .args(["--serial", "off"])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("minivmm runs");
+    let child = spawn_idle("2", None);
     let pid = child.id();
     let threads = || -> Vec<(String, String)> {
         std::fs::read_dir(format!("/proc/{pid}/task"))
