@@ -22,6 +22,22 @@ impl Sink {
 pub(super) const DEV: Bdf = Bdf::new(0, 3, 0);
 pub(super) const QUEUE: u64 = 0x20_0000;
 pub(super) const STATUS: u64 = 0x30_0000;
+/// The domain the shared tests put DEV in.
+pub(super) const DID: u16 = 5;
+/// Read and write permission bits of a second-level entry.
+pub(super) const RW: u64 = 3;
+
+/// A page-selective IOTLB invalidation of 2^am pages at `addr` in domain DID, through the
+/// registers.
+pub(super) fn psi(u: &mut RemappingUnit, t: &Tables, addr: u64, am: u64) {
+    wr64(u, t, IVA_REG, addr | am);
+    wr64(
+        u,
+        t,
+        IOTLB_REG,
+        IOTLB_IVT | (3 << IOTLB_IIRG_SHIFT) | (u64::from(DID) << IOTLB_DID_SHIFT),
+    );
+}
 
 pub(super) fn unit() -> (RemappingUnit, Sink, Tables) {
     let sink = Sink::default();

@@ -9,20 +9,6 @@ use super::*;
 use crate::test_utils::Tables;
 use crate::InterruptRequest;
 
-const DID: u16 = 5;
-const RW: u64 = 3;
-
-/// A page-selective IOTLB invalidation of 2^am pages at `addr` through the registers.
-fn psi(u: &mut RemappingUnit, t: &Tables, addr: u64, am: u64) {
-    wr64(u, t, IVA_REG, addr | am);
-    wr64(
-        u,
-        t,
-        IOTLB_REG,
-        IOTLB_IVT | (3 << IOTLB_IIRG_SHIFT) | (u64::from(DID) << IOTLB_DID_SHIFT),
-    );
-}
-
 fn translated(u: &mut RemappingUnit, t: &Tables, iova: u64) -> bool {
     matches!(
         u.translate(&t.mem, DEV, Iova(iova), true),

@@ -11,8 +11,6 @@ use super::tests::*;
 use super::*;
 use crate::test_utils::Tables;
 
-const DID: u16 = 5;
-const RW: u64 = 3;
 const IOVA: u64 = 0x10_3000;
 
 /// Records each invalidation with the wait status the guest could read then.

@@ -10,8 +10,6 @@ use super::*;
 use crate::caching_mode::MapEvent;
 use crate::test_utils::{Tables, ROOT_TABLE};
 
-const DID: u16 = 5;
-const RW: u64 = 3;
 const IRT: u64 = 0x40_0000;
 /// IRTA: the table at IRT, 2^(7+1) entries, xAPIC mode.
 const IRTA: u64 = IRT | 7;

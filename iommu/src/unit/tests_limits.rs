@@ -11,19 +11,6 @@ use crate::caching_mode::MapEvent;
 use crate::limits::{self, Limits};
 use crate::test_utils::Tables;
 
-const DID: u16 = 5;
-const RW: u64 = 3;
-
-fn psi(u: &mut RemappingUnit, t: &Tables, addr: u64, am: u64) {
-    wr64(u, t, IVA_REG, addr | am);
-    wr64(
-        u,
-        t,
-        IOTLB_REG,
-        IOTLB_IVT | (3 << IOTLB_IIRG_SHIFT) | (u64::from(DID) << IOTLB_DID_SHIFT),
-    );
-}
-
 fn dsi(u: &mut RemappingUnit, t: &Tables) {
     wr64(
         u,

@@ -10,8 +10,6 @@ use super::*;
 use crate::caching_mode::{MapEvent, Mapping};
 use crate::test_utils::Tables;
 
-const DID: u16 = 5;
-const RW: u64 = 3;
 const STATUS2: u64 = STATUS + 0x100;
 const IEDATA: u32 = 0x41;
 const IEADDR: u32 = 0xfee0_1000;
@@ -162,13 +160,7 @@ fn qi_tail_write_while_waiting_does_not_pass_the_wait() {
 fn iotlb_register_invalidation_ivt_stays_set_until_events_applied() {
     let (mut u, _, mut t, slpt) = setup(false);
     t.map(slpt, 4, PAGE_A, 0x80_0000, 0x1000, RW);
-    wr64(&mut u, &t, IVA_REG, PAGE_A);
-    wr64(
-        &mut u,
-        &t,
-        IOTLB_REG,
-        IOTLB_IVT | (3 << IOTLB_IIRG_SHIFT) | (u64::from(DID) << IOTLB_DID_SHIFT),
-    );
+    psi(&mut u, &t, PAGE_A, 0);
     assert_ne!(rd64(&u, IOTLB_REG) & IOTLB_IVT, 0, "IVT before taking");
     assert_eq!(events(&mut u).len(), 1);
     assert_ne!(rd64(&u, IOTLB_REG) & IOTLB_IVT, 0, "IVT before applying");
@@ -200,13 +192,7 @@ fn ccmd_register_invalidation_icc_stays_set_until_events_applied() {
 #[test]
 fn register_invalidation_without_events_completes_at_once() {
     let (mut u, _, t, _) = setup(false);
-    wr64(&mut u, &t, IVA_REG, PAGE_A);
-    wr64(
-        &mut u,
-        &t,
-        IOTLB_REG,
-        IOTLB_IVT | (3 << IOTLB_IIRG_SHIFT) | (u64::from(DID) << IOTLB_DID_SHIFT),
-    );
+    psi(&mut u, &t, PAGE_A, 0);
     assert_eq!(rd64(&u, IOTLB_REG) & IOTLB_IVT, 0);
 }
 

@@ -5,9 +5,6 @@ use super::*;
 use crate::caching_mode::{MapEvent, Mapping};
 use crate::test_utils::Tables;
 
-const DID: u16 = 5;
-const RW: u64 = 3;
-
 fn map(iova: u64, gpa: u64, size: u64) -> MapEvent {
     MapEvent::Map(Mapping {
         iova,
@@ -25,17 +22,6 @@ fn setup(u: &mut RemappingUnit, t: &mut Tables) -> u64 {
     u.track(&t.mem, DEV);
     assert_eq!(u.take_map_events(), vec![], "nothing mapped yet");
     slpt
-}
-
-/// Page-selective IOTLB invalidation of 2^am pages at `addr` through the registers.
-fn psi(u: &mut RemappingUnit, t: &Tables, addr: u64, am: u64) {
-    wr64(u, t, IVA_REG, addr | am);
-    wr64(
-        u,
-        t,
-        IOTLB_REG,
-        IOTLB_IVT | (3 << IOTLB_IIRG_SHIFT) | (u64::from(DID) << IOTLB_DID_SHIFT),
-    );
 }
 
 fn events(u: &mut RemappingUnit) -> Vec<MapEvent> {
