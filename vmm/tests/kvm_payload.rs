@@ -271,10 +271,11 @@ fn help_documents_every_flag() {
     }
 }
 
-/// Runs the vtd payload with the given extra flags; returns (exit status, stdout, stderr).
-fn run_vtd(extra: &[&str]) -> (Option<i32>, String, String) {
+/// Runs payload `name` with 64 MiB, isa-debug-exit and the given extra flags; returns (exit
+/// status, stdout, stderr).
+fn run_payload(name: &str, extra: &[&str]) -> (Option<i32>, String, String) {
     require_kvm();
-    let elf = payload("vtd");
+    let elf = payload(name);
     let mut args = vec![
         "--kernel",
         elf.to_str().unwrap(),
@@ -293,7 +294,7 @@ fn run_vtd(extra: &[&str]) -> (Option<i32>, String, String) {
 
 #[test]
 fn iommu_translates_edu_dma_and_records_faults() {
-    let (code, stdout, stderr) = run_vtd(&["--iommu", "--device", "edu"]);
+    let (code, stdout, stderr) = run_payload("vtd", &["--iommu", "--device", "edu"]);
     for line in [
         "vtd: translation enabled",
         "vtd: DMA through the IOMMU ok",
@@ -314,7 +315,7 @@ fn iommu_translates_edu_dma_and_records_faults() {
 #[test]
 fn without_iommu_the_drhd_is_absent() {
     // No --iommu: the register window reads as nothing, so the payload's first check fails.
-    let (code, stdout, _) = run_vtd(&["--device", "edu"]);
+    let (code, stdout, _) = run_payload("vtd", &["--device", "edu"]);
     assert!(stdout.contains("vtd: FAIL VER"), "{stdout}");
     assert_eq!(code, Some(0x61));
 }
@@ -557,36 +558,17 @@ fn seccomp_filter_is_on_by_default_in_every_thread() {
     assert_eq!(out.status.code(), Some(128 + libc::SIGTERM));
 }
 
-/// Runs the pcifind payload with the given extra flags; returns (exit status, stdout).
-fn run_pcifind(extra: &[&str]) -> (Option<i32>, String) {
-    require_kvm();
-    let elf = payload("pcifind");
-    let mut args = vec![
-        "--kernel",
-        elf.to_str().unwrap(),
-        "--memory",
-        "64M",
-        "--debug-exit",
-    ];
-    args.extend_from_slice(extra);
-    let out = output(&args);
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
-
 #[test]
 fn config_address_low_bits_find_edu_as_on_qemu() {
     // CONFIG_ADDRESS bits 1:0 select the byte read at 0xCFC, as QEMU forwards them.
-    let (code, stdout) = run_pcifind(&["--device", "edu"]);
+    let (code, stdout, _) = run_payload("pcifind", &["--device", "edu"]);
     assert!(stdout.contains("pcifind: edu 1234:11e8 found"), "{stdout}");
     assert_eq!(code, Some(0x83), "stdout: {stdout}");
 }
 
 #[test]
 fn config_address_scan_without_edu_finds_none() {
-    let (code, stdout) = run_pcifind(&[]);
+    let (code, stdout, _) = run_payload("pcifind", &[]);
     assert!(stdout.contains("pcifind: no edu"), "{stdout}");
     assert_eq!(code, Some(0x81), "stdout: {stdout}");
 }
