@@ -145,10 +145,10 @@ mod tests {
     }
 
     fn buses() -> (Bus, Bus) {
-        let mut pio = Bus::new();
+        let pio = Bus::new();
         pio.insert(0x3f8, 8, Arc::new(Mutex::new(Reg(0x11))))
             .unwrap();
-        let mut mmio = Bus::new();
+        let mmio = Bus::new();
         mmio.insert(0xfec0_0000, 0x1000, Arc::new(Mutex::new(Reg(0x22))))
             .unwrap();
         (pio, mmio)
