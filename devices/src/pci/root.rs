@@ -66,7 +66,7 @@ pub struct PciRoot {
     buses: PciBuses,
 }
 
-/// Why a device could not be added.
+/// Why a device could not be added or removed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PciError {
     #[error("No free device number on bus 0")]
