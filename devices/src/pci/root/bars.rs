@@ -78,7 +78,10 @@ impl Decode {
     ) -> Option<Decode> {
         let io = kind == BarKind::Io;
         let inside = |(start, len): (u64, u64)| {
-            base >= start && base.checked_add(size).is_some_and(|e| e <= start + len)
+            base >= start
+                && base
+                    .checked_add(size)
+                    .is_some_and(|e| e <= start.saturating_add(len))
         };
         let fits = if io {
             inside(windows.io)
