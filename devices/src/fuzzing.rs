@@ -478,11 +478,16 @@ fn perform(m: &Machine, a: &mut Access) {
             data,
             write: true,
         } => drop(m.pio.write(*addr, data)),
+        // Unclaimed reads answer all-ones, as vmm/src/exit.rs answers them.
         Access::Pio {
             addr,
             data,
             write: false,
-        } => drop(m.pio.read(*addr, data)),
+        } => {
+            if !m.pio.read(*addr, data) {
+                data.fill(0xff);
+            }
+        }
         Access::Mmio {
             addr,
             data,
@@ -492,7 +497,11 @@ fn perform(m: &Machine, a: &mut Access) {
             addr,
             data,
             write: false,
-        } => drop(m.mmio.read(*addr, data)),
+        } => {
+            if !m.mmio.read(*addr, data) {
+                data.fill(0xff);
+            }
+        }
     }
 }
 

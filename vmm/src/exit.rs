@@ -145,10 +145,10 @@ mod tests {
     }
 
     fn buses() -> (Bus, Bus) {
-        let mut pio = Bus::new();
+        let pio = Bus::new();
         pio.insert(0x3f8, 8, Arc::new(Mutex::new(Reg(0x11))))
             .unwrap();
-        let mut mmio = Bus::new();
+        let mmio = Bus::new();
         mmio.insert(0xfec0_0000, 0x1000, Arc::new(Mutex::new(Reg(0x22))))
             .unwrap();
         (pio, mmio)
@@ -186,6 +186,25 @@ mod tests {
             handle_exit(Exit::MmioWrite(0xd000_0000, &[1]), &pio, &mmio, &eoi),
             Action::Continue
         );
+    }
+
+    #[test]
+    fn exit_reaches_a_range_inserted_and_misses_one_removed_while_running() {
+        let (pio, mmio) = buses();
+        let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
+        let manager = mmio.clone();
+        let eoi = Eoi::default();
+        let mut b = [0u8; 4];
+        handle_exit(Exit::MmioRead(0xc000_0000, &mut b), &pio, &mmio, &eoi);
+        assert_eq!(b, [0xff; 4]);
+        manager
+            .insert(0xc000_0000, 0x1000, Arc::new(Mutex::new(Reg(0x44))))
+            .unwrap();
+        handle_exit(Exit::MmioRead(0xc000_0000, &mut b), &pio, &mmio, &eoi);
+        assert_eq!(b, [0x44; 4]);
+        assert!(manager.remove(0xc000_0000).is_some());
+        handle_exit(Exit::MmioRead(0xc000_0000, &mut b), &pio, &mmio, &eoi);
+        assert_eq!(b, [0xff; 4]);
     }
 
     #[test]

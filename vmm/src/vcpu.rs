@@ -161,8 +161,9 @@ fn set_lvt_mode(regs: &mut [std::os::raw::c_char], offset: usize, mode: u32) {
 
 /// What a vCPU thread shares with the rest of the VMM.
 pub struct VcpuContext {
-    pub pio: Bus,
-    pub mmio: Bus,
+    /// The buses, shared with the device manager, which may change them while vCPUs run.
+    pub pio: Arc<Bus>,
+    pub mmio: Arc<Bus>,
     pub eoi: Arc<dyn EoiHandler + Send + Sync>,
     pub stop: Arc<AtomicBool>,
     pub stopped: Sender<StopReason>,

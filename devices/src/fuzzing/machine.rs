@@ -25,7 +25,7 @@ use crate::ioapic::Ioapic;
 use crate::pci::host_bridge::HostBridge;
 use crate::pci::root::Windows;
 use crate::pci::vectors::VectorWiring;
-use crate::pci::{PciConfigIo, PciConfigMmio, PciRoot, PciWindow};
+use crate::pci::{NoIoEvents, PciBuses, PciConfigIo, PciConfigMmio, PciRoot};
 use crate::pvpanic::{PvPanic, PVPANIC_PORT};
 use crate::serial::{SerialDevice, SERIAL_PORT_SIZE};
 use crate::vfio::fake::FakeFunction;
@@ -319,8 +319,8 @@ fn vfio_config(layout: &VfioLayout) -> Vec<u8> {
 
 /// Everything a fuzz run needs to reach and observe.
 pub struct Machine {
-    pub pio: Bus,
-    pub mmio: Bus,
+    pub pio: Arc<Bus>,
+    pub mmio: Arc<Bus>,
     pub root: Arc<Mutex<PciRoot>>,
     pub dma: Arc<FlatDma>,
     pub routes: Arc<Routes>,
@@ -359,8 +359,8 @@ impl Machine {
             Bdf::new(0, 0x1e, 0),
             msi.clone(),
         )));
-        let mut pio = Bus::new();
-        let mut mmio = Bus::new();
+        let pio = Arc::new(Bus::new());
+        let mmio = Arc::new(Bus::new());
         mmio.insert(IOAPIC_START, IOAPIC_SIZE, ioapic.clone())?;
         let com1 = Arc::new(IoapicPin {
             ioapic: ioapic.clone(),
@@ -388,7 +388,16 @@ impl Machine {
         let debug_exit = Arc::new(Mutex::new(DebugExit::new(exit.clone())));
         pio.insert(DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE, debug_exit)?;
 
-        let root = Arc::new(Mutex::new(PciRoot::new()));
+        let root = Arc::new(Mutex::new(PciRoot::new(PciBuses {
+            pio: pio.clone(),
+            mmio: mmio.clone(),
+            windows: Windows {
+                io: PCI_IO,
+                mmio32: MMIO32,
+                mmio64: MMIO64,
+            },
+            ioevents: Arc::new(NoIoEvents),
+        })));
         lock(&root).add_device(Arc::new(Mutex::new(HostBridge::new())), Some(0))?;
         let ranges: Vec<(GuestAddress, usize)> =
             RAM.iter().map(|&(b, s)| (GuestAddress(b), s)).collect();
@@ -459,20 +468,7 @@ impl Machine {
             ECAM_SIZE,
             Arc::new(Mutex::new(PciConfigMmio::new(root.clone()))),
         )?;
-        let windows = Windows {
-            io: PCI_IO,
-            mmio32: MMIO32,
-            mmio64: MMIO64,
-        };
-        for ((base, size), io) in [(PCI_IO, true), (MMIO32, false), (MMIO64, false)] {
-            let bus = if io { &mut pio } else { &mut mmio };
-            bus.insert(
-                base,
-                size,
-                Arc::new(Mutex::new(PciWindow::new(root.clone(), base, io))),
-            )?;
-        }
-        lock(&root).assign_resources(&windows)?;
+        lock(&root).assign_resources()?;
         Ok(Machine {
             pio,
             mmio,
@@ -485,5 +481,14 @@ impl Machine {
             msix,
             msix_routes,
         })
+    }
+}
+
+impl Drop for Machine {
+    /// Empties the buses: the configuration mechanisms on them hold the root bus, which holds
+    /// the buses, and the cycle would otherwise outlive the run.
+    fn drop(&mut self) {
+        self.pio.clear();
+        self.mmio.clear();
     }
 }

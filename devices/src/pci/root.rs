@@ -1,6 +1,9 @@
 //! The root bus: configuration cycles from the 0xCF8/0xCFC mechanism (PCI local bus spec
-//! 3.2.2.3.2) and from ECAM (PCIe base spec 7.2.2), BAR dispatch for the MMIO and I/O
-//! windows, firmware-style resource assignment and INTx routing.
+//! 3.2.2.3.2) and from ECAM (PCIe base spec 7.2.2), BAR decoding (each enabled BAR its own
+//! range on the MMIO or port bus, see [`bars`]), devices added and removed at run time,
+//! firmware-style resource assignment and INTx routing.
+
+mod bars;
 
 use std::sync::{Arc, Mutex};
 
@@ -11,6 +14,8 @@ use super::configuration::{
 };
 use super::PciDevice;
 use crate::bus::{lock, BusDevice};
+use bars::{Decode, Mapped};
+pub use bars::{IoEventRegistrar, NoIoEvents, PciBuses};
 
 /// Devices on the root bus.
 pub const NUM_DEVICES: usize = 32;
@@ -45,35 +50,31 @@ pub struct PrtRoute {
     pub gsi: u32,
 }
 
-/// A BAR the guest has enabled, for dispatch.
-#[derive(Clone, Copy, Debug)]
-struct Decoded {
-    base: u64,
-    size: u64,
-    device: usize,
-    bar: usize,
-}
-
 struct Slot {
     dev: Arc<Mutex<dyn PciDevice>>,
     bar_sizes: [Option<(u64, BarKind)>; NUM_BARS],
+    /// Where each BAR should decode, from its registers and the command register.
+    wanted: [Option<Decode>; NUM_BARS],
+    /// Where each BAR is on a bus now: as `wanted` unless its range overlapped another.
+    mapped: [Option<Mapped>; NUM_BARS],
 }
 
-/// The root bus with its devices.
-#[derive(Default)]
+/// The root bus with its devices. BARs decode on the buses in `buses`; configuration
+/// cycles come through [`PciConfigIo`] and [`PciConfigMmio`].
 pub struct PciRoot {
     slots: Vec<Option<Slot>>,
-    mmio: Vec<Decoded>,
-    io: Vec<Decoded>,
+    buses: PciBuses,
 }
 
-/// Why a device could not be added.
+/// Why a device could not be added or removed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PciError {
     #[error("No free device number on bus 0")]
     BusFull,
     #[error("Device number {0} is taken or out of range")]
     SlotTaken(u8),
+    #[error("No device at device number {0}")]
+    NoDevice(u8),
     #[error("No room for BAR {bar} of {device} ({size:#x} bytes) in the {window} window")]
     NoSpace {
         device: Bdf,
@@ -131,17 +132,54 @@ fn probe_bars(dev: &mut dyn PciDevice) -> [Option<(u64, BarKind)>; NUM_BARS] {
     out
 }
 
+/// Where each BAR of `dev` should decode, from its BAR and command registers.
+fn decoding(
+    dev: &mut dyn PciDevice,
+    bar_sizes: &[Option<(u64, BarKind)>; NUM_BARS],
+    windows: &Windows,
+) -> [Option<Decode>; NUM_BARS] {
+    let command = dev.read_config_register(REG_COMMAND_STATUS) as u16;
+    let mut out = [None; NUM_BARS];
+    for (bar, spec) in bar_sizes.iter().enumerate() {
+        let Some((size, kind)) = *spec else { continue };
+        let low = u64::from(dev.read_config_register(REG_BAR0 + bar));
+        let (base, enabled) = match kind {
+            BarKind::Io => (low & !0x3, command & COMMAND_IO != 0),
+            BarKind::Mem32 => (low & !0xf, command & COMMAND_MEMORY != 0),
+            BarKind::Mem64 { .. } => {
+                let high = u64::from(dev.read_config_register(REG_BAR0 + bar + 1));
+                ((high << 32) | (low & !0xf), command & COMMAND_MEMORY != 0)
+            }
+        };
+        out[bar] = Decode::new(kind, base, size, enabled, windows);
+    }
+    out
+}
+
+/// Tells `dev` where each of its memory BARs decodes now, where that changed from `old`
+/// (I/O BARs are not reported: nothing maps them).
+fn moved(dev: &mut dyn PciDevice, slot: &Slot, old: &[Option<u64>; NUM_BARS]) {
+    for (bar, (m, was)) in slot.mapped.iter().zip(old).enumerate() {
+        let now = m.as_ref().map(|m| m.at.base);
+        let memory = matches!(slot.bar_sizes[bar], Some((_, kind)) if kind != BarKind::Io);
+        if memory && now != *was {
+            dev.bar_moved(bar, now);
+        }
+    }
+}
+
 impl PciRoot {
-    pub fn new() -> Self {
+    pub fn new(buses: PciBuses) -> Self {
         PciRoot {
             slots: (0..NUM_DEVICES).map(|_| None).collect(),
-            mmio: Vec::new(),
-            io: Vec::new(),
+            buses,
         }
     }
 
     /// Adds a device at `device` (or the first free number) and returns its address. Its BAR
-    /// sizes are probed as firmware does (all-ones writes).
+    /// sizes are probed as firmware does (all-ones writes). Before or after the guest runs:
+    /// its BARs decode once they are assigned and enabled (by the guest or
+    /// [`Self::assign_resources`]).
     pub fn add_device(
         &mut self,
         dev: Arc<Mutex<dyn PciDevice>>,
@@ -157,8 +195,38 @@ impl PciRoot {
                 .ok_or(PciError::BusFull)?,
         };
         let bar_sizes = probe_bars(&mut *lock(&dev));
-        self.slots[n] = Some(Slot { dev, bar_sizes });
+        self.slots[n] = Some(Slot {
+            dev,
+            bar_sizes,
+            wanted: [None; NUM_BARS],
+            mapped: Default::default(),
+        });
+        // A device whose BARs were set up before it arrived decodes at once.
+        self.refresh(n);
         Ok(Bdf::new(0, n as u8, 0))
+    }
+
+    /// Removes the device at `device`: its BARs leave the buses (their ioeventfds are
+    /// unregistered, memory BARs hear `bar_moved(None)`) and the number is free again.
+    /// Returns the device.
+    pub fn remove_device(&mut self, device: u8) -> Result<Arc<Mutex<dyn PciDevice>>, PciError> {
+        let slot = self
+            .slots
+            .get_mut(device as usize)
+            .and_then(Option::take)
+            .ok_or(PciError::NoDevice(device))?;
+        let mut dev = lock(&slot.dev);
+        for (bar, mapped) in slot.mapped.into_iter().enumerate() {
+            let Some(m) = mapped else { continue };
+            let io = m.at.io;
+            self.buses.unmap(m);
+            if !io {
+                dev.bar_moved(bar, None);
+            }
+        }
+        drop(dev);
+        self.retry_undecoded();
+        Ok(slot.dev)
     }
 
     fn slot(&self, bus: u8, device: u8, function: u8) -> Option<&Slot> {
@@ -215,8 +283,8 @@ impl PciRoot {
         }
     }
 
-    /// A configuration write; absent functions drop it. BAR and command writes refresh the
-    /// dispatch tables.
+    /// A configuration write; absent functions drop it. BAR and command writes move the
+    /// function's BAR ranges on the buses.
     pub fn config_write(
         &mut self,
         bus: u8,
@@ -235,99 +303,77 @@ impl PciRoot {
         }
     }
 
-    /// Recomputes the decoded BARs of device `n` from its registers.
+    /// Recomputes where the BARs of device `n` decode from its registers, and moves their
+    /// bus ranges (and ioeventfds) to match. A BAR whose range would overlap another stays
+    /// off the bus until the guest moves it or the other range goes away.
     fn refresh(&mut self, n: usize) {
-        let before: Vec<(usize, u64)> = self
-            .mmio
-            .iter()
-            .filter(|d| d.device == n)
-            .map(|d| (d.bar, d.base))
-            .collect();
-        self.mmio.retain(|d| d.device != n);
-        self.io.retain(|d| d.device != n);
-        let Some(Some(slot)) = self.slots.get(n) else {
+        let buses = &self.buses;
+        let Some(Some(slot)) = self.slots.get_mut(n) else {
             return;
         };
+        let function = Bdf::new(0, n as u8, 0);
         let mut dev = lock(&slot.dev);
-        let command = dev.read_config_register(REG_COMMAND_STATUS) as u16;
-        for (bar, spec) in slot.bar_sizes.iter().enumerate() {
-            let Some((size, kind)) = *spec else { continue };
-            let low = u64::from(dev.read_config_register(REG_BAR0 + bar));
-            let (base, enabled, table) = match kind {
-                BarKind::Io => (low & !0x3, command & COMMAND_IO != 0, &mut self.io),
-                BarKind::Mem32 => (low & !0xf, command & COMMAND_MEMORY != 0, &mut self.mmio),
-                BarKind::Mem64 { .. } => {
-                    let high = u64::from(dev.read_config_register(REG_BAR0 + bar + 1));
-                    (
-                        (high << 32) | (low & !0xf),
-                        command & COMMAND_MEMORY != 0,
-                        &mut self.mmio,
-                    )
+        let old = slot
+            .mapped
+            .each_ref()
+            .map(|m| m.as_ref().map(|m| m.at.base));
+        let wanted = decoding(&mut *dev, &slot.bar_sizes, &buses.windows);
+        let mut freed = false;
+        // Everything that moved leaves first, so BARs of this device may trade places.
+        for (mapped, want) in slot.mapped.iter_mut().zip(wanted) {
+            if mapped.as_ref().is_some_and(|m| Some(m.at) != want) {
+                if let Some(m) = mapped.take() {
+                    buses.unmap(m);
+                    freed = true;
                 }
-            };
-            if enabled && base != 0 {
-                table.push(Decoded {
-                    base,
-                    size,
-                    device: n,
-                    bar,
-                });
             }
         }
-        // Tell the device where its memory BARs now decode (or that they stopped).
-        for bar in 0..NUM_BARS {
-            let old = before.iter().find(|(b, _)| *b == bar).map(|(_, a)| *a);
-            let new = self
-                .mmio
-                .iter()
-                .find(|d| d.device == n && d.bar == bar)
-                .map(|d| d.base);
-            if old != new {
-                dev.bar_moved(bar, new);
+        for (bar, want) in wanted.into_iter().enumerate() {
+            let Some(at) = want else { continue };
+            if slot.mapped[bar].is_some() {
+                continue;
+            }
+            match buses.map(&slot.dev, &*dev, bar, at) {
+                Ok(m) => slot.mapped[bar] = Some(m),
+                Err(e) => bars::warn_undecoded(function, bar, at, &e),
             }
         }
+        slot.wanted = wanted;
+        moved(&mut *dev, slot, &old);
         drop(dev);
-        self.mmio.sort_by_key(|d| d.base);
-        self.io.sort_by_key(|d| d.base);
-    }
-
-    fn find(table: &[Decoded], addr: u64) -> Option<Decoded> {
-        let i = table.partition_point(|d| d.base <= addr);
-        let d = *table.get(i.checked_sub(1)?)?;
-        (addr - d.base < d.size).then_some(d)
-    }
-
-    fn dispatch(
-        &self,
-        io: bool,
-        addr: u64,
-        f: impl FnOnce(&mut dyn PciDevice, usize, u64),
-    ) -> bool {
-        let table = if io { &self.io } else { &self.mmio };
-        let Some(d) = Self::find(table, addr) else {
-            return false;
-        };
-        if let Some(Some(slot)) = self.slots.get(d.device) {
-            f(&mut *lock(&slot.dev), d.bar, addr - d.base);
-            true
-        } else {
-            false
+        if freed {
+            self.retry_undecoded();
         }
     }
 
-    /// A read at absolute bus address `addr`; false if no BAR decodes it.
-    pub fn bar_read(&self, io: bool, addr: u64, data: &mut [u8]) -> bool {
-        self.dispatch(io, addr, |dev, bar, off| dev.read_bar(bar, off, data))
+    /// Puts on the buses every BAR that should decode but overlapped a range that may since
+    /// have gone.
+    fn retry_undecoded(&mut self) {
+        let buses = &self.buses;
+        for slot in self.slots.iter_mut().flatten() {
+            let pending = |bar: usize| slot.wanted[bar].is_some() && slot.mapped[bar].is_none();
+            if !(0..NUM_BARS).any(pending) {
+                continue;
+            }
+            let mut dev = lock(&slot.dev);
+            let old = slot
+                .mapped
+                .each_ref()
+                .map(|m| m.as_ref().map(|m| m.at.base));
+            for (bar, (mapped, want)) in slot.mapped.iter_mut().zip(slot.wanted).enumerate() {
+                if let (None, Some(at)) = (&mapped, want) {
+                    *mapped = buses.map(&slot.dev, &*dev, bar, at).ok();
+                }
+            }
+            moved(&mut *dev, slot, &old);
+        }
     }
 
-    pub fn bar_write(&self, io: bool, addr: u64, data: &[u8]) -> bool {
-        self.dispatch(io, addr, |dev, bar, off| dev.write_bar(bar, off, data))
-    }
-
-    /// Assigns every BAR an address in `windows` (naturally aligned, 64-bit prefetchable BARs
-    /// above 4 GiB), enables decoding (not bus mastering), and fills Interrupt Line with the
-    /// INTx GSI: what firmware does before booting an OS that does not enumerate PCI.
-    pub fn assign_resources(&mut self, windows: &Windows) -> Result<(), PciError> {
+    /// Assigns every BAR an address in the windows (naturally aligned, 64-bit prefetchable
+    /// BARs above 4 GiB), enables decoding (not bus mastering), and fills Interrupt Line with
+    /// the INTx GSI: what firmware does before booting an OS that does not enumerate PCI.
+    pub fn assign_resources(&mut self) -> Result<(), PciError> {
+        let windows = self.buses.windows;
         let mut next = [windows.io.0, windows.mmio32.0, windows.mmio64.0];
         let ends = [
             windows.io.0 + windows.io.1,
@@ -497,31 +543,6 @@ impl BusDevice for PciConfigMmio {
     fn write(&mut self, offset: u64, data: &[u8]) {
         let (function, at) = Self::decode(offset);
         lock(&self.root).config_write_bytes(function, at, ECAM_SPACE_SIZE, data);
-    }
-}
-
-/// A BAR window on the MMIO or port bus: accesses go to whichever BAR decodes the address.
-pub struct PciWindow {
-    root: Arc<Mutex<PciRoot>>,
-    base: u64,
-    io: bool,
-}
-
-impl PciWindow {
-    pub fn new(root: Arc<Mutex<PciRoot>>, base: u64, io: bool) -> Self {
-        PciWindow { root, base, io }
-    }
-}
-
-impl BusDevice for PciWindow {
-    fn read(&mut self, offset: u64, data: &mut [u8]) {
-        if !lock(&self.root).bar_read(self.io, self.base + offset, data) {
-            data.fill(0xff);
-        }
-    }
-
-    fn write(&mut self, offset: u64, data: &[u8]) {
-        lock(&self.root).bar_write(self.io, self.base + offset, data);
     }
 }
 

@@ -20,7 +20,7 @@ use devices::dma::{Identity, IotlbSet, Translate};
 use devices::ioapic::Ioapic;
 use devices::pci::host_bridge::HostBridge;
 use devices::pci::root::PciError;
-use devices::pci::{PciRoot, PrtRoute};
+use devices::pci::{PciBuses, PciRoot, PrtRoute};
 use devices::serial::SerialDevice;
 use devices::vfio::HostDevice;
 use kvm_ioctls::VmFd;
@@ -29,6 +29,7 @@ use vm_memory::GuestMemoryMmap;
 pub use acpi::acpi_config;
 use irqchip::InterruptPlatform;
 pub use irqchip::IoapicEoi;
+use pci::KvmIoEvents;
 pub use resources::ResourceError;
 use resources::Resources;
 
@@ -36,6 +37,7 @@ use crate::config::VmConfig;
 use crate::console::ConsoleOut;
 use crate::control::VmControl;
 use crate::iommu::IommuTranslator;
+use crate::layout::pci_windows;
 use crate::memory::{KvmMmioMapper, MemSlots};
 use crate::state::{IrqfdRoute, VmState};
 use crate::vfio::{AttachError, Attached};
@@ -64,10 +66,12 @@ struct DmaTranslation {
 }
 
 /// Every device of a VM, and what they are wired to. Fields drop in order: the buses and the
-/// PCI root (and with them the devices) go first, the passthrough DMA state after them.
+/// PCI root (and with them the devices) go first, the passthrough DMA state after them. The
+/// buses are emptied first of all (`Drop`): the configuration mechanisms on them hold the PCI
+/// root, which holds the buses to move BARs on.
 pub struct DeviceManager {
-    pio: Bus,
-    mmio: Bus,
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
     pci: Arc<Mutex<PciRoot>>,
     irq: InterruptPlatform,
     passthrough: Vec<Attached>,
@@ -104,7 +108,14 @@ impl DeviceManager {
                 caches: IotlbSet::new(),
             },
         };
-        let pci = Arc::new(Mutex::new(PciRoot::new()));
+        let pio = Arc::new(Bus::new());
+        let mmio = Arc::new(Bus::new());
+        let pci = Arc::new(Mutex::new(PciRoot::new(PciBuses {
+            pio: pio.clone(),
+            mmio: mmio.clone(),
+            windows: pci_windows(),
+            ioevents: Arc::new(KvmIoEvents(vm.clone())),
+        })));
         lock(&pci).add_device(Arc::new(Mutex::new(HostBridge::new())), Some(0))?;
         let mut dm = DeviceManager {
             mem: mem.clone(),
@@ -113,8 +124,8 @@ impl DeviceManager {
             irq,
             dma,
             mapper: Arc::new(KvmMmioMapper::new(vm, slots)),
-            pio: Bus::new(),
-            mmio: Bus::new(),
+            pio,
+            mmio,
             pci,
             passthrough: Vec::new(),
             serial: None,
@@ -150,11 +161,13 @@ impl DeviceManager {
         Ok(())
     }
 
-    pub fn pio(&self) -> &Bus {
+    /// The port-I/O bus, shared with the vCPUs.
+    pub fn pio(&self) -> &Arc<Bus> {
         &self.pio
     }
 
-    pub fn mmio(&self) -> &Bus {
+    /// The MMIO bus, shared with the vCPUs.
+    pub fn mmio(&self) -> &Arc<Bus> {
         &self.mmio
     }
 
@@ -185,6 +198,13 @@ impl DeviceManager {
                 .map(|(gsi, address, data)| IrqfdRoute { gsi, address, data })
                 .collect(),
         }
+    }
+}
+
+impl Drop for DeviceManager {
+    fn drop(&mut self) {
+        self.pio.clear();
+        self.mmio.clear();
     }
 }
 

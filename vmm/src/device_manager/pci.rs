@@ -1,5 +1,7 @@
 //! The PCI root bus: the host bridge, the emulated devices, the configuration mechanisms
-//! (ports 0xcf8/0xcfc and ECAM), the BAR windows, and BAR and INTx assignment.
+//! (ports 0xcf8/0xcfc and ECAM), BAR and INTx assignment, and the KVM ioeventfds that follow
+//! BARs. Each BAR the guest enables is its own range on the MMIO or port bus (the root bus
+//! moves it there: devices/src/pci/root/bars.rs).
 
 use std::sync::{Arc, Mutex};
 
@@ -7,8 +9,10 @@ use devices::bus::lock;
 use devices::dma::DeviceDma;
 use devices::edu::EduDevice;
 use devices::ioapic::IoapicPin;
-use devices::pci::{intx_gsi, PciConfigIo, PciConfigMmio, PciWindow, PrtRoute};
+use devices::pci::{intx_gsi, IoEventRegistrar, PciConfigIo, PciConfigMmio, PrtRoute};
 use devices::Bdf;
+use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::{DeviceManager, DeviceManagerError};
 use crate::config::DeviceConfig;
@@ -54,9 +58,9 @@ impl DeviceManager {
         })
     }
 
-    /// Once every device is on the bus: the configuration mechanisms and BAR windows go on
-    /// the buses, BARs get addresses (as firmware would), and the _PRT routes come back for
-    /// the DSDT.
+    /// Once every device is on the bus: the configuration mechanisms go on the buses, BARs
+    /// get addresses (as firmware would) and decode, and the _PRT routes come back for the
+    /// DSDT.
     pub(super) fn finish_pci(&mut self) -> Result<Vec<PrtRoute>, DeviceManagerError> {
         let pci = &self.pci;
         self.pio.insert(
@@ -69,21 +73,35 @@ impl DeviceManager {
             ECAM_SIZE,
             Arc::new(Mutex::new(PciConfigMmio::new(pci.clone()))),
         )?;
-        let windows = pci_windows();
-        for (base, size, io) in [
-            (windows.io.0, windows.io.1, true),
-            (windows.mmio32.0, windows.mmio32.1, false),
-            (windows.mmio64.0, windows.mmio64.1, false),
-        ] {
-            let bus = if io { &mut self.pio } else { &mut self.mmio };
-            bus.insert(
-                base,
-                size,
-                Arc::new(Mutex::new(PciWindow::new(pci.clone(), base, io))),
-            )?;
-        }
         let mut root = lock(pci);
-        root.assign_resources(&windows)?;
+        root.assign_resources()?;
         Ok(root.prt_routes())
+    }
+}
+
+/// KVM ioeventfds for BAR notification addresses: a guest write of any size to the address
+/// signals the eventfd in the kernel (KVM_IOEVENTFD with length 0, which kvm-ioctls asks for
+/// when there is no datamatch; KVM_CAP_IOEVENTFD_ANY_LENGTH in Documentation/virt/kvm/api.rst).
+pub(super) struct KvmIoEvents(pub Arc<VmFd>);
+
+fn address(io: bool, addr: u64) -> IoEventAddress {
+    if io {
+        IoEventAddress::Pio(addr)
+    } else {
+        IoEventAddress::Mmio(addr)
+    }
+}
+
+impl IoEventRegistrar for KvmIoEvents {
+    fn register(&self, io: bool, addr: u64, fd: &EventFd) -> std::io::Result<()> {
+        self.0
+            .register_ioevent(fd, &address(io, addr), NoDatamatch)
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+    }
+
+    fn unregister(&self, io: bool, addr: u64, fd: &EventFd) -> std::io::Result<()> {
+        self.0
+            .unregister_ioevent(fd, &address(io, addr), NoDatamatch)
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
     }
 }

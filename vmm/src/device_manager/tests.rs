@@ -3,6 +3,7 @@
 use super::*;
 use crate::config::{DebugExitConfig, DeviceConfig, SerialConfig};
 use crate::layout::*;
+use devices::pci::IoEventRegistrar;
 
 /// A device manager for `cfg` on a fresh VM with its RAM, finished.
 fn build(cfg: &VmConfig) -> Result<(DeviceManager, Vec<PrtRoute>), DeviceManagerError> {
@@ -123,4 +124,55 @@ fn device_manager_acpi_config_follows_the_devices() {
     let a = acpi_config(&cfg, &[]);
     assert_eq!(a.dmar.map(|d| d.register_base), Some(DRHD_START));
     assert_eq!(a.dsdt.serial, Some((COM1_PORT, COM1_IRQ)));
+}
+
+/// A dword of MMIO at `addr`, if anything decodes it.
+fn mmio_dword(dm: &DeviceManager, addr: u64) -> Option<u32> {
+    let mut data = [0u8; 4];
+    dm.mmio()
+        .read(addr, &mut data)
+        .then(|| u32::from_le_bytes(data))
+}
+
+#[test]
+fn device_manager_edu_bar_decodes_where_the_guest_moves_it() {
+    let mut cfg = config();
+    cfg.devices = vec![DeviceConfig::Edu];
+    let (dm, _) = build(&cfg).unwrap();
+    let ident = devices::edu::registers::IDENT_VALUE;
+    assert_eq!(mmio_dword(&dm, MMIO32_START), Some(ident), "BAR 0 assigned");
+    // BAR 0 of 00:01.0 (PCI Local Bus 3.0 section 6.2.5.1) through ECAM.
+    let to = MMIO32_START + 0x100_0000;
+    assert!(dm
+        .mmio()
+        .write(ECAM_START + (1 << 15) + 0x10, &(to as u32).to_le_bytes()));
+    assert_eq!(mmio_dword(&dm, MMIO32_START), None, "old place");
+    assert_eq!(mmio_dword(&dm, to), Some(ident), "new place");
+}
+
+#[test]
+fn device_manager_drop_releases_the_buses() {
+    let mut cfg = config();
+    cfg.devices = vec![DeviceConfig::Edu];
+    let (dm, _) = build(&cfg).unwrap();
+    let (pio, mmio) = (dm.pio().clone(), dm.mmio().clone());
+    drop(dm);
+    assert_eq!(Arc::strong_count(&pio), 1, "the PCI root let go of it");
+    assert_eq!(Arc::strong_count(&mmio), 1);
+}
+
+#[test]
+fn device_manager_kvm_ioeventfds_register_at_any_length_and_unregister() {
+    let kvm = kvm_ioctls::Kvm::new().expect("these tests need /dev/kvm");
+    let events = KvmIoEvents(Arc::new(kvm.create_vm().unwrap()));
+    let fd = vmm_sys_util::eventfd::EventFd::new(0).unwrap();
+    let (mmio, pio) = (MMIO32_START + 8, u64::from(PCI_IO_START) + 2);
+    events.register(false, mmio, &fd).unwrap();
+    events.register(true, pio, &fd).unwrap();
+    let again = events.register(false, mmio, &fd).unwrap_err();
+    assert_eq!(again.raw_os_error(), Some(libc::EEXIST));
+    events.unregister(false, mmio, &fd).unwrap();
+    events.unregister(true, pio, &fd).unwrap();
+    let gone = events.unregister(false, mmio, &fd).unwrap_err();
+    assert_eq!(gone.raw_os_error(), Some(libc::ENOENT));
 }

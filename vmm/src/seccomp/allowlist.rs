@@ -58,6 +58,7 @@ pub const KVM_GET_LAPIC: u64 = ior::<kvm_bindings::kvm_lapic_state>(KVMIO, 0x8e)
 pub const KVM_SIGNAL_MSI: u64 = iow::<kvm_bindings::kvm_msi>(KVMIO, 0xa5);
 pub const KVM_SET_GSI_ROUTING: u64 = iow::<kvm_bindings::kvm_irq_routing>(KVMIO, 0x6a);
 pub const KVM_IRQFD: u64 = iow::<kvm_bindings::kvm_irqfd>(KVMIO, 0x76);
+pub const KVM_IOEVENTFD: u64 = iow::<kvm_bindings::kvm_ioeventfd>(KVMIO, 0x79);
 pub const KVM_SET_USER_MEMORY_REGION: u64 =
     iow::<kvm_bindings::kvm_userspace_memory_region>(KVMIO, 0x46);
 pub const KVM_SET_DEVICE_ATTR: u64 = iow::<kvm_bindings::kvm_device_attr>(KVMIO, 0xe1);
@@ -152,8 +153,10 @@ pub const VCPU: &[Rule] = &[
             KVM_SIGNAL_MSI,
             KVM_SET_GSI_ROUTING,
             KVM_IRQFD,
-            // BARs of passed-through functions placed or moved by the guest.
+            // BARs placed or moved by the guest: memory slots of passed-through functions,
+            // and the ioeventfds of notification addresses that follow their BAR.
             KVM_SET_USER_MEMORY_REGION,
+            KVM_IOEVENTFD,
             // A passed-through function's interrupts and reset (command, MSI/MSI-X
             // capability writes, FLR), and its DMA mappings following the guest's IOMMU.
             VFIO_DEVICE_SET_IRQS,

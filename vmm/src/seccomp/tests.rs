@@ -135,6 +135,7 @@ fn seccomp_ioctl_numbers_match_the_kernel_headers() {
     assert_eq!(allowlist::KVM_SIGNAL_MSI, 0x4020_aea5);
     assert_eq!(allowlist::KVM_SET_GSI_ROUTING, 0x4008_ae6a);
     assert_eq!(allowlist::KVM_IRQFD, 0x4020_ae76);
+    assert_eq!(allowlist::KVM_IOEVENTFD, 0x4040_ae79);
     assert_eq!(allowlist::KVM_SET_USER_MEMORY_REGION, 0x4020_ae46);
     assert_eq!(allowlist::VFIO_DEVICE_SET_IRQS, 0x3b6e);
     assert_eq!(allowlist::VFIO_IOMMU_MAP_DMA, 0x3b71);

@@ -1,6 +1,8 @@
 use super::*;
+use crate::bus::Bus;
 use crate::pci::configuration::{BarSpec, PciConfiguration, PciIds, COMMAND_MASTER, REG_ID};
 use crate::pci::host_bridge::HostBridge;
+use vmm_sys_util::eventfd::EventFd;
 
 /// A device with a 4 KiB MMIO BAR 0, a 64-bit prefetchable BAR 2 and an I/O BAR 4 that
 /// records accesses.
@@ -8,6 +10,8 @@ struct Fake {
     config: PciConfiguration,
     log: Vec<(usize, u64, bool)>,
     moves: Vec<(usize, Option<u64>)>,
+    /// (BAR, offset, fd) handed out by `ioeventfds`.
+    events: Vec<(usize, u64, EventFd)>,
 }
 
 impl Fake {
@@ -50,6 +54,7 @@ impl Fake {
             config,
             log: Vec::new(),
             moves: Vec::new(),
+            events: Vec::new(),
         }
     }
 }
@@ -71,6 +76,43 @@ impl PciDevice for Fake {
     fn bar_moved(&mut self, bar: usize, base: Option<u64>) {
         self.moves.push((bar, base));
     }
+    fn ioeventfds(&self, bar: usize) -> Vec<(u64, EventFd)> {
+        self.events
+            .iter()
+            .filter(|(b, _, _)| *b == bar)
+            .map(|(_, off, fd)| (*off, fd.try_clone().unwrap()))
+            .collect()
+    }
+}
+
+/// One ioeventfd change: registered (true) or unregistered, I/O or MMIO, address, and the
+/// fd's counter after the change was made (each test fd is written a distinct value).
+type EventLog = Vec<(bool, bool, u64, u64)>;
+
+/// Records what the root bus asks of the hypervisor.
+#[derive(Default)]
+struct Registrar(Mutex<EventLog>);
+
+impl Registrar {
+    fn record(&self, on: bool, io: bool, addr: u64, fd: &EventFd) -> std::io::Result<()> {
+        // Identify the fd by its value: read it and put it back.
+        let v = fd.read()?;
+        fd.write(v)?;
+        self.0.lock().unwrap().push((on, io, addr, v));
+        Ok(())
+    }
+    fn take(&self) -> EventLog {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+impl IoEventRegistrar for Registrar {
+    fn register(&self, io: bool, addr: u64, fd: &EventFd) -> std::io::Result<()> {
+        self.record(true, io, addr, fd)
+    }
+    fn unregister(&self, io: bool, addr: u64, fd: &EventFd) -> std::io::Result<()> {
+        self.record(false, io, addr, fd)
+    }
 }
 
 const WINDOWS: Windows = Windows {
@@ -79,18 +121,63 @@ const WINDOWS: Windows = Windows {
     mmio64: (0x10_0000_0000, 0x10_0000_0000),
 };
 
-fn setup() -> (Arc<Mutex<PciRoot>>, Arc<Mutex<Fake>>) {
-    let root = Arc::new(Mutex::new(PciRoot::new()));
+/// A root bus on its own buses, with what it registers recorded.
+struct Rig {
+    root: Arc<Mutex<PciRoot>>,
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+    events: Arc<Registrar>,
+}
+
+impl Rig {
+    fn new() -> Self {
+        let pio = Arc::new(Bus::new());
+        let mmio = Arc::new(Bus::new());
+        let events = Arc::new(Registrar::default());
+        let root = Arc::new(Mutex::new(PciRoot::new(PciBuses {
+            pio: pio.clone(),
+            mmio: mmio.clone(),
+            windows: WINDOWS,
+            ioevents: events.clone(),
+        })));
+        Rig {
+            root,
+            pio,
+            mmio,
+            events,
+        }
+    }
+
+    fn mmio_read(&self, addr: u64) -> [u8; 4] {
+        let mut b = [0xffu8; 4];
+        self.mmio.read(addr, &mut b);
+        b
+    }
+
+    /// Writes `value` to configuration register `reg` of `device` through ECAM.
+    fn config(&self, device: u64, reg: u64, value: &[u8]) {
+        PciConfigMmio::new(self.root.clone()).write((device << 15) | reg, value);
+    }
+}
+
+/// The host bridge at 0 and a [`Fake`] at 1, BARs unassigned.
+fn rig() -> (Rig, Arc<Mutex<Fake>>) {
+    let rig = Rig::new();
     let fake = Arc::new(Mutex::new(Fake::new()));
     {
-        let mut r = root.lock().unwrap();
+        let mut r = rig.root.lock().unwrap();
         assert_eq!(
             r.add_device(Arc::new(Mutex::new(HostBridge::new())), Some(0)),
             Ok(Bdf::new(0, 0, 0))
         );
         assert_eq!(r.add_device(fake.clone(), None), Ok(Bdf::new(0, 1, 0)));
     }
-    (root, fake)
+    (rig, fake)
+}
+
+fn setup() -> (Arc<Mutex<PciRoot>>, Arc<Mutex<Fake>>) {
+    let (rig, fake) = rig();
+    (rig.root, fake)
 }
 
 fn cf8(io: &mut PciConfigIo, dev: u32, reg: u32) {
@@ -173,7 +260,7 @@ fn probe_finds_bar_sizes_and_kinds() {
 #[test]
 fn assign_resources_places_bars_and_enables_decoding() {
     let (root, fake) = setup();
-    root.lock().unwrap().assign_resources(&WINDOWS).unwrap();
+    root.lock().unwrap().assign_resources().unwrap();
     let f = fake.lock().unwrap();
     assert_eq!(f.config.bar_address(0), Some(0xc000_0000));
     assert_eq!(f.config.bar_address(2), Some(0x10_0000_0000));
@@ -189,23 +276,20 @@ fn assign_resources_places_bars_and_enables_decoding() {
 
 #[test]
 fn bar_dispatch_follows_relocation_and_memory_enable() {
-    let (root, fake) = setup();
-    root.lock().unwrap().assign_resources(&WINDOWS).unwrap();
-    let mut win = PciWindow::new(root.clone(), 0xc000_0000, false);
-    let mut b = [0u8; 4];
-    win.read(0x10, &mut b);
-    assert_eq!(b, [0; 4], "BAR 0 answered");
+    let (rig, fake) = rig();
+    rig.root.lock().unwrap().assign_resources().unwrap();
+    assert_eq!(rig.mmio_read(0xc000_0010), [0; 4], "BAR 0 answered");
     // Move BAR 0 to 0xd000_0000 through ECAM.
-    let mut ecam = PciConfigMmio::new(root.clone());
-    ecam.write((1 << 15) | 0x10, &0xd000_0000u32.to_le_bytes());
-    win.read(0x10, &mut b);
-    assert_eq!(b, [0xff; 4], "old address no longer decodes");
-    win.read(0x1000_0010, &mut b);
-    assert_eq!(b, [0; 4]);
+    rig.config(1, 0x10, &0xd000_0000u32.to_le_bytes());
+    assert_eq!(
+        rig.mmio_read(0xc000_0010),
+        [0xff; 4],
+        "old address no longer decodes"
+    );
+    assert_eq!(rig.mmio_read(0xd000_0010), [0; 4]);
     // Memory decode off: nothing answers.
-    ecam.write((1 << 15) | 0x4, &[0x5, 0]);
-    win.read(0x1000_0010, &mut b);
-    assert_eq!(b, [0xff; 4]);
+    rig.config(1, 0x4, &[0x5, 0]);
+    assert_eq!(rig.mmio_read(0xd000_0010), [0xff; 4]);
     let f = fake.lock().unwrap();
     assert_eq!(f.log, vec![(0, 0x10, false), (0, 0x10, false)]);
     // The device heard of every move of its memory BARs (not of the I/O BAR).
@@ -222,11 +306,11 @@ fn bar_dispatch_follows_relocation_and_memory_enable() {
 }
 
 #[test]
-fn io_window_dispatches_io_bar() {
-    let (root, fake) = setup();
-    root.lock().unwrap().assign_resources(&WINDOWS).unwrap();
-    let mut win = PciWindow::new(root, 0xc000, true);
-    win.write(0x4, &[1]);
+fn io_bar_decodes_on_the_port_bus() {
+    let (rig, fake) = rig();
+    rig.root.lock().unwrap().assign_resources().unwrap();
+    assert!(rig.pio.write(0xc004, &[1]));
+    assert!(!rig.pio.write(0xc020, &[1]), "past the 32-byte BAR");
     assert_eq!(fake.lock().unwrap().log, vec![(4, 4, true)]);
 }
 
@@ -357,3 +441,5 @@ fn cf8_and_ecam_read_the_same_bytes_at_every_offset_and_size() {
         }
     }
 }
+
+mod runtime;
