@@ -265,6 +265,7 @@ fn help_documents_every_flag() {
         "--memory",
         "--serial",
         "--debug-exit",
+        "--rng",
         "--seccomp",
     ] {
         assert!(text.contains(flag), "--help lacks {flag}");
@@ -571,4 +572,34 @@ fn config_address_scan_without_edu_finds_none() {
     let (code, stdout, _) = run_payload("pcifind", &[]);
     assert!(stdout.contains("pcifind: no edu"), "{stdout}");
     assert_eq!(code, Some(0x81), "stdout: {stdout}");
+}
+
+#[test]
+fn rng_device_with_and_without_iommu_leaves_the_payload_running() {
+    require_kvm();
+    let elf = payload("hello");
+    for (extra, translated) in [
+        (&["--rng"][..], false),
+        (&["--iommu", "--rng"], true),
+        (&["--iommu", "--rng", "iommu_platform=off"], false),
+    ] {
+        let out = minivmm()
+            .args(["--kernel", elf.to_str().unwrap(), "--memory", "64M"])
+            .arg("--debug-exit")
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .output()
+            .expect("minivmm runs");
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(
+            stdout.contains("minivmm-payload: IOAPIC interrupt on vector 0x40"),
+            "{extra:?}: stdout: {stdout}\nstderr: {stderr}"
+        );
+        assert_eq!(out.status.code(), Some(0x43), "{extra:?}: stderr: {stderr}");
+        let line = format!("virtio device type 4 at 00:01.0 (ACCESS_PLATFORM: {translated})");
+        assert!(stderr.contains(&line), "{extra:?}: no {line:?} in {stderr}");
+    }
 }
