@@ -14,6 +14,7 @@ pub mod common_config;
 pub mod memory;
 pub mod pci;
 pub mod rng;
+pub mod thread;
 
 pub use memory::VirtioMemory;
 

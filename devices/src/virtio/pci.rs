@@ -128,6 +128,8 @@ pub enum VirtioPciError {
     Eventfd(std::io::Error),
     #[error("virtio-pci: {0} queues (1..={MAX_QUEUES} supported)")]
     Queues(usize),
+    #[error("virtio: cannot start the device's worker thread: {0}")]
+    Worker(std::io::Error),
 }
 
 /// PCI class, subclass of a virtio device type (what QEMU reports).

@@ -9,7 +9,7 @@ use devices::edu::EduDevice;
 use devices::ioapic::IoapicPin;
 use devices::pci::vectors::VectorWiring;
 use devices::pci::{intx_gsi, PciConfigIo, PciConfigMmio, PciWindow, PrtRoute};
-use devices::virtio::pci::VirtioPciDevice;
+use devices::virtio::pci::{VirtioPciDevice, VirtioPciError};
 use devices::virtio::rng::Rng;
 use devices::virtio::VirtioDevice;
 use devices::Bdf;
@@ -30,7 +30,8 @@ impl DeviceManager {
         match kind {
             DeviceConfig::Edu => self.add_edu(),
             DeviceConfig::Rng(rng) => {
-                self.add_virtio_device(Box::new(Rng::new()), rng.iommu_platform)
+                let dev = Rng::new().map_err(VirtioPciError::Worker)?;
+                self.add_virtio_device(Box::new(dev), rng.iommu_platform)
             }
         }
     }
@@ -49,7 +50,9 @@ impl DeviceManager {
         Ok(())
     }
 
-    /// A virtio device over virtio-pci in the next free slot. With `iommu_platform` and an
+    /// A virtio device over virtio-pci in the next free slot (made, with its worker threads,
+    /// here during setup: the vCPUs that activate it run sandboxed and cannot start threads).
+    /// With `iommu_platform` and an
     /// IOMMU, it offers ACCESS_PLATFORM and its DMA goes through the IOMMU with its own
     /// translation cache; its MSI-X vectors are irqfds on remapped routes (as a passed-through
     /// function's), its INTA goes to the IOAPIC pin the _PRT gives it.
@@ -72,8 +75,7 @@ impl DeviceManager {
             name: format!("virtio {address}"),
         };
         let intx = self.intx_line(slot, VIRTIO_INTX_PIN);
-        let dev = VirtioPciDevice::new(address, device, self.mem.clone(), dma, wiring, intx)
-            .map_err(|e| DeviceManagerError::Virtio(address, e))?;
+        let dev = VirtioPciDevice::new(address, device, self.mem.clone(), dma, wiring, intx)?;
         if let Some(iommu) = &self.irq.iommu {
             iommu.add_interrupt_routes(dev.msix().routes());
         }

@@ -578,7 +578,7 @@ fn post_rng_request(mem: &GuestMemoryMmap, buf: u64, len: u32) {
 
 #[test]
 fn rng_notify_fills_the_buffer_with_random_bytes_and_interrupts() {
-    let mut r = build(false, Some(Box::new(Rng::new())));
+    let mut r = build(false, Some(Box::new(Rng::new().unwrap())));
     r.negotiate(VIRTIO_F_VERSION_1);
     r.setup_queue0(false);
     r.driver_ok();

@@ -4,6 +4,7 @@ use std::sync::Mutex;
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
 use super::*;
 use crate::virtio::memory::testing::{guest_memory, translated_dma, PageTable, IOVA_SHIFT, PAGE};
@@ -55,7 +56,6 @@ fn worker(queue: Queue, memory: VirtioMemory, signals: &Arc<Signals>) -> RngWork
     RngWorker {
         queue,
         notify: EventFd::new(EFD_NONBLOCK).unwrap(),
-        stop: EventFd::new(EFD_NONBLOCK).unwrap(),
         memory,
         interrupt: signals.clone(),
     }
@@ -219,7 +219,7 @@ fn rings_the_iommu_does_not_map_set_needs_reset_without_panic() {
 
 #[test]
 fn activate_without_queue_0_fails() {
-    let mut rng = Rng::new();
+    let mut rng = Rng::new().unwrap();
     let ctx = ActivateContext {
         memory: VirtioMemory::Direct(guest_memory()),
         queues: Vec::new(),
@@ -232,30 +232,67 @@ fn activate_without_queue_0_fails() {
     ));
 }
 
-#[test]
-fn reset_stops_the_worker_thread() {
-    let mem = guest_memory();
-    let mock = MockSplitQueue::new(&mem, QSIZE);
+/// Activates `rng` on `mock`'s queue; returns the notification eventfd.
+fn activate(
+    rng: &mut Rng,
+    mock: &MockSplitQueue<'_, GuestMemoryMmap>,
+    mem: &GuestMemoryMmap,
+) -> EventFd {
     let notify = EventFd::new(EFD_NONBLOCK).unwrap();
-    let mut rng = Rng::new();
     let ctx = ActivateContext {
         memory: VirtioMemory::Direct(mem.clone()),
         queues: vec![crate::virtio::ActiveQueue {
             index: 0,
-            queue: queue(&mock, 0),
+            queue: queue(mock, 0),
             notify: notify.try_clone().unwrap(),
         }],
         features: 0,
         interrupt: Arc::new(Signals::default()),
     };
     rng.activate(ctx).unwrap();
-    assert!(rng.worker.is_some());
+    notify
+}
+
+fn wait_used(mock: &MockSplitQueue<'_, GuestMemoryMmap>, n: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while used(mock).len() < n {
+        assert!(std::time::Instant::now() < deadline, "request not served");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn notify_after_activation_is_served_by_the_worker_thread() {
+    let mem = guest_memory();
+    let mock = MockSplitQueue::new(&mem, QSIZE);
+    let mut rng = Rng::new().unwrap();
+    let notify = activate(&mut rng, &mock, &mem);
+    mock.add_desc_chains(&[desc(0x2_0000, 64, F_WRITE, 0)], 0)
+        .unwrap();
+    notify.write(1).unwrap();
+    wait_used(&mock, 1);
+    assert_eq!(used(&mock), vec![(0, 64)]);
+}
+
+#[test]
+fn reset_parks_the_worker_and_a_new_activation_runs_again() {
+    let mem = guest_memory();
+    let mock = MockSplitQueue::new(&mem, QSIZE);
+    let mut rng = Rng::new().unwrap();
+    let notify = activate(&mut rng, &mock, &mem);
     rng.reset();
-    assert!(rng.worker.is_none());
-    // The worker is gone: a request posted now stays unserved.
+    // Parked: a request posted now stays unserved.
     mock.add_desc_chains(&[desc(0x2_0000, 64, F_WRITE, 0)], 0)
         .unwrap();
     notify.write(1).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(50));
     assert!(used(&mock).is_empty());
+    // Activated again (as after a driver's reset), the pending request is served at start.
+    let mock2 = MockSplitQueue::create(&mem, GuestAddress(0x8_0000), QSIZE);
+    mock2
+        .add_desc_chains(&[desc(0x3_0000, 32, F_WRITE, 0)], 0)
+        .unwrap();
+    activate(&mut rng, &mock2, &mem);
+    wait_used(&mock2, 1);
+    assert_eq!(used(&mock2), vec![(0, 32)]);
 }
