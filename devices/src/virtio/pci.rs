@@ -41,7 +41,7 @@ use super::{
 use crate::dma::DeviceDma;
 use crate::interrupt::IrqLine;
 use crate::pci::configuration::{
-    BarKind, BarSpec, ConfigError, PciConfiguration, PciIds, COMMAND_INTX_DISABLE,
+    BarKind, BarSpec, ConfigError, PciConfiguration, PciIds, COMMAND_INTX_DISABLE, COMMAND_MASTER,
     REG_COMMAND_STATUS,
 };
 use crate::pci::emulated::{EmulatedMsix, EmulatedMsixError};
@@ -334,9 +334,12 @@ impl VirtioPciDevice {
     }
 
     fn sync_interrupt_modes(&self) {
-        let intx_disabled = self.config.command() & COMMAND_INTX_DISABLE != 0;
-        self.interrupt
-            .set_modes(self.msix.cap().enabled(), intx_disabled);
+        let command = self.config.command();
+        self.interrupt.set_modes(
+            self.msix.cap().enabled(),
+            command & COMMAND_INTX_DISABLE != 0,
+            command & COMMAND_MASTER != 0,
+        );
     }
 
     /// A guest error the device cannot go on from (2.1.2).

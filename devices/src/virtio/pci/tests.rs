@@ -187,6 +187,7 @@ impl Rig {
     }
 
     fn enable_msix(&mut self) {
+        self.write_config(4, &COMMAND_MASTER.to_le_bytes());
         let cap = self.dev.msix().cap().offset();
         self.write_config(cap + 3, &[0x80]);
         for i in 0..3u64 {
@@ -511,6 +512,21 @@ fn signal_queue_with_msix_sends_the_queues_vector_not_inta() {
     assert_eq!(r.sent.data(), vec![0x41, 0x40]);
     assert!(r.line.0.lock().unwrap().is_empty());
     assert_eq!(r.r8(ISR_OFFSET), 0);
+}
+
+#[test]
+fn signal_queue_with_msix_and_bus_master_off_sends_nothing() {
+    let mut r = rig(false);
+    r.enable_msix();
+    r.negotiate(VIRTIO_F_VERSION_1);
+    r.setup_queue0(false);
+    r.w16(QUEUE_MSIX_VECTOR, 1);
+    r.driver_ok();
+    r.write_config(4, &0u16.to_le_bytes());
+    let irq = r.probe.contexts.lock().unwrap()[0].interrupt.clone();
+    irq.signal_queue(0);
+    assert!(r.sent.data().is_empty());
+    assert!(r.line.0.lock().unwrap().is_empty());
 }
 
 #[test]
