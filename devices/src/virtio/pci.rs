@@ -236,7 +236,8 @@ impl VirtioPciDevice {
         let notify = (0..maxima.len())
             .map(|_| EventFd::new(EFD_NONBLOCK).map_err(VirtioPciError::Eventfd))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut offered = device.features() | VIRTIO_F_VERSION_1;
+        // ACCESS_PLATFORM is the transport's to offer: only with a translated DMA path.
+        let mut offered = (device.features() & !VIRTIO_F_ACCESS_PLATFORM) | VIRTIO_F_VERSION_1;
         if dma.is_some() {
             offered |= VIRTIO_F_ACCESS_PLATFORM;
         }
