@@ -172,9 +172,12 @@ fn fill_chain(chain: DescriptorChain<&VirtioMemory>) -> u32 {
     }
     let mut written = 0usize;
     for d in descriptors {
+        if written >= MAX_BYTES_PER_REQUEST {
+            break;
+        }
         let want = (d.len() as usize).min(MAX_BYTES_PER_REQUEST - written);
         if want == 0 {
-            break;
+            continue;
         }
         // Every page of the buffer translated before a byte is written.
         let slices = match mem.get_slices(d.addr(), want, Permissions::Write) {

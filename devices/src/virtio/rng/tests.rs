@@ -126,6 +126,25 @@ fn request_over_several_buffers_fills_them_in_order() {
 }
 
 #[test]
+fn empty_buffer_in_the_middle_does_not_end_the_request() {
+    let mem = guest_memory();
+    let mock = MockSplitQueue::new(&mem, QSIZE);
+    mock.add_desc_chains(
+        &[
+            desc(0x2_0000, 8, F_WRITE | F_NEXT, 1),
+            desc(0x2_1000, 0, F_WRITE | F_NEXT, 2),
+            desc(0x3_0000, 8, F_WRITE, 0),
+        ],
+        0,
+    )
+    .unwrap();
+    let signals = Arc::new(Signals::default());
+    let mut w = worker(queue(&mock, 0), VirtioMemory::Direct(mem.clone()), &signals);
+    w.process_queue();
+    assert_eq!(used(&mock), vec![(0, 16)]);
+}
+
+#[test]
 fn chain_with_a_readable_buffer_is_completed_empty_and_the_next_is_served() {
     let mem = guest_memory();
     let mock = MockSplitQueue::new(&mem, QSIZE);
