@@ -378,6 +378,10 @@ impl VirtioPciDevice {
                 self.guest_error("DRIVER_OK before FEATURES_OK");
                 return;
             }
+            // A device that needs a reset stays stopped until it gets one.
+            if self.interrupt.needs_reset() {
+                return;
+            }
             if let Err(why) = self.activate() {
                 self.guest_error(&why);
             }
