@@ -17,6 +17,7 @@ pub mod pci;
 pub mod pvpanic;
 pub mod serial;
 pub mod vfio;
+pub mod virtio;
 pub mod vm_control;
 
 pub use iommu::Bdf;
