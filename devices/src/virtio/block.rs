@@ -19,10 +19,7 @@ pub use backend::{BackendError, DiskImage, SECTOR_SIZE};
 use request::{Limits, VIRTIO_BLK_ID_BYTES};
 use worker::{Worker, WorkerHandle};
 
-use super::{ActivateContext, ActivateError, VirtioDevice};
-
-/// Device ID of a block device (virtio 1.2 section 5, "Device Types").
-pub const VIRTIO_ID_BLOCK: u16 = 2;
+use super::{ActivateContext, ActivateError, VirtioDevice, TYPE_BLOCK, VIRTIO_RING_F_EVENT_IDX};
 
 /// VIRTIO_BLK_F_SEG_MAX: `seg_max` is valid (virtio 1.2 section 5.2.3).
 pub const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
@@ -38,8 +35,6 @@ pub const VIRTIO_BLK_F_CONFIG_WCE: u64 = 1 << 11;
 pub const VIRTIO_BLK_F_DISCARD: u64 = 1 << 13;
 /// VIRTIO_BLK_F_WRITE_ZEROES (section 5.2.3).
 pub const VIRTIO_BLK_F_WRITE_ZEROES: u64 = 1 << 14;
-/// VIRTIO_F_RING_EVENT_IDX: used_event/avail_event suppression (virtio 1.2 section 6).
-pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
 
 /// The one request queue's maximum size.
 pub const QUEUE_SIZE: u16 = 256;
@@ -121,7 +116,11 @@ impl Block {
         put32(&mut c, config::BLK_SIZE, SECTOR_SIZE as u32);
         c[config::WRITEBACK] = u8::from(self.writeback.load(Ordering::Relaxed));
         c[config::NUM_QUEUES..config::NUM_QUEUES + 2].copy_from_slice(&1u16.to_le_bytes());
-        put32(&mut c, config::MAX_DISCARD_SECTORS, LIMITS.max_discard_sectors);
+        put32(
+            &mut c,
+            config::MAX_DISCARD_SECTORS,
+            LIMITS.max_discard_sectors,
+        );
         put32(&mut c, config::MAX_DISCARD_SEG, LIMITS.max_discard_seg);
         put32(
             &mut c,
@@ -151,7 +150,7 @@ impl Block {
 
 impl VirtioDevice for Block {
     fn device_type(&self) -> u16 {
-        VIRTIO_ID_BLOCK
+        TYPE_BLOCK
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
@@ -200,10 +199,8 @@ impl VirtioDevice for Block {
         self.stop_worker();
         let event_idx = ctx.features & VIRTIO_RING_F_EVENT_IDX != 0;
         let mut queues = ctx.queues.into_iter();
-        let (Some(mut q), None) = (queues.next(), queues.next()) else {
-            return Err(ActivateError::Bad(
-                "virtio-blk has exactly one queue".to_string(),
-            ));
+        let Some(mut q) = queues.next() else {
+            return Err(ActivateError::MissingQueue(0));
         };
         q.queue.set_event_idx(event_idx);
         let worker = Worker {
@@ -217,10 +214,7 @@ impl VirtioDevice for Block {
             limits: LIMITS,
             interrupt: ctx.interrupt,
         };
-        self.worker = Some(
-            worker::spawn(worker)
-                .map_err(|e| ActivateError::Bad(format!("virtio-blk worker: {e}")))?,
-        );
+        self.worker = Some(worker::spawn(worker).map_err(ActivateError::Worker)?);
         Ok(())
     }
 

@@ -245,8 +245,7 @@ pub fn process<M: GuestMemory + ?Sized>(
         .and_then(|(r, w)| r.checked_add(w))
         .filter(|&t| t <= u64::from(u32::MAX))
         .ok_or(ChainError::TooLong)?;
-    let (in_data, status_span) =
-        split_back(&layout.writable, 1).ok_or(ChainError::NoStatus)?;
+    let (in_data, status_span) = split_back(&layout.writable, 1).ok_or(ChainError::NoStatus)?;
     let status_span = *status_span.first().ok_or(ChainError::NoStatus)?;
     let status_slices = translate(mem, &[status_span], Permissions::Write)
         .map_err(|_| ChainError::StatusFault(status_span.addr.0))?;
@@ -370,11 +369,7 @@ fn write<M: GuestMemory + ?Sized>(
     }
 }
 
-fn get_id<M: GuestMemory + ?Sized>(
-    mem: &M,
-    ctx: &RequestContext<'_>,
-    in_data: &[Span],
-) -> Outcome {
+fn get_id<M: GuestMemory + ?Sized>(mem: &M, ctx: &RequestContext<'_>, in_data: &[Span]) -> Outcome {
     let (id_spans, _) = split_front(in_data, VIRTIO_BLK_ID_BYTES as u64)
         .unwrap_or_else(|| (in_data.to_vec(), Vec::new()));
     match translate(mem, &id_spans, Permissions::Write) {
