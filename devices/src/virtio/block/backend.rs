@@ -61,18 +61,7 @@ impl DiskImage {
             .read(true)
             .write(!read_only)
             .open(path)
-            .map_err(|source| match source.raw_os_error() {
-                Some(libc::EACCES) | Some(libc::EROFS) | Some(libc::EPERM)
-                    if !read_only && path.exists() =>
-                {
-                    BackendError::ReadOnlyFile { path: owned() }
-                }
-                Some(libc::EISDIR) => BackendError::Directory { path: owned() },
-                _ => BackendError::Open {
-                    path: owned(),
-                    source,
-                },
-            })?;
+            .map_err(|source| open_error(path, read_only, source))?;
         let meta = file.metadata().map_err(|source| BackendError::Size {
             path: owned(),
             source,
@@ -296,6 +285,24 @@ fn advance(iovs: &mut [libc::iovec], start: &mut usize, mut n: usize) {
             iov.iov_len -= n;
             n = 0;
         }
+    }
+}
+
+/// What a failed `open` means: asked read-write, a permission or read-only-file-system refusal
+/// on an existing file is "add readonly=on".
+pub(super) fn open_error(path: &Path, read_only: bool, source: io::Error) -> BackendError {
+    let path_buf = path.to_path_buf();
+    match source.raw_os_error() {
+        Some(libc::EACCES | libc::EROFS | libc::EPERM | libc::ETXTBSY)
+            if !read_only && path.exists() =>
+        {
+            BackendError::ReadOnlyFile { path: path_buf }
+        }
+        Some(libc::EISDIR) => BackendError::Directory { path: path_buf },
+        _ => BackendError::Open {
+            path: path_buf,
+            source,
+        },
     }
 }
 
