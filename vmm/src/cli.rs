@@ -66,6 +66,13 @@ pub struct Cli {
     #[arg(long = "vfio", value_name = "DEVICE")]
     pub vfio: Vec<String>,
 
+    /// Add a virtio-blk disk over a raw image; repeatable. path=FILE[,readonly=on][,serial=ID]:
+    /// the image is locked (flock) so no second VM opens it; readonly=on offers the guest a
+    /// read-only disk and shares the image; serial= is the disk's ID (at most 20 characters).
+    /// The capacity is the file size in whole 512-byte sectors.
+    #[arg(long = "disk", value_name = "OPTIONS")]
+    pub disks: Vec<String>,
+
     /// The seccomp sandbox: each thread (vCPUs, device threads, the main loop) may make only
     /// the system calls it needs once the guest runs. on: a forbidden call ends minivmm with
     /// a line naming the thread and the call (status 159); log: it is allowed and the kernel
@@ -103,6 +110,11 @@ impl Cli {
                 .map(|d| config::device_from_options(d))
                 .collect::<Result<_, _>>()?,
             passthrough: self.vfio,
+            disks: self
+                .disks
+                .iter()
+                .map(|d| config::disk_from_options(d))
+                .collect::<Result<_, _>>()?,
             seccomp: self.seccomp,
         })
     }

@@ -27,6 +27,8 @@ pub struct VmConfig {
     /// Host PCI functions passed through with VFIO (BB:DD.F, DDDD:BB:DD.F or a sysfs path),
     /// after the emulated devices in slot order.
     pub passthrough: Vec<String>,
+    /// virtio-blk disks (`--disk`, repeatable), in slot order.
+    pub disks: Vec<DiskConfig>,
     pub seccomp: SeccompMode,
 }
 
@@ -88,6 +90,16 @@ pub enum DeviceConfig {
     Edu,
 }
 
+/// A virtio-blk disk over a raw image (`--disk`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    /// The guest may not write (VIRTIO_BLK_F_RO); the image is opened read-only and shared.
+    pub read_only: bool,
+    /// The GET_ID answer, at most 20 bytes.
+    pub serial: Option<String>,
+}
+
 /// Why a configuration cannot make a VM.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -108,7 +120,7 @@ impl VmConfig {
         if !self.passthrough.is_empty() && self.iommu.is_some_and(|c| !c.caching_mode) {
             return Err(ConfigError::VfioNeedsCachingMode);
         }
-        let pci = self.devices.len() + self.passthrough.len();
+        let pci = self.devices.len() + self.passthrough.len() + self.disks.len();
         if pci > PCI_SLOTS {
             return Err(ConfigError::TooManyPciDevices(pci));
         }
@@ -223,6 +235,33 @@ pub fn iommu_from_options(s: &str) -> Result<IommuConfig, OptionError> {
         caching_mode: o.on_off("caching-mode", d.caching_mode)?,
         device_iotlb: o.on_off("device-iotlb", d.device_iotlb)?,
         x2apic,
+    })
+}
+
+/// The longest `--disk serial=`: the virtio-blk device ID is 20 bytes (virtio 1.2 section
+/// 5.2.6, VIRTIO_BLK_ID_BYTES).
+pub const DISK_SERIAL_MAX: usize = 20;
+
+/// `--disk path=FILE[,readonly=on][,serial=ID]`. Whether the file opens (exists, is writable
+/// when asked read-write, is not locked by another VM) is checked when the device is made.
+pub fn disk_from_options(s: &str) -> Result<DiskConfig, OptionError> {
+    let o = Options::parse("disk", s, &["path", "readonly", "serial"], false)?;
+    let path = match o.get("path") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        Some(p) => return Err(o.invalid("path", p, "expected the path of a raw image")),
+        None => return Err(o.invalid("path", "", "path=FILE is required")),
+    };
+    let serial = match o.get("serial") {
+        Some(id) if id.len() > DISK_SERIAL_MAX || !id.is_ascii() => {
+            return Err(o.invalid("serial", id, "expected at most 20 ASCII characters"))
+        }
+        Some(id) => Some(id.to_string()),
+        None => None,
+    };
+    Ok(DiskConfig {
+        path,
+        read_only: o.on_off("readonly", false)?,
+        serial,
     })
 }
 

@@ -160,8 +160,29 @@ fn cli_help_describes_every_flag() {
         "caching-mode",
         "--device",
         "--vfio",
+        "--disk",
+        "readonly=on",
         "--seccomp",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
+}
+
+#[test]
+fn cli_disks_repeat_in_order() {
+    let c = parse(&[
+        "--kernel",
+        "k",
+        "--disk",
+        "path=a.img",
+        "--disk",
+        "path=b.img,readonly=on,serial=b",
+    ])
+    .unwrap();
+    let paths: Vec<_> = c.disks.iter().map(|d| d.path.clone()).collect();
+    assert_eq!(paths, vec![PathBuf::from("a.img"), PathBuf::from("b.img")]);
+    assert!(!c.disks[0].read_only && c.disks[1].read_only);
+    assert_eq!(c.disks[1].serial.as_deref(), Some("b"));
+    assert!(parse(&["--kernel", "k"]).unwrap().disks.is_empty());
+    assert!(parse(&["--kernel", "k", "--disk", "file=a.img"]).is_err());
 }

@@ -14,6 +14,7 @@ fn config() -> VmConfig {
         iommu: None,
         devices: Vec::new(),
         passthrough: Vec::new(),
+        disks: Vec::new(),
         seccomp: SeccompMode::On,
     }
 }
@@ -179,6 +180,59 @@ fn validate_more_pci_devices_than_slots_is_refused() {
     c.devices = vec![DeviceConfig::Edu; PCI_SLOTS];
     assert_eq!(c.validate(), Ok(()));
     c.passthrough.push("00:04.0".into());
+    assert_eq!(
+        c.validate(),
+        Err(ConfigError::TooManyPciDevices(PCI_SLOTS + 1))
+    );
+}
+
+#[test]
+fn disk_path_readonly_and_serial() {
+    let d = disk_from_options("path=/img/a.raw,readonly=on,serial=vol-1").unwrap();
+    assert_eq!(
+        d,
+        DiskConfig {
+            path: "/img/a.raw".into(),
+            read_only: true,
+            serial: Some("vol-1".into()),
+        }
+    );
+    let d = disk_from_options("path=b.img").unwrap();
+    assert_eq!((d.read_only, d.serial), (false, None));
+}
+
+#[test]
+fn disk_without_path_is_refused_naming_the_option() {
+    assert_eq!(
+        disk_from_options("readonly=on").unwrap_err().to_string(),
+        "invalid value '' for '--disk path': path=FILE is required"
+    );
+    assert!(disk_from_options("path=").is_err());
+    assert!(disk_from_options("b.img").is_err());
+}
+
+#[test]
+fn disk_serial_longer_than_20_bytes_is_refused() {
+    assert!(disk_from_options("path=a,serial=12345678901234567890").is_ok());
+    let e = disk_from_options("path=a,serial=123456789012345678901").unwrap_err();
+    assert!(e.to_string().contains("'--disk serial'"), "{e}");
+}
+
+#[test]
+fn disk_bad_readonly_value_is_refused() {
+    assert_eq!(
+        disk_from_options("path=a,readonly=yes")
+            .unwrap_err()
+            .to_string(),
+        "invalid value 'yes' for '--disk readonly': expected on or off"
+    );
+}
+
+#[test]
+fn validate_disks_count_as_pci_devices() {
+    let mut c = config();
+    c.devices = vec![DeviceConfig::Edu; PCI_SLOTS];
+    c.disks.push(disk_from_options("path=a").unwrap());
     assert_eq!(
         c.validate(),
         Err(ConfigError::TooManyPciDevices(PCI_SLOTS + 1))
