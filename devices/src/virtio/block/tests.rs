@@ -19,6 +19,7 @@ use vm_memory::{
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::tempfile::TempFile;
 
+use super::pool::RequestEnv;
 use super::request::*;
 use super::worker::Worker;
 use super::*;

@@ -1,10 +1,10 @@
-//! The virtio-blk worker thread: waits on the queue's notify EventFd and a stop EventFd, pops
-//! chains, serves each inline (`request::process`), returns it to the used ring and raises the
-//! queue interrupt when `needs_notification` says so (EVENT_IDX aware).
+//! The virtio-blk queue worker, a thread per device off the vCPU: waits on the queue's notify
+//! EventFd, the I/O pool's completion EventFd and a stop EventFd; pops chains and hands them to
+//! the pool (or serves them inline when it has none), returns finished chains to the used ring
+//! and raises the queue interrupt when `needs_notification` says so (EVENT_IDX aware).
 
 use std::io;
 use std::os::unix::io::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -13,8 +13,8 @@ use vm_memory::GuestMemory;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::backend::DiskImage;
-use super::request::{self, ChainLayout, Limits, RequestContext, VIRTIO_BLK_ID_BYTES};
+use super::pool::{IoPool, Job, RequestEnv};
+use super::request::ChainLayout;
 use crate::virtio::VirtioInterrupt;
 
 /// The thread's name, also its seccomp class key (`vmm/src/seccomp.rs`).
@@ -22,20 +22,19 @@ pub const THREAD_NAME: &str = "virtio-blk";
 
 const TOKEN_NOTIFY: u64 = 0;
 const TOKEN_STOP: u64 = 1;
+const TOKEN_DONE: u64 = 2;
 
 pub(super) struct Worker<M> {
-    pub mem: M,
+    pub env: RequestEnv<M>,
     pub queue: Queue,
     pub queue_index: u16,
     pub notify: EventFd,
-    pub disk: Arc<DiskImage>,
-    pub serial: [u8; VIRTIO_BLK_ID_BYTES],
-    pub writeback: Arc<AtomicBool>,
-    pub limits: Limits,
     pub interrupt: Arc<dyn VirtioInterrupt>,
+    /// The I/O pool; `None` serves each chain inline on the worker thread.
+    pub pool: Option<IoPool>,
 }
 
-/// A running worker: `stop` signals it and joins it.
+/// A running worker: `stop` signals it and joins it (and, through it, its I/O pool).
 pub(super) struct WorkerHandle {
     stop: EventFd,
     thread: JoinHandle<()>,
@@ -59,16 +58,20 @@ pub(super) fn spawn<M: GuestMemory + Send + 'static>(
     let stop = EventFd::new(EFD_NONBLOCK)?;
     let stop_worker = stop.try_clone()?;
     let epoll = Epoll::new()?;
-    epoll.ctl(
-        ControlOperation::Add,
-        worker.notify.as_raw_fd(),
-        EpollEvent::new(EventSet::IN, TOKEN_NOTIFY),
-    )?;
-    epoll.ctl(
-        ControlOperation::Add,
-        stop_worker.as_raw_fd(),
-        EpollEvent::new(EventSet::IN, TOKEN_STOP),
-    )?;
+    let mut fds = vec![
+        (worker.notify.as_raw_fd(), TOKEN_NOTIFY),
+        (stop_worker.as_raw_fd(), TOKEN_STOP),
+    ];
+    if let Some(pool) = &worker.pool {
+        fds.push((pool.done_fd(), TOKEN_DONE));
+    }
+    for (fd, token) in fds {
+        epoll.ctl(
+            ControlOperation::Add,
+            fd,
+            EpollEvent::new(EventSet::IN, token),
+        )?;
+    }
     let thread = std::thread::Builder::new()
         .name(THREAD_NAME.to_string())
         .spawn(move || {
@@ -81,10 +84,10 @@ pub(super) fn spawn<M: GuestMemory + Send + 'static>(
 
 impl<M: GuestMemory> Worker<M> {
     fn run(mut self, epoll: &Epoll) {
-        // A notification sent before the worker existed is still in the EventFd; anything
-        // already on the ring is served now either way.
+        // Anything already on the ring (a notification sent before the worker existed) is
+        // served now.
         self.process_queue();
-        let mut events = [EpollEvent::default(); 2];
+        let mut events = [EpollEvent::default(); 3];
         loop {
             let n = match epoll.wait(-1, &mut events) {
                 Ok(n) => n,
@@ -96,9 +99,10 @@ impl<M: GuestMemory> Worker<M> {
             };
             for ev in &events[..n] {
                 match ev.data() {
+                    // Dropping `self` drops the pool, which joins the I/O threads.
                     TOKEN_STOP => return,
+                    TOKEN_DONE => self.complete(),
                     _ => {
-                        // Level-triggered: clear the count, then serve the ring.
                         let _ = self.notify.read();
                         self.process_queue();
                     }
@@ -107,28 +111,32 @@ impl<M: GuestMemory> Worker<M> {
         }
     }
 
-    /// Serves every available chain, re-checking after re-enabling notifications so a chain
-    /// added meanwhile is not left behind, then interrupts once if the driver wants it.
+    /// Takes every available chain, re-checking after re-enabling notifications so a chain
+    /// added meanwhile is not left behind.
     pub(super) fn process_queue(&mut self) {
         let mut used_any = false;
         loop {
-            if let Err(e) = self.queue.disable_notification(&self.mem) {
+            if let Err(e) = self.queue.disable_notification(&self.env.mem) {
                 iommu::warn_limited!("virtio-blk: queue unusable: {e}");
                 return;
             }
-            while let Some(chain) = self.queue.pop_descriptor_chain(&self.mem) {
+            while let Some(chain) = self.queue.pop_descriptor_chain(&self.env.mem) {
                 let head = chain.head_index();
                 let layout = ChainLayout::from_descriptors(
                     chain.map(|d| (d.addr(), d.len(), d.is_write_only())),
                 );
-                let len = self.serve(head, layout);
-                if let Err(e) = self.queue.add_used(&self.mem, head, len) {
-                    iommu::warn_limited!("virtio-blk: cannot return chain {head}: {e}");
-                    return;
-                }
-                used_any = true;
+                let job = Job { head, layout };
+                let job = match &self.pool {
+                    Some(pool) => match pool.submit(job) {
+                        Ok(()) => continue,
+                        Err(job) => job,
+                    },
+                    None => job,
+                };
+                let len = self.env.serve(job.head, job.layout);
+                used_any |= self.add_used(head, len);
             }
-            match self.queue.enable_notification(&self.mem) {
+            match self.queue.enable_notification(&self.env.mem) {
                 Ok(true) => continue,
                 Ok(false) => break,
                 Err(e) => {
@@ -138,27 +146,39 @@ impl<M: GuestMemory> Worker<M> {
             }
         }
         if used_any {
-            // On a ring the device cannot read, interrupt anyway: the driver then looks.
-            if self.queue.needs_notification(&self.mem).unwrap_or(true) {
-                self.interrupt.signal_queue(self.queue_index);
+            self.signal_if_needed();
+        }
+    }
+
+    /// Returns the pool's finished chains to the used ring.
+    fn complete(&mut self) {
+        let done = match &self.pool {
+            Some(pool) => pool.take_done(),
+            None => return,
+        };
+        let mut used_any = false;
+        for d in done {
+            used_any |= self.add_used(d.head, d.len);
+        }
+        if used_any {
+            self.signal_if_needed();
+        }
+    }
+
+    fn add_used(&mut self, head: u16, len: u32) -> bool {
+        match self.queue.add_used(&self.env.mem, head, len) {
+            Ok(()) => true,
+            Err(e) => {
+                iommu::warn_limited!("virtio-blk: cannot return chain {head}: {e}");
+                false
             }
         }
     }
 
-    /// One chain's used length; a chain that cannot be answered goes back with length 0.
-    fn serve(&self, head: u16, layout: Result<ChainLayout, request::ChainError>) -> u32 {
-        let ctx = RequestContext {
-            disk: &self.disk,
-            serial: &self.serial,
-            writeback: self.writeback.load(Ordering::Relaxed),
-            limits: self.limits,
-        };
-        match layout.and_then(|l| request::process(&self.mem, &ctx, &l)) {
-            Ok(len) => len,
-            Err(e) => {
-                iommu::warn_limited!("virtio-blk: dropped malformed chain at head {head}: {e}");
-                0
-            }
+    fn signal_if_needed(&mut self) {
+        // On a ring the device cannot read, interrupt anyway: the driver then looks.
+        if self.queue.needs_notification(&self.env.mem).unwrap_or(true) {
+            self.interrupt.signal_queue(self.queue_index);
         }
     }
 }

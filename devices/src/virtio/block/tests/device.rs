@@ -184,15 +184,18 @@ fn malformed_chain_dropped_with_len_0_and_next_chain_served() {
     .unwrap();
     let interrupt = Arc::new(CountingInterrupt::default());
     let mut w = Worker {
-        mem: mem.clone(),
+        env: RequestEnv {
+            mem: mem.clone(),
+            disk: Arc::new(open(&t, false)),
+            serial: SERIAL,
+            writeback: Arc::new(AtomicBool::new(true)),
+            limits: LIMITS,
+        },
         queue: mq.create_queue::<Queue>().unwrap(),
         queue_index: 0,
         notify: EventFd::new(0).unwrap(),
-        disk: Arc::new(open(&t, false)),
-        serial: SERIAL,
-        writeback: Arc::new(AtomicBool::new(true)),
-        limits: LIMITS,
         interrupt: interrupt.clone(),
+        pool: None,
     };
     w.process_queue();
     assert_eq!(used(&mem, &mq, 0), (2, 0, 0));
@@ -278,4 +281,58 @@ fn activate_without_queue_fails() {
         .unwrap_err();
     assert!(matches!(err, ActivateError::MissingQueue(0)));
     assert!(!b.is_active());
+}
+
+#[test]
+fn activated_pool_completes_every_chain_of_a_batch() {
+    let mem = memory();
+    let t = image_file();
+    let mq = MockSplitQueue::new(&mem, QSIZE);
+    let mut b = Block::new(open(&t, false), None);
+    let notify = EventFd::new(0).unwrap();
+    let kick = notify.try_clone().unwrap();
+    let interrupt = Arc::new(CountingInterrupt::default());
+    // Five reads (3 descriptors each): sector i into DATA + i * 0x1000, status at STATUS + i.
+    let mut descs = Vec::new();
+    for i in 0..5u16 {
+        let hdr = HDR + u64::from(i) * 0x100;
+        let mut h = [0u8; HEADER_LEN];
+        h[8..16].copy_from_slice(&u64::from(i).to_le_bytes());
+        mem.write_slice(&h, GuestAddress(hdr)).unwrap();
+        let base = i * 3;
+        descs.push(desc(hdr, 16, F_NEXT, base + 1));
+        descs.push(desc(
+            DATA + u64::from(i) * 0x1000,
+            512,
+            F_WRITE | F_NEXT,
+            base + 2,
+        ));
+        descs.push(desc(STATUS + u64::from(i), 1, F_WRITE, 0));
+    }
+    mq.add_desc_chains(&descs, 0).unwrap();
+    b.activate(ActivateContext {
+        memory: VirtioMemory::Direct(mem.clone()),
+        queues: vec![ActiveQueue {
+            index: 0,
+            queue: mq.create_queue::<Queue>().unwrap(),
+            notify,
+        }],
+        features: 0,
+        interrupt: interrupt.clone(),
+    })
+    .unwrap();
+    kick.write(1).unwrap();
+    assert!(wait_for(|| used(&mem, &mq, 0).0 == 5));
+    let mut heads: Vec<u32> = (0..5).map(|i| used(&mem, &mq, i).1).collect();
+    heads.sort_unstable();
+    assert_eq!(heads, vec![0, 3, 6, 9, 12]);
+    for i in 0..5u64 {
+        assert_eq!(used(&mem, &mq, i).2, 513);
+        assert_eq!(
+            guest_bytes(&mem, DATA + i * 0x1000, 512),
+            vec![i as u8; 512]
+        );
+        assert_eq!(guest_bytes(&mem, STATUS + i, 1), vec![VIRTIO_BLK_S_OK]);
+    }
+    b.reset();
 }
