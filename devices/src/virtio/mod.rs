@@ -11,7 +11,10 @@ use std::sync::Arc;
 use vmm_sys_util::eventfd::EventFd;
 
 pub mod block;
+pub mod common_config;
 pub mod memory;
+pub mod pci;
+pub mod rng;
 
 pub use memory::VirtioMemory;
 
@@ -74,6 +77,11 @@ pub trait VirtioInterrupt: Send + Sync {
     fn signal_queue(&self, index: u16);
     /// Configuration change notification (virtio 1.2 section 2.3).
     fn signal_config(&self);
+    /// The device hit an error it cannot recover from: DEVICE_NEEDS_RESET (virtio 1.2
+    /// section 2.1.2) and a configuration change notification. The default only notifies.
+    fn set_needs_reset(&self) {
+        self.signal_config();
+    }
 }
 
 /// Why a device did not start. The transport sets DEVICE_NEEDS_RESET.
