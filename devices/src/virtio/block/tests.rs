@@ -13,8 +13,8 @@ use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::Queue;
 use vm_memory::guest_memory::GuestMemorySliceIterator;
 use vm_memory::{
-    Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryError, GuestMemoryMmap,
-    GuestMemoryResult, Permissions, VolatileSlice,
+    Address, Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryError,
+    GuestMemoryMmap, GuestMemoryResult, Permissions, VolatileSlice,
 };
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::tempfile::TempFile;

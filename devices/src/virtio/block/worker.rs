@@ -8,7 +8,7 @@ use std::os::unix::io::AsRawFd;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemory;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -120,7 +120,19 @@ impl<M: GuestMemory> Worker<M> {
                 iommu::warn_limited!("virtio-blk: queue unusable: {e}");
                 return;
             }
-            while let Some(chain) = self.queue.pop_descriptor_chain(&self.env.mem) {
+            // `iter` rather than `pop_descriptor_chain`, whose error log is not rate-limited:
+            // a driver can make the avail index bad on every notification.
+            loop {
+                let chain = match self.queue.iter(&self.env.mem) {
+                    Ok(mut avail) => avail.next(),
+                    Err(e) => {
+                        iommu::warn_limited!("virtio-blk: avail ring unusable: {e}");
+                        return;
+                    }
+                };
+                let Some(chain) = chain else {
+                    break;
+                };
                 let head = chain.head_index();
                 let layout = ChainLayout::from_descriptors(
                     chain.map(|d| (d.addr(), d.len(), d.is_write_only())),

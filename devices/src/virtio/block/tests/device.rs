@@ -336,3 +336,40 @@ fn activated_pool_completes_every_chain_of_a_batch() {
     }
     b.reset();
 }
+
+#[test]
+fn avail_index_past_queue_size_serves_nothing_and_worker_survives() {
+    let mem = memory();
+    let t = image_file();
+    let mq = MockSplitQueue::new(&mem, QSIZE);
+    header(&mem, VIRTIO_BLK_T_FLUSH, 0);
+    mq.add_desc_chains(&[desc(HDR, 16, F_NEXT, 1), desc(STATUS, 1, F_WRITE, 0)], 0)
+        .unwrap();
+    // The driver's avail idx claims QSIZE + 5 new chains: more than the ring holds.
+    mem.write_obj(QSIZE + 5, mq.avail_addr().unchecked_add(2))
+        .unwrap();
+    let interrupt = Arc::new(CountingInterrupt::default());
+    let mut w = Worker {
+        env: RequestEnv {
+            mem: mem.clone(),
+            disk: Arc::new(open(&t, false)),
+            serial: SERIAL,
+            writeback: Arc::new(AtomicBool::new(true)),
+            limits: LIMITS,
+        },
+        queue: mq.create_queue::<Queue>().unwrap(),
+        queue_index: 0,
+        notify: EventFd::new(0).unwrap(),
+        interrupt: interrupt.clone(),
+        pool: None,
+    };
+    w.process_queue();
+    assert_eq!(used(&mem, &mq, 0).0, 0);
+    assert_eq!(status(&mem), 0xff);
+    // Once the driver writes a sane index, the same queue serves the chain.
+    mem.write_obj(1u16, mq.avail_addr().unchecked_add(2))
+        .unwrap();
+    w.process_queue();
+    assert_eq!(used(&mem, &mq, 0), (1, 0, 1));
+    assert_eq!(status(&mem), VIRTIO_BLK_S_OK);
+}
