@@ -100,6 +100,23 @@ pub struct DiskConfig {
     pub serial: Option<String>,
 }
 
+/// A `--disk` whose image cannot be used (missing, read-only asked read-write, locked by
+/// another VM): the message names the flag, then the image.
+#[derive(Debug, thiserror::Error)]
+#[error("--disk: {0}")]
+pub struct DiskError(#[from] pub devices::virtio::block::BackendError);
+
+impl DiskConfig {
+    /// Opens and locks the image and makes the virtio-blk device over it.
+    pub fn build(&self) -> Result<devices::virtio::block::Block, DiskError> {
+        let image = devices::virtio::block::DiskImage::open(&self.path, self.read_only)?;
+        Ok(devices::virtio::block::Block::new(
+            image,
+            self.serial.as_deref(),
+        ))
+    }
+}
+
 /// Why a configuration cannot make a VM.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {

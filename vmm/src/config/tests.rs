@@ -238,3 +238,25 @@ fn validate_disks_count_as_pci_devices() {
         Err(ConfigError::TooManyPciDevices(PCI_SLOTS + 1))
     );
 }
+
+#[test]
+fn disk_build_missing_image_error_names_the_flag_and_file() {
+    let d = disk_from_options("path=/nonexistent/minivmm-disk.img").unwrap();
+    let e = d.build().err().unwrap().to_string();
+    assert!(e.starts_with("--disk: "), "{e}");
+    assert!(e.contains("/nonexistent/minivmm-disk.img"), "{e}");
+}
+
+#[test]
+fn disk_build_second_user_of_an_image_is_refused_naming_the_lock() {
+    let t = vmm_sys_util::tempfile::TempFile::new().unwrap();
+    t.as_file().set_len(1 << 20).unwrap();
+    let d = disk_from_options(&format!("path={}", t.as_path().display())).unwrap();
+    let _first = d.build().unwrap();
+    let e = d.build().err().unwrap().to_string();
+    assert!(e.starts_with("--disk: "), "{e}");
+    assert!(
+        e.contains("locked by another process (flock LOCK_EX)"),
+        "{e}"
+    );
+}
