@@ -128,3 +128,8 @@ fn dma_accesses(p: Permissions) -> &'static [Access] {
         Permissions::ReadWrite => &[Access::Read, Access::Write],
     }
 }
+
+#[cfg(test)]
+pub(crate) mod testing;
+#[cfg(test)]
+mod tests;
