@@ -118,6 +118,7 @@ impl<M: GuestMemory> Worker<M> {
         loop {
             if let Err(e) = self.queue.disable_notification(&self.env.mem) {
                 iommu::warn_limited!("virtio-blk: queue unusable: {e}");
+                self.interrupt.set_needs_reset();
                 return;
             }
             // `iter` rather than `pop_descriptor_chain`, whose error log is not rate-limited:
@@ -127,6 +128,7 @@ impl<M: GuestMemory> Worker<M> {
                     Ok(mut avail) => avail.next(),
                     Err(e) => {
                         iommu::warn_limited!("virtio-blk: avail ring unusable: {e}");
+                        self.interrupt.set_needs_reset();
                         return;
                     }
                 };
@@ -153,6 +155,7 @@ impl<M: GuestMemory> Worker<M> {
                 Ok(false) => break,
                 Err(e) => {
                     iommu::warn_limited!("virtio-blk: queue unusable: {e}");
+                    self.interrupt.set_needs_reset();
                     break;
                 }
             }
@@ -182,6 +185,7 @@ impl<M: GuestMemory> Worker<M> {
             Ok(()) => true,
             Err(e) => {
                 iommu::warn_limited!("virtio-blk: cannot return chain {head}: {e}");
+                self.interrupt.set_needs_reset();
                 false
             }
         }

@@ -154,6 +154,7 @@ fn used(mem: &GuestMemoryMmap, q: &MockSplitQueue<GuestMemoryMmap>, i: u64) -> (
 #[derive(Default)]
 struct CountingInterrupt {
     queue_signals: AtomicU32,
+    needs_reset: AtomicU32,
     seen: Mutex<Vec<u16>>,
 }
 
@@ -163,6 +164,9 @@ impl VirtioInterrupt for CountingInterrupt {
         self.seen.lock().unwrap().push(index);
     }
     fn signal_config(&self) {}
+    fn set_needs_reset(&self) {
+        self.needs_reset.fetch_add(1, Ordering::SeqCst);
+    }
 }
 
 #[test]
@@ -338,7 +342,7 @@ fn activated_pool_completes_every_chain_of_a_batch() {
 }
 
 #[test]
-fn avail_index_past_queue_size_serves_nothing_and_worker_survives() {
+fn avail_index_past_queue_size_sets_needs_reset_and_serves_nothing() {
     let mem = memory();
     let t = image_file();
     let mq = MockSplitQueue::new(&mem, QSIZE);
@@ -366,6 +370,7 @@ fn avail_index_past_queue_size_serves_nothing_and_worker_survives() {
     w.process_queue();
     assert_eq!(used(&mem, &mq, 0).0, 0);
     assert_eq!(status(&mem), 0xff);
+    assert_eq!(interrupt.needs_reset.load(Ordering::SeqCst), 1);
     // Once the driver writes a sane index, the same queue serves the chain.
     mem.write_obj(1u16, mq.avail_addr().unchecked_add(2))
         .unwrap();
