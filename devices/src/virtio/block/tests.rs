@@ -545,3 +545,81 @@ fn status_fault_cannot_be_answered() {
 }
 
 mod device;
+
+// --- through the vIOMMU: VirtioMemory::Translated over a page table ---
+
+mod translated {
+    use super::*;
+    use crate::virtio::memory::testing::{translated_dma, PageTable, IOVA_SHIFT};
+
+    fn iova(gpa: u64, len: u64) -> Span {
+        span(gpa + IOVA_SHIFT, len)
+    }
+
+    /// Header, status and DATA mapped; DATA2 is not.
+    fn setup() -> (GuestMemoryMmap, Arc<PageTable>, VirtioMemory) {
+        let mem = memory();
+        let table = Arc::new(PageTable::default());
+        table.map(HDR, 0x1000);
+        table.map(STATUS, 0x1000);
+        table.map(DATA, 0x1000);
+        let vm = VirtioMemory::Translated(translated_dma(&mem, &table));
+        (mem, table, vm)
+    }
+
+    fn chain(readable: &[Span], writable: &[Span]) -> ChainLayout {
+        let mut r = vec![iova(HDR, HEADER_LEN as u64)];
+        r.extend_from_slice(readable);
+        let mut w = writable.to_vec();
+        w.push(iova(STATUS, 1));
+        ChainLayout {
+            readable: r,
+            writable: w,
+        }
+    }
+
+    #[test]
+    fn translated_read_into_mapped_buffer_succeeds() {
+        let (mem, table, vm) = setup();
+        let t = image_file();
+        let disk = open(&t, false);
+        header(&mem, VIRTIO_BLK_T_IN, 7);
+        assert_eq!(run(&vm, &disk, &chain(&[], &[iova(DATA, 512)])), Ok(513));
+        assert_eq!(status(&mem), VIRTIO_BLK_S_OK);
+        assert_eq!(guest_bytes(&mem, DATA, 512), vec![7u8; 512]);
+        assert_eq!(table.faults(), 0);
+    }
+
+    #[test]
+    fn translated_write_from_unmapped_buffer_is_ioerr_faults_and_image_unchanged() {
+        let (mem, table, vm) = setup();
+        let t = image_file();
+        let disk = open(&t, false);
+        header(&mem, VIRTIO_BLK_T_OUT, 2);
+        mem.write_slice(&[0xabu8; 512], GuestAddress(DATA)).unwrap();
+        mem.write_slice(&[0xcdu8; 512], GuestAddress(DATA2))
+            .unwrap();
+        let l = chain(&[iova(DATA, 512), iova(DATA2, 512)], &[]);
+        assert_eq!(run(&vm, &disk, &l), Ok(1));
+        assert_eq!(status(&mem), VIRTIO_BLK_S_IOERR);
+        assert_eq!(
+            read_image(&t, 2 * 512, 1024),
+            [[2u8; 512], [3u8; 512]].concat()
+        );
+        assert!(table.faults() >= 1);
+    }
+
+    #[test]
+    fn translated_read_into_unmapped_buffer_is_ioerr_and_guest_untouched() {
+        let (mem, table, vm) = setup();
+        let t = image_file();
+        let disk = open(&t, false);
+        header(&mem, VIRTIO_BLK_T_IN, 2);
+        let l = chain(&[], &[iova(DATA, 512), iova(DATA2, 512)]);
+        assert_eq!(run(&vm, &disk, &l), Ok(1));
+        assert_eq!(status(&mem), VIRTIO_BLK_S_IOERR);
+        assert_eq!(guest_bytes(&mem, DATA, 512), vec![0u8; 512]);
+        assert_eq!(guest_bytes(&mem, DATA2, 512), vec![0u8; 512]);
+        assert!(table.faults() >= 1);
+    }
+}
