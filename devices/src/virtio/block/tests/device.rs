@@ -378,3 +378,13 @@ fn avail_index_past_queue_size_sets_needs_reset_and_serves_nothing() {
     assert_eq!(used(&mem, &mq, 0), (1, 0, 1));
     assert_eq!(status(&mem), VIRTIO_BLK_S_OK);
 }
+
+#[test]
+fn reset_restores_write_back() {
+    let (_t, mut b) = block(false);
+    b.write_config(32, &[0]);
+    b.reset();
+    let mut wb = [0u8];
+    b.read_config(32, &mut wb);
+    assert_eq!(wb, [1]);
+}
