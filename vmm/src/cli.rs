@@ -59,6 +59,12 @@ pub struct Cli {
     #[arg(long = "device", value_name = "KIND")]
     pub devices: Vec<String>,
 
+    /// Add a virtio-rng device (virtio-pci 1af4:1044) fed from the host's getrandom. With
+    /// --iommu it offers VIRTIO_F_ACCESS_PLATFORM and its DMA goes through the IOMMU; option
+    /// iommu_platform=off (default on) makes it bypass the IOMMU instead.
+    #[arg(long, value_name = "OPTIONS", num_args = 0..=1, default_missing_value = "")]
+    pub rng: Option<String>,
+
     /// Pass a host PCI device through with VFIO; repeatable. The device (BB:DD.F,
     /// DDDD:BB:DD.F or its sysfs path) must be bound to vfio-pci. With --iommu it sits behind
     /// the emulated VT-d unit (which then needs caching-mode=on); without, all guest RAM is
@@ -108,6 +114,11 @@ impl Cli {
                 .devices
                 .iter()
                 .map(|d| config::device_from_options(d))
+                .chain(
+                    self.rng
+                        .as_deref()
+                        .map(|r| config::rng_from_options(r).map(config::DeviceConfig::Rng)),
+                )
                 .collect::<Result<_, _>>()?,
             passthrough: self.vfio,
             disks: self

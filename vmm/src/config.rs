@@ -88,6 +88,16 @@ pub struct DebugExitConfig {
 pub enum DeviceConfig {
     /// QEMU's edu DMA test device (PCI 1234:11e8).
     Edu,
+    /// virtio-rng over virtio-pci (1af4:1044), from the host's getrandom.
+    Rng(RngConfig),
+}
+
+/// `--rng [iommu_platform=on|off]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RngConfig {
+    /// Offer VIRTIO_F_ACCESS_PLATFORM when the VM has an IOMMU (the device's DMA then goes
+    /// through it); off: the device bypasses the IOMMU, as a device with no such feature.
+    pub iommu_platform: bool,
 }
 
 /// A virtio-blk disk over a raw image (`--disk`).
@@ -289,6 +299,14 @@ pub fn device_from_options(s: &str) -> Result<DeviceConfig, OptionError> {
         Some("edu") => Ok(DeviceConfig::Edu),
         _ => Err(o.invalid_kind(s, "expected a device kind (known: edu)")),
     }
+}
+
+/// `--rng [iommu_platform=on|off]`.
+pub fn rng_from_options(s: &str) -> Result<RngConfig, OptionError> {
+    let o = Options::parse("rng", s, &["iommu_platform"], false)?;
+    Ok(RngConfig {
+        iommu_platform: o.on_off("iommu_platform", true)?,
+    })
 }
 
 #[cfg(test)]

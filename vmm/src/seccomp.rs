@@ -39,6 +39,8 @@ pub enum ThreadClass {
     Vcpu,
     /// Device threads: the VFIO interrupt relay ("vfio-irq").
     Device,
+    /// Virtio device workers ("virtio-*"): queue processing off the vCPUs.
+    Virtio,
     /// The background identity map of guest RAM for VFIO ("vfio-map").
     DmaMap,
     /// The event loop and the orderly stop.
@@ -61,6 +63,7 @@ impl ThreadClass {
         match self {
             ThreadClass::Vcpu => allowlist::VCPU,
             ThreadClass::Device => allowlist::RELAY,
+            ThreadClass::Virtio => allowlist::VIRTIO,
             ThreadClass::DmaMap => allowlist::DMA_MAP,
             ThreadClass::Main => allowlist::MAIN,
             ThreadClass::Watchdog => allowlist::WATCHDOG,
@@ -71,6 +74,7 @@ impl ThreadClass {
     pub fn of_device_thread(name: &str) -> ThreadClass {
         match name {
             "vfio-map" => ThreadClass::DmaMap,
+            n if n.starts_with("virtio-") => ThreadClass::Virtio,
             _ => ThreadClass::Device,
         }
     }
@@ -187,6 +191,7 @@ fn syscall_name(nr: libc::c_long) -> &'static str {
         allowlist::COMMON,
         allowlist::VCPU,
         allowlist::RELAY,
+        allowlist::VIRTIO,
         allowlist::DMA_MAP,
         allowlist::MAIN,
     ];

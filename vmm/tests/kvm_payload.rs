@@ -265,6 +265,7 @@ fn help_documents_every_flag() {
         "--memory",
         "--serial",
         "--debug-exit",
+        "--rng",
         "--seccomp",
     ] {
         assert!(text.contains(flag), "--help lacks {flag}");
@@ -571,4 +572,81 @@ fn config_address_scan_without_edu_finds_none() {
     let (code, stdout, _) = run_payload("pcifind", &[]);
     assert!(stdout.contains("pcifind: no edu"), "{stdout}");
     assert_eq!(code, Some(0x81), "stdout: {stdout}");
+}
+
+#[test]
+fn rng_device_with_and_without_iommu_leaves_the_payload_running() {
+    require_kvm();
+    let elf = payload("hello");
+    for (extra, translated) in [
+        (&["--rng"][..], false),
+        (&["--iommu", "--rng"], true),
+        (&["--iommu", "--rng", "iommu_platform=off"], false),
+    ] {
+        let out = minivmm()
+            .args(["--kernel", elf.to_str().unwrap(), "--memory", "64M"])
+            .arg("--debug-exit")
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .output()
+            .expect("minivmm runs");
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(
+            stdout.contains("minivmm-payload: IOAPIC interrupt on vector 0x40"),
+            "{extra:?}: stdout: {stdout}\nstderr: {stderr}"
+        );
+        assert_eq!(out.status.code(), Some(0x43), "{extra:?}: stderr: {stderr}");
+        let line = format!("virtio device type 4 at 00:01.0 (ACCESS_PLATFORM: {translated})");
+        assert!(stderr.contains(&line), "{extra:?}: no {line:?} in {stderr}");
+    }
+}
+
+#[test]
+fn virtio_rng_thread_is_sandboxed_and_stops_with_the_vm() {
+    require_kvm();
+    let elf = payload("idle");
+    let child = minivmm()
+        .args(["--kernel", elf.to_str().unwrap(), "--memory", "32M"])
+        .args(["--serial", "off", "--rng"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("minivmm runs");
+    let pid = child.id();
+    let rng_seccomp = || -> Option<String> {
+        let dir = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+        dir.filter_map(|t| {
+            let p = t.ok()?.path();
+            let comm = std::fs::read_to_string(p.join("comm")).ok()?;
+            let status = std::fs::read_to_string(p.join("status")).ok()?;
+            (comm.trim() == "virtio-rng").then(|| {
+                status
+                    .lines()
+                    .find(|l| l.starts_with("Seccomp:"))
+                    .unwrap_or_default()
+                    .to_string()
+            })
+        })
+        .next()
+    };
+    let start = std::time::Instant::now();
+    let mode = loop {
+        match rng_seccomp() {
+            // Seccomp: 2 is filter mode (proc(5)).
+            Some(m) if m.ends_with('2') => break m,
+            _ if start.elapsed().as_secs() > 20 => break format!("{:?}", rng_seccomp()),
+            _ => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    };
+    kill(pid, libc::SIGTERM);
+    let out = wait_bounded(child, 20);
+    assert!(mode.ends_with('2'), "virtio-rng thread: {mode}");
+    assert_eq!(
+        out.status.code(),
+        Some(128 + libc::SIGTERM),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -15,6 +15,7 @@ pub mod common_config;
 pub mod memory;
 pub mod pci;
 pub mod rng;
+pub mod thread;
 
 pub use memory::VirtioMemory;
 

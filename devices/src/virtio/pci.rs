@@ -41,7 +41,7 @@ use super::{
 use crate::dma::DeviceDma;
 use crate::interrupt::IrqLine;
 use crate::pci::configuration::{
-    BarKind, BarSpec, ConfigError, PciConfiguration, PciIds, COMMAND_INTX_DISABLE,
+    BarKind, BarSpec, ConfigError, PciConfiguration, PciIds, COMMAND_INTX_DISABLE, COMMAND_MASTER,
     REG_COMMAND_STATUS,
 };
 use crate::pci::emulated::{EmulatedMsix, EmulatedMsixError};
@@ -128,6 +128,8 @@ pub enum VirtioPciError {
     Eventfd(std::io::Error),
     #[error("virtio-pci: {0} queues (1..={MAX_QUEUES} supported)")]
     Queues(usize),
+    #[error("virtio: cannot start the device's worker thread: {0}")]
+    Worker(std::io::Error),
 }
 
 /// PCI class, subclass of a virtio device type (what QEMU reports).
@@ -332,9 +334,12 @@ impl VirtioPciDevice {
     }
 
     fn sync_interrupt_modes(&self) {
-        let intx_disabled = self.config.command() & COMMAND_INTX_DISABLE != 0;
-        self.interrupt
-            .set_modes(self.msix.cap().enabled(), intx_disabled);
+        let command = self.config.command();
+        self.interrupt.set_modes(
+            self.msix.cap().enabled(),
+            command & COMMAND_INTX_DISABLE != 0,
+            command & COMMAND_MASTER != 0,
+        );
     }
 
     /// A guest error the device cannot go on from (2.1.2).

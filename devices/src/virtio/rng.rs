@@ -1,20 +1,21 @@
 //! virtio-rng, the entropy device (virtio 1.2 section 5.4): one request queue whose
 //! device-writable buffers the device fills with random bytes from the host's getrandom(2).
-//! The work runs on the device's own thread ("virtio-rng"), woken by the queue's
-//! notification eventfd, never on a vCPU. Each request gets at most [`MAX_BYTES_PER_REQUEST`]
+//! The work runs on the device's own thread ("virtio-rng", started with the device and parked
+//! until activation, [`super::thread`]), woken by the queue's notification eventfd, never on
+//! a vCPU. Each request gets at most [`MAX_BYTES_PER_REQUEST`]
 //! bytes (the used length says how many, 5.4.6.1). A chain with a device-readable buffer is
 //! malformed: it is completed with nothing written, with a rate-limited warning, and the
 //! queue goes on. A buffer the device may not write (a translation fault, memory that is not
 //! RAM) ends the request there: what was written before it is reported, nothing after.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{GuestMemory, Permissions, VolatileSlice};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::EventFd;
 
+use super::thread::{WorkerJob, WorkerThread};
 use super::{
     ActivateContext, ActivateError, VirtioDevice, VirtioInterrupt, VirtioMemory, TYPE_ENTROPY,
 };
@@ -30,40 +31,17 @@ pub const THREAD_NAME: &str = "virtio-rng";
 /// The entropy device.
 pub struct Rng {
     queue_sizes: [u16; 1],
-    worker: Option<Worker>,
-}
-
-struct Worker {
-    stop: EventFd,
-    thread: JoinHandle<()>,
-}
-
-impl Default for Rng {
-    fn default() -> Self {
-        Self::new()
-    }
+    worker: WorkerThread<RngWorker>,
 }
 
 impl Rng {
-    pub fn new() -> Self {
-        Rng {
+    /// The device and its worker thread, parked until the driver activates the device (the
+    /// thread must be started before the vCPUs, which activate devices, run sandboxed).
+    pub fn new() -> std::io::Result<Self> {
+        Ok(Rng {
             queue_sizes: [QUEUE_SIZE],
-            worker: None,
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(w) = self.worker.take() {
-            if w.stop.write(1).is_ok() {
-                let _ = w.thread.join();
-            }
-        }
-    }
-}
-
-impl Drop for Rng {
-    fn drop(&mut self) {
-        self.stop();
+            worker: WorkerThread::spawn(THREAD_NAME)?,
+        })
     }
 }
 
@@ -89,83 +67,50 @@ impl VirtioDevice for Rng {
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        self.stop();
         let active = ctx
             .queues
             .into_iter()
             .find(|q| q.index == 0)
             .ok_or(ActivateError::MissingQueue(0))?;
-        let stop = EventFd::new(EFD_NONBLOCK).map_err(ActivateError::Worker)?;
-        let mut worker = RngWorker {
+        let job = RngWorker {
             queue: active.queue,
             notify: active.notify,
-            stop: stop.try_clone().map_err(ActivateError::Worker)?,
             memory: ctx.memory,
             interrupt: ctx.interrupt,
         };
-        let thread = std::thread::Builder::new()
-            .name(THREAD_NAME.into())
-            .spawn(move || {
-                crate::thread_started(THREAD_NAME);
-                worker.run();
-            })
-            .map_err(ActivateError::Worker)?;
-        self.worker = Some(Worker { stop, thread });
-        Ok(())
+        self.worker.start(job).map_err(ActivateError::Worker)
     }
 
     fn reset(&mut self) {
-        self.stop();
+        self.worker.stop();
     }
 }
 
-/// The device thread's state.
+/// The worker thread's job while the device is active.
 pub(crate) struct RngWorker {
     pub(crate) queue: Queue,
     pub(crate) notify: EventFd,
-    pub(crate) stop: EventFd,
     pub(crate) memory: VirtioMemory,
     pub(crate) interrupt: Arc<dyn VirtioInterrupt>,
 }
 
-impl RngWorker {
-    /// Serves the queue until told to stop.
-    fn run(&mut self) {
-        // Requests made before the thread ran.
-        self.process_queue();
-        loop {
-            let mut fds = [
-                libc::pollfd {
-                    fd: self.notify.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: self.stop.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-            ];
-            // SAFETY: `fds` is a live array of two pollfd structs for the length given.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
-            if n < 0 {
-                if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
-                log::error!("{THREAD_NAME}: poll: {}", std::io::Error::last_os_error());
-                return;
-            }
-            if fds[1].revents != 0 {
-                return;
-            }
-            if fds[0].revents != 0 {
-                // Non-blocking: an error is "nothing pending".
-                let _ = self.notify.read();
-                self.process_queue();
-            }
-        }
+impl WorkerJob for RngWorker {
+    fn fds(&self) -> Vec<RawFd> {
+        vec![self.notify.as_raw_fd()]
     }
 
+    fn start(&mut self) {
+        self.process_queue();
+    }
+
+    fn ready(&mut self, _: usize) {
+        // Non-blocking: an error is "nothing pending".
+        let _ = self.notify.read();
+        self.process_queue();
+    }
+}
+
+impl RngWorker {
     /// Completes every available request; signals the driver if it wants to know.
     pub(crate) fn process_queue(&mut self) {
         let mem = &self.memory;

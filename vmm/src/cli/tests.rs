@@ -1,5 +1,5 @@
 use super::*;
-use crate::config::{DebugExitConfig, DeviceConfig, SerialConfig};
+use crate::config::{DebugExitConfig, DeviceConfig, RngConfig, SerialConfig};
 use crate::seccomp::SeccompMode;
 use iommu::IommuConfig;
 
@@ -53,6 +53,30 @@ fn cli_iommu_and_devices() {
     assert_eq!((i.aw_bits, i.interrupt_remapping), (39, false));
     assert!(parse(&["--kernel", "k", "--iommu", "aw-bits=40"]).is_err());
     assert!(parse(&["--kernel", "k", "--device", "e1000"]).is_err());
+}
+
+#[test]
+fn cli_rng_adds_a_virtio_rng_after_the_devices() {
+    let c = parse(&["--kernel", "k", "--rng", "--device", "edu"]).unwrap();
+    let rng = DeviceConfig::Rng(RngConfig {
+        iommu_platform: true,
+    });
+    assert_eq!(c.devices, vec![DeviceConfig::Edu, rng]);
+}
+
+#[test]
+fn cli_rng_iommu_platform_off_is_kept() {
+    let c = parse(&["--kernel", "k", "--rng", "iommu_platform=off"]).unwrap();
+    let off = DeviceConfig::Rng(RngConfig {
+        iommu_platform: false,
+    });
+    assert_eq!(c.devices, vec![off]);
+}
+
+#[test]
+fn cli_rng_unknown_option_names_the_flag() {
+    let e = parse(&["--kernel", "k", "--rng", "rate=5"]).unwrap_err();
+    assert!(e.contains("--rng"), "{e}");
 }
 
 #[test]
@@ -162,6 +186,8 @@ fn cli_help_describes_every_flag() {
         "--vfio",
         "--disk",
         "readonly=on",
+        "--rng",
+        "iommu_platform",
         "--seccomp",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}");

@@ -166,6 +166,24 @@ fn device_kinds() {
 }
 
 #[test]
+fn rng_defaults_to_iommu_platform_on() {
+    assert_eq!(
+        rng_from_options(""),
+        Ok(RngConfig {
+            iommu_platform: true
+        })
+    );
+    assert_eq!(
+        rng_from_options("iommu_platform=off"),
+        Ok(RngConfig {
+            iommu_platform: false
+        })
+    );
+    assert!(rng_from_options("iommu_platform=maybe").is_err());
+    assert!(rng_from_options("edu").is_err());
+}
+
+#[test]
 fn validate_vfio_without_caching_mode_is_refused() {
     let mut c = config();
     c.passthrough.push("00:04.0".into());

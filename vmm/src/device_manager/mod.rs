@@ -50,6 +50,8 @@ pub enum DeviceManagerError {
     Pci(#[from] PciError),
     #[error(transparent)]
     Passthrough(#[from] AttachError),
+    #[error(transparent)]
+    Virtio(#[from] devices::virtio::pci::VirtioPciError),
     #[error("Cannot open serial output {0}: {1}")]
     SerialFile(PathBuf, #[source] std::io::Error),
     #[error("Stopped by signal {0} during setup")]

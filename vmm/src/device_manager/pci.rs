@@ -7,7 +7,11 @@ use devices::bus::lock;
 use devices::dma::DeviceDma;
 use devices::edu::EduDevice;
 use devices::ioapic::IoapicPin;
+use devices::pci::vectors::VectorWiring;
 use devices::pci::{intx_gsi, PciConfigIo, PciConfigMmio, PciWindow, PrtRoute};
+use devices::virtio::pci::{VirtioPciDevice, VirtioPciError};
+use devices::virtio::rng::Rng;
+use devices::virtio::VirtioDevice;
 use devices::Bdf;
 
 use super::{DeviceManager, DeviceManagerError};
@@ -16,23 +20,69 @@ use crate::layout::*;
 
 /// edu's interrupt pin (INTA, devices/src/edu/pci.rs).
 const EDU_INTX_PIN: u8 = 1;
+/// A virtio-pci function's interrupt pin (INTA, devices/src/virtio/pci.rs).
+const VIRTIO_INTX_PIN: u8 = 1;
 
 impl DeviceManager {
     /// An emulated device in the next free slot: its DMA goes through the IOMMU (if any), its
     /// MSIs through interrupt remapping, its INTx to the IOAPIC pin the _PRT gives it.
     pub(super) fn add_pci_device(&mut self, kind: DeviceConfig) -> Result<(), DeviceManagerError> {
+        match kind {
+            DeviceConfig::Edu => self.add_edu(),
+            DeviceConfig::Rng(rng) => {
+                let dev = Rng::new().map_err(VirtioPciError::Worker)?;
+                self.add_virtio_device(Box::new(dev), rng.iommu_platform)
+            }
+        }
+    }
+
+    fn add_edu(&mut self) -> Result<(), DeviceManagerError> {
         let slot = self.resources.pci_slot()?;
         let address = Bdf::new(0, slot, 0);
-        let dev = match kind {
-            DeviceConfig::Edu => EduDevice::new(
-                address,
-                Arc::new(self.device_dma(address)),
-                self.irq.msi.clone(),
-                self.intx_line(slot, EDU_INTX_PIN),
-            ),
-        };
+        let dev = EduDevice::new(
+            address,
+            Arc::new(self.device_dma(address)),
+            self.irq.msi.clone(),
+            self.intx_line(slot, EDU_INTX_PIN),
+        );
         lock(&self.pci).add_device(Arc::new(Mutex::new(dev)), Some(slot))?;
-        log::info!("{kind:?} device at {address}");
+        log::info!("edu device at {address}");
+        Ok(())
+    }
+
+    /// A virtio device over virtio-pci in the next free slot (made, with its worker threads,
+    /// here during setup: the vCPUs that activate it run sandboxed and cannot start threads).
+    /// With `iommu_platform` and an
+    /// IOMMU, it offers ACCESS_PLATFORM and its DMA goes through the IOMMU with its own
+    /// translation cache; its MSI-X vectors are irqfds on remapped routes (as a passed-through
+    /// function's), its INTA goes to the IOAPIC pin the _PRT gives it.
+    pub(super) fn add_virtio_device(
+        &mut self,
+        device: Box<dyn VirtioDevice>,
+        iommu_platform: bool,
+    ) -> Result<(), DeviceManagerError> {
+        let slot = self.resources.pci_slot()?;
+        let address = Bdf::new(0, slot, 0);
+        let kind = device.device_type();
+        let dma = (iommu_platform && self.irq.iommu.is_some())
+            .then(|| Arc::new(self.device_dma(address)));
+        let translated = dma.is_some();
+        let wiring = VectorWiring {
+            source: address,
+            trigger: self.irq.msi.clone(),
+            routing: Some(self.irq.routing.clone()),
+            watcher: None,
+            name: format!("virtio {address}"),
+        };
+        let intx = self.intx_line(slot, VIRTIO_INTX_PIN);
+        let dev = VirtioPciDevice::new(address, device, self.mem.clone(), dma, wiring, intx)?;
+        if let Some(iommu) = &self.irq.iommu {
+            iommu.add_interrupt_routes(dev.msix().routes());
+        }
+        // The driver's notifications reach the queues' eventfds through BAR writes; the bus
+        // registers dev.notify_eventfds() as ioeventfds once it can.
+        lock(&self.pci).add_device(Arc::new(Mutex::new(dev)), Some(slot))?;
+        log::info!("virtio device type {kind} at {address} (ACCESS_PLATFORM: {translated})");
         Ok(())
     }
 

@@ -194,6 +194,23 @@ pub const RELAY: &[Rule] = &[
     },
 ];
 
+/// Virtio device workers: wait on the queues' notification eventfds (and the stop eventfd),
+/// read them, move data (getrandom for virtio-rng is in COMMON; file I/O for block devices
+/// is added with them), and interrupt the guest: an irqfd write, or a relayed MSI (a masked
+/// vector's, or the VT-d unit's fault event when a translation on this thread faults).
+pub const VIRTIO: &[Rule] = &[
+    any("poll", libc::SYS_poll),
+    any("ppoll", libc::SYS_ppoll),
+    any("epoll_wait", libc::SYS_epoll_wait),
+    any("epoll_pwait", libc::SYS_epoll_pwait),
+    any("read", libc::SYS_read),
+    Rule {
+        name: "ioctl",
+        nr: libc::SYS_ioctl,
+        args: Args::Ioctls(&[KVM_SIGNAL_MSI, KVM_SET_GSI_ROUTING, KVM_IRQFD]),
+    },
+];
+
 /// The background identity map of guest RAM for a passed-through function.
 pub const DMA_MAP: &[Rule] = &[
     Rule {

@@ -34,6 +34,11 @@ fn probe() {
         return;
     };
     let (mode, call) = spec.split_once(':').unwrap();
+    // "CALL@virtio" makes the call from a virtio worker's sandbox instead of a vCPU's.
+    let (call, class) = match call.split_once('@') {
+        Some((c, "virtio")) => (c, ThreadClass::Virtio),
+        _ => (call, ThreadClass::Vcpu),
+    };
     let mode = match mode {
         "on" => SeccompMode::On,
         "log" => SeccompMode::Log,
@@ -44,9 +49,12 @@ fn probe() {
     std::thread::Builder::new()
         .name("seccomp-probe".into())
         .spawn(move || {
-            sandbox(ThreadClass::Vcpu).unwrap();
+            // An eventfd made before the filter goes on, as a worker's are.
+            // SAFETY: eventfd(2) takes no pointers; the descriptor is only read below.
+            let efd = unsafe { libc::eventfd(1, libc::EFD_NONBLOCK) };
+            sandbox(class).unwrap();
             // SAFETY: plain system calls on values that need no memory of ours to stay valid
-            // (the winsize buffer is a local).
+            // (the winsize, pollfd and byte buffers are locals of the sizes given).
             unsafe {
                 match call.as_str() {
                     "socket" => {
@@ -54,6 +62,19 @@ fn probe() {
                     }
                     "getpid" => {
                         libc::getpid();
+                    }
+                    "worker" => {
+                        // What a virtio worker does: wait on an eventfd, read it, getrandom.
+                        let mut p = libc::pollfd {
+                            fd: efd,
+                            events: libc::POLLIN,
+                            revents: 0,
+                        };
+                        libc::poll(&mut p, 1, 0);
+                        let mut v = 0u64;
+                        libc::read(efd, (&mut v as *mut u64).cast(), 8);
+                        let mut b = [0u8; 16];
+                        libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0);
                     }
                     "tiocgwinsz" => {
                         let mut ws: libc::winsize = std::mem::zeroed();
@@ -103,6 +124,31 @@ fn seccomp_on_ioctl_outside_thread_list_traps() {
 }
 
 #[test]
+fn seccomp_virtio_worker_waits_reads_and_gets_random_bytes() {
+    let (code, stdout, stderr) = run_probe("on", "worker@virtio");
+    assert_eq!(code, Some(0), "stdout {stdout} stderr {stderr}");
+    assert!(stdout.contains("PROBE-SURVIVED"));
+}
+
+#[test]
+fn seccomp_virtio_worker_socket_traps() {
+    let (code, _, stderr) = run_probe("on", "socket@virtio");
+    assert_eq!(code, Some(FORBIDDEN_EXIT), "stderr {stderr}");
+}
+
+#[test]
+fn seccomp_virtio_threads_get_the_virtio_class() {
+    assert_eq!(
+        ThreadClass::of_device_thread("virtio-rng"),
+        ThreadClass::Virtio
+    );
+    assert_eq!(
+        ThreadClass::of_device_thread("vfio-irq"),
+        ThreadClass::Device
+    );
+}
+
+#[test]
 fn seccomp_log_forbidden_syscall_passes() {
     let (code, stdout, stderr) = run_probe("log", "socket");
     assert_eq!(code, Some(0), "stdout {stdout} stderr {stderr}");
@@ -114,6 +160,7 @@ fn seccomp_filter_builds_for_every_class() {
     for class in [
         ThreadClass::Vcpu,
         ThreadClass::Device,
+        ThreadClass::Virtio,
         ThreadClass::DmaMap,
         ThreadClass::Main,
         ThreadClass::Watchdog,

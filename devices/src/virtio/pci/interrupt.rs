@@ -27,6 +27,8 @@ struct Intx {
     msix_enabled: bool,
     /// Command register bit 10.
     intx_disabled: bool,
+    /// Command register bit 2: without it the function sends no MSI (PCI 3.0 6.8.1.3).
+    bus_master: bool,
 }
 
 /// The interrupts of one virtio-pci function.
@@ -62,11 +64,12 @@ impl PciInterrupt {
         }
     }
 
-    /// MSI-X enable and the command register's Interrupt Disable changed.
-    pub fn set_modes(&self, msix_enabled: bool, intx_disabled: bool) {
+    /// MSI-X Enable, or the command register's Interrupt Disable or Bus Master, changed.
+    pub fn set_modes(&self, msix_enabled: bool, intx_disabled: bool, bus_master: bool) {
         let mut s = lock(&self.state);
         s.msix_enabled = msix_enabled;
         s.intx_disabled = intx_disabled;
+        s.bus_master = bus_master;
         self.update_intx(&mut s);
     }
 
@@ -112,8 +115,9 @@ impl PciInterrupt {
     fn raise(&self, vector: u16, isr: u8) {
         let mut s = lock(&self.state);
         if s.msix_enabled {
+            let send = s.bus_master && vector != VIRTIO_MSI_NO_VECTOR;
             drop(s);
-            if vector != VIRTIO_MSI_NO_VECTOR {
+            if send {
                 lock(&self.vectors).trigger(usize::from(vector));
             }
             return;

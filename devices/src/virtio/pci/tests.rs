@@ -187,6 +187,7 @@ impl Rig {
     }
 
     fn enable_msix(&mut self) {
+        self.write_config(4, &COMMAND_MASTER.to_le_bytes());
         let cap = self.dev.msix().cap().offset();
         self.write_config(cap + 3, &[0x80]);
         for i in 0..3u64 {
@@ -514,6 +515,21 @@ fn signal_queue_with_msix_sends_the_queues_vector_not_inta() {
 }
 
 #[test]
+fn signal_queue_with_msix_and_bus_master_off_sends_nothing() {
+    let mut r = rig(false);
+    r.enable_msix();
+    r.negotiate(VIRTIO_F_VERSION_1);
+    r.setup_queue0(false);
+    r.w16(QUEUE_MSIX_VECTOR, 1);
+    r.driver_ok();
+    r.write_config(4, &0u16.to_le_bytes());
+    let irq = r.probe.contexts.lock().unwrap()[0].interrupt.clone();
+    irq.signal_queue(0);
+    assert!(r.sent.data().is_empty());
+    assert!(r.line.0.lock().unwrap().is_empty());
+}
+
+#[test]
 fn signal_queue_with_msix_and_no_vector_sends_nothing() {
     let mut r = rig(false);
     r.enable_msix();
@@ -578,7 +594,7 @@ fn post_rng_request(mem: &GuestMemoryMmap, buf: u64, len: u32) {
 
 #[test]
 fn rng_notify_fills_the_buffer_with_random_bytes_and_interrupts() {
-    let mut r = build(false, Some(Box::new(Rng::new())));
+    let mut r = build(false, Some(Box::new(Rng::new().unwrap())));
     r.negotiate(VIRTIO_F_VERSION_1);
     r.setup_queue0(false);
     r.driver_ok();
