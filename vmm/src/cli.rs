@@ -72,10 +72,12 @@ pub struct Cli {
     #[arg(long = "vfio", value_name = "DEVICE")]
     pub vfio: Vec<String>,
 
-    /// Add a virtio-blk disk over a raw image; repeatable. path=FILE[,readonly=on][,serial=ID]:
-    /// the image is locked (flock) so no second VM opens it; readonly=on offers the guest a
-    /// read-only disk and shares the image; serial= is the disk's ID (at most 20 characters).
-    /// The capacity is the file size in whole 512-byte sectors.
+    /// Add a virtio-blk disk (virtio-pci 1af4:1042) over a raw image; repeatable.
+    /// path=FILE[,readonly=on][,serial=ID][,iommu_platform=on|off]: the image is locked
+    /// (flock) so no second VM opens it; readonly=on offers the guest a read-only disk and
+    /// shares the image; serial= is the disk's ID (at most 20 characters); with --iommu the
+    /// disk offers ACCESS_PLATFORM unless iommu_platform=off. The capacity is the file size in
+    /// whole 512-byte sectors.
     #[arg(long = "disk", value_name = "OPTIONS")]
     pub disks: Vec<String>,
 
@@ -119,13 +121,13 @@ impl Cli {
                         .as_deref()
                         .map(|r| config::rng_from_options(r).map(config::DeviceConfig::Rng)),
                 )
+                .chain(
+                    self.disks
+                        .iter()
+                        .map(|d| config::disk_from_options(d).map(config::DeviceConfig::Disk)),
+                )
                 .collect::<Result<_, _>>()?,
             passthrough: self.vfio,
-            disks: self
-                .disks
-                .iter()
-                .map(|d| config::disk_from_options(d))
-                .collect::<Result<_, _>>()?,
             seccomp: self.seccomp,
         })
     }

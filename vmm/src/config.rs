@@ -27,8 +27,6 @@ pub struct VmConfig {
     /// Host PCI functions passed through with VFIO (BB:DD.F, DDDD:BB:DD.F or a sysfs path),
     /// after the emulated devices in slot order.
     pub passthrough: Vec<String>,
-    /// virtio-blk disks (`--disk`, repeatable), in slot order.
-    pub disks: Vec<DiskConfig>,
     pub seccomp: SeccompMode,
 }
 
@@ -84,12 +82,14 @@ pub struct DebugExitConfig {
 }
 
 /// An emulated PCI device.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DeviceConfig {
     /// QEMU's edu DMA test device (PCI 1234:11e8).
     Edu,
     /// virtio-rng over virtio-pci (1af4:1044), from the host's getrandom.
     Rng(RngConfig),
+    /// virtio-blk over virtio-pci (1af4:1042), over a raw image.
+    Disk(DiskConfig),
 }
 
 /// `--rng [iommu_platform=on|off]`.
@@ -108,22 +108,33 @@ pub struct DiskConfig {
     pub read_only: bool,
     /// The GET_ID answer, at most 20 bytes.
     pub serial: Option<String>,
+    /// Offer VIRTIO_F_ACCESS_PLATFORM when the VM has an IOMMU (as `--rng`).
+    pub iommu_platform: bool,
 }
 
-/// A `--disk` whose image cannot be used (missing, read-only asked read-write, locked by
-/// another VM): the message names the flag, then the image.
+/// A `--disk` that cannot be made: the image (missing, read-only asked read-write, locked by
+/// another VM) or the device's threads. The message names the flag.
 #[derive(Debug, thiserror::Error)]
-#[error("--disk: {0}")]
-pub struct DiskError(#[from] pub devices::virtio::block::BackendError);
+pub enum DiskError {
+    #[error("--disk: {0}")]
+    Image(#[from] devices::virtio::block::BackendError),
+    #[error("--disk path={}: cannot start the device's threads: {source}", path.display())]
+    Threads {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
 
 impl DiskConfig {
     /// Opens and locks the image and makes the virtio-blk device over it.
     pub fn build(&self) -> Result<devices::virtio::block::Block, DiskError> {
         let image = devices::virtio::block::DiskImage::open(&self.path, self.read_only)?;
-        Ok(devices::virtio::block::Block::new(
-            image,
-            self.serial.as_deref(),
-        ))
+        devices::virtio::block::Block::new(image, self.serial.as_deref()).map_err(|source| {
+            DiskError::Threads {
+                path: self.path.clone(),
+                source,
+            }
+        })
     }
 }
 
@@ -147,7 +158,7 @@ impl VmConfig {
         if !self.passthrough.is_empty() && self.iommu.is_some_and(|c| !c.caching_mode) {
             return Err(ConfigError::VfioNeedsCachingMode);
         }
-        let pci = self.devices.len() + self.passthrough.len() + self.disks.len();
+        let pci = self.devices.len() + self.passthrough.len();
         if pci > PCI_SLOTS {
             return Err(ConfigError::TooManyPciDevices(pci));
         }
@@ -269,10 +280,15 @@ pub fn iommu_from_options(s: &str) -> Result<IommuConfig, OptionError> {
 /// 5.2.6, VIRTIO_BLK_ID_BYTES).
 pub const DISK_SERIAL_MAX: usize = 20;
 
-/// `--disk path=FILE[,readonly=on][,serial=ID]`. Whether the file opens (exists, is writable
+/// `--disk path=FILE[,readonly=on][,serial=ID][,iommu_platform=on|off]`. Whether the file opens (exists, is writable
 /// when asked read-write, is not locked by another VM) is checked when the device is made.
 pub fn disk_from_options(s: &str) -> Result<DiskConfig, OptionError> {
-    let o = Options::parse("disk", s, &["path", "readonly", "serial"], false)?;
+    let o = Options::parse(
+        "disk",
+        s,
+        &["path", "readonly", "serial", "iommu_platform"],
+        false,
+    )?;
     let path = match o.get("path") {
         Some(p) if !p.is_empty() => PathBuf::from(p),
         Some(p) => return Err(o.invalid("path", p, "expected the path of a raw image")),
@@ -289,6 +305,7 @@ pub fn disk_from_options(s: &str) -> Result<DiskConfig, OptionError> {
         path,
         read_only: o.on_off("readonly", false)?,
         serial,
+        iommu_platform: o.on_off("iommu_platform", true)?,
     })
 }
 

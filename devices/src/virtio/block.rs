@@ -16,13 +16,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use virtio_queue::QueueT;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 pub use backend::{BackendError, DiskImage, SECTOR_SIZE};
-use pool::{IoPool, RequestEnv};
+use pool::{Completions, IoPool, RequestEnv};
 use request::{Limits, VIRTIO_BLK_ID_BYTES};
-use worker::{Worker, WorkerHandle};
+use worker::BlockJob;
 
-use super::{ActivateContext, ActivateError, VirtioDevice, TYPE_BLOCK, VIRTIO_RING_F_EVENT_IDX};
+use super::thread::WorkerThread;
+use super::{
+    ActivateContext, ActivateError, VirtioDevice, VirtioMemory, TYPE_BLOCK, VIRTIO_RING_F_EVENT_IDX,
+};
 
 /// VIRTIO_BLK_F_SEG_MAX: `seg_max` is valid (virtio 1.2 section 5.2.3).
 pub const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
@@ -82,33 +86,44 @@ const LIMITS: Limits = Limits {
 pub struct Block {
     disk: Arc<DiskImage>,
     serial: [u8; VIRTIO_BLK_ID_BYTES],
-    /// `writeback` in the config space: shared with the worker, which reads it per write.
+    /// `writeback` in the config space: shared with the requests, which read it per write.
     writeback: Arc<AtomicBool>,
     queue_sizes: [u16; 1],
-    worker: Option<WorkerHandle>,
+    /// Written by the I/O threads after each completion (one per device, lent to each
+    /// activation).
+    done_evt: EventFd,
+    /// Dropped before `pool`: its job may still have requests in the pool.
+    worker: WorkerThread<BlockJob<VirtioMemory>>,
+    pool: Arc<IoPool>,
+    active: bool,
 }
 
 impl Block {
     /// A device over `disk`; `serial` is the GET_ID answer, cut to 20 bytes and NUL-padded
-    /// (empty when `None`, as QEMU without `serial=`).
-    pub fn new(disk: DiskImage, serial: Option<&str>) -> Self {
+    /// (empty when `None`, as QEMU without `serial=`). Starts the worker thread and the
+    /// [`IO_THREADS`] I/O threads, parked until the driver activates the device: make the
+    /// device during setup, as vCPU threads (which activate it) cannot start threads.
+    pub fn new(disk: DiskImage, serial: Option<&str>) -> std::io::Result<Self> {
         let mut id = [0u8; VIRTIO_BLK_ID_BYTES];
         if let Some(s) = serial {
             let n = s.len().min(VIRTIO_BLK_ID_BYTES);
             id[..n].copy_from_slice(&s.as_bytes()[..n]);
         }
-        Block {
+        Ok(Block {
             disk: Arc::new(disk),
             serial: id,
             writeback: Arc::new(AtomicBool::new(true)),
             queue_sizes: [QUEUE_SIZE],
-            worker: None,
-        }
+            done_evt: EventFd::new(EFD_NONBLOCK)?,
+            worker: WorkerThread::spawn(worker::THREAD_NAME)?,
+            pool: Arc::new(IoPool::new(IO_THREADS)?),
+            active: false,
+        })
     }
 
-    /// Whether a worker is running (activated and not reset).
+    /// Whether the device was activated and not reset since.
     pub fn is_active(&self) -> bool {
-        self.worker.is_some()
+        self.active
     }
 
     fn config_space(&self) -> [u8; config::LEN] {
@@ -147,9 +162,11 @@ impl Block {
         c
     }
 
+    /// Ends the running job, if any: when this returns no request touches guest memory.
     fn stop_worker(&mut self) {
-        if let Some(w) = self.worker.take() {
-            w.stop();
+        if self.active {
+            self.worker.stop();
+            self.active = false;
         }
     }
 }
@@ -209,34 +226,31 @@ impl VirtioDevice for Block {
             return Err(ActivateError::MissingQueue(0));
         };
         q.queue.set_event_idx(event_idx);
-        let env = RequestEnv {
+        let env = Arc::new(RequestEnv {
             mem: ctx.memory,
             disk: Arc::clone(&self.disk),
             serial: self.serial,
             writeback: Arc::clone(&self.writeback),
             limits: LIMITS,
-        };
-        let pool = IoPool::new(&env, IO_THREADS).map_err(ActivateError::Worker)?;
-        let worker = Worker {
+        });
+        let job = BlockJob {
             env,
             queue: q.queue,
             queue_index: q.index,
             notify: q.notify,
             interrupt: ctx.interrupt,
-            pool: Some(pool),
+            pool: Some(Arc::clone(&self.pool)),
+            completions: Arc::new(Completions::new(
+                self.done_evt.try_clone().map_err(ActivateError::Worker)?,
+            )),
         };
-        self.worker = Some(worker::spawn(worker).map_err(ActivateError::Worker)?);
+        self.worker.start(job).map_err(ActivateError::Worker)?;
+        self.active = true;
         Ok(())
     }
 
     fn reset(&mut self) {
         self.stop_worker();
         self.writeback.store(true, Ordering::Relaxed);
-    }
-}
-
-impl Drop for Block {
-    fn drop(&mut self) {
-        self.stop_worker();
     }
 }

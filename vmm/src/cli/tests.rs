@@ -205,10 +205,18 @@ fn cli_disks_repeat_in_order() {
         "path=b.img,readonly=on,serial=b",
     ])
     .unwrap();
-    let paths: Vec<_> = c.disks.iter().map(|d| d.path.clone()).collect();
+    let disks: Vec<_> = c
+        .devices
+        .iter()
+        .filter_map(|d| match d {
+            DeviceConfig::Disk(d) => Some(d.clone()),
+            _ => None,
+        })
+        .collect();
+    let paths: Vec<_> = disks.iter().map(|d| d.path.clone()).collect();
     assert_eq!(paths, vec![PathBuf::from("a.img"), PathBuf::from("b.img")]);
-    assert!(!c.disks[0].read_only && c.disks[1].read_only);
-    assert_eq!(c.disks[1].serial.as_deref(), Some("b"));
-    assert!(parse(&["--kernel", "k"]).unwrap().disks.is_empty());
+    assert!(!disks[0].read_only && disks[1].read_only);
+    assert_eq!(disks[1].serial.as_deref(), Some("b"));
+    assert!(parse(&["--kernel", "k"]).unwrap().devices.is_empty());
     assert!(parse(&["--kernel", "k", "--disk", "file=a.img"]).is_err());
 }

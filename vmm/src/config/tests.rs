@@ -14,7 +14,6 @@ fn config() -> VmConfig {
         iommu: None,
         devices: Vec::new(),
         passthrough: Vec::new(),
-        disks: Vec::new(),
         seccomp: SeccompMode::On,
     }
 }
@@ -213,10 +212,14 @@ fn disk_path_readonly_and_serial() {
             path: "/img/a.raw".into(),
             read_only: true,
             serial: Some("vol-1".into()),
+            iommu_platform: true,
         }
     );
-    let d = disk_from_options("path=b.img").unwrap();
-    assert_eq!((d.read_only, d.serial), (false, None));
+    let d = disk_from_options("path=b.img,iommu_platform=off").unwrap();
+    assert_eq!(
+        (d.read_only, d.serial, d.iommu_platform),
+        (false, None, false)
+    );
 }
 
 #[test]
@@ -249,8 +252,12 @@ fn disk_bad_readonly_value_is_refused() {
 #[test]
 fn validate_disks_count_as_pci_devices() {
     let mut c = config();
-    c.devices = vec![DeviceConfig::Edu; PCI_SLOTS];
-    c.disks.push(disk_from_options("path=a").unwrap());
+    c.devices = vec![DeviceConfig::Edu; PCI_SLOTS - 1];
+    c.devices
+        .push(DeviceConfig::Disk(disk_from_options("path=a").unwrap()));
+    assert_eq!(c.validate(), Ok(()));
+    c.devices
+        .push(DeviceConfig::Disk(disk_from_options("path=b").unwrap()));
     assert_eq!(
         c.validate(),
         Err(ConfigError::TooManyPciDevices(PCI_SLOTS + 1))

@@ -30,7 +30,6 @@ fn config() -> VmConfig {
         iommu: None,
         devices: Vec::new(),
         passthrough: Vec::new(),
-        disks: Vec::new(),
         seccomp: crate::seccomp::SeccompMode::Off,
     }
 }

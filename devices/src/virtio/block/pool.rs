@@ -1,43 +1,32 @@
-//! The virtio-blk I/O pool, QEMU's `aio=threads` model: a few threads take parsed chains from a
-//! channel, run them (`request::process`: translation, `preadv`/`pwritev`/`fdatasync`/
-//! `fallocate`, the status byte) and hand back `(head, used length)` through a list and an
-//! EventFd the queue worker waits on. Requests complete out of order, which virtio allows.
+//! The virtio-blk I/O pool, QEMU's `aio=threads` model: a few threads, started with the device
+//! (the vCPUs that activate it run sandboxed and cannot start threads), take requests from a
+//! channel and run them (`request::process`: translation, `preadv`/`pwritev`/`fdatasync`/
+//! `fallocate`, the status byte). Each activation collects its finished chains in its own
+//! [`Completions`], which the queue worker drains when its EventFd fires; requests complete
+//! out of order, which virtio allows.
 
 use std::io;
-use std::os::unix::io::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use vm_memory::GuestMemory;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::backend::DiskImage;
 use super::request::{self, ChainError, ChainLayout, Limits, RequestContext, VIRTIO_BLK_ID_BYTES};
 
-/// The I/O threads' name, also their seccomp class key (`vmm/src/seccomp.rs`).
+/// The I/O threads' name, also their seccomp class key ("virtio-*", `vmm/src/seccomp.rs`).
 pub const IO_THREAD_NAME: &str = "virtio-blk-io";
 
-/// Everything a request runs against; each I/O thread has its own copy.
+/// Everything a request runs against during one activation.
 pub(super) struct RequestEnv<M> {
     pub mem: M,
     pub disk: Arc<DiskImage>,
     pub serial: [u8; VIRTIO_BLK_ID_BYTES],
     pub writeback: Arc<AtomicBool>,
     pub limits: Limits,
-}
-
-impl<M: Clone> Clone for RequestEnv<M> {
-    fn clone(&self) -> Self {
-        RequestEnv {
-            mem: self.mem.clone(),
-            disk: Arc::clone(&self.disk),
-            serial: self.serial,
-            writeback: Arc::clone(&self.writeback),
-            limits: self.limits,
-        }
-    }
 }
 
 impl<M: GuestMemory> RequestEnv<M> {
@@ -59,12 +48,6 @@ impl<M: GuestMemory> RequestEnv<M> {
     }
 }
 
-/// A popped chain, sorted into its two streams (or why it could not be).
-pub(super) struct Job {
-    pub head: u16,
-    pub layout: Result<ChainLayout, ChainError>,
-}
-
 /// A finished chain: its head and used length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Done {
@@ -72,70 +55,142 @@ pub(super) struct Done {
     pub len: u32,
 }
 
+#[derive(Default)]
+struct Pending {
+    done: Vec<Done>,
+    /// Requests handed to the pool and not finished.
+    in_flight: usize,
+}
+
+/// One activation's requests in the pool: what finished, what is still out, and whether the
+/// activation ended (then requests not yet started are dropped without touching memory).
+pub(super) struct Completions {
+    pending: Mutex<Pending>,
+    idle: Condvar,
+    cancelled: AtomicBool,
+    /// Written after each completion; the queue worker waits on it.
+    evt: EventFd,
+}
+
+impl Completions {
+    pub fn new(evt: EventFd) -> Self {
+        Completions {
+            pending: Mutex::new(Pending::default()),
+            idle: Condvar::new(),
+            cancelled: AtomicBool::new(false),
+            evt,
+        }
+    }
+
+    pub fn evt(&self) -> &EventFd {
+        &self.evt
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn begin(&self) {
+        self.lock().in_flight += 1;
+    }
+
+    fn finish(&self, done: Option<Done>) {
+        let mut p = self.lock();
+        p.done.extend(done);
+        p.in_flight = p.in_flight.saturating_sub(1);
+        if p.in_flight == 0 {
+            self.idle.notify_all();
+        }
+        drop(p);
+        if let Err(e) = self.evt.write(1) {
+            log::error!("virtio-blk: cannot signal a completion: {e}");
+        }
+    }
+
+    /// The chains finished since the last call.
+    pub fn take(&self) -> Vec<Done> {
+        // Non-blocking: an error is "nothing pending".
+        let _ = self.evt.read();
+        std::mem::take(&mut self.lock().done)
+    }
+
+    /// Ends the activation: requests not started are dropped, and this waits for those
+    /// running, so no byte moves into guest memory once it returns.
+    pub fn cancel_and_wait(&self) {
+        self.cancelled.store(true, Ordering::Release);
+        let mut p = self.lock();
+        while p.in_flight > 0 {
+            p = self.idle.wait(p).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+type Task = Box<dyn FnOnce() + Send>;
+
+/// The device's I/O threads, alive from the device's creation to its drop.
 pub(super) struct IoPool {
-    jobs: Option<mpsc::Sender<Job>>,
-    done: Arc<Mutex<Vec<Done>>>,
-    done_evt: EventFd,
+    tasks: Option<mpsc::Sender<Task>>,
     threads: Vec<JoinHandle<()>>,
 }
 
 impl IoPool {
-    /// Starts `threads` I/O threads, each with a copy of `env`.
-    pub fn new<M: GuestMemory + Clone + Send + 'static>(
-        env: &RequestEnv<M>,
-        threads: usize,
-    ) -> io::Result<Self> {
-        let (tx, rx) = mpsc::channel::<Job>();
+    /// Starts `threads` I/O threads.
+    pub fn new(threads: usize) -> io::Result<Self> {
+        let (tx, rx) = mpsc::channel::<Task>();
         let rx = Arc::new(Mutex::new(rx));
         let mut pool = IoPool {
-            jobs: Some(tx),
-            done: Arc::new(Mutex::new(Vec::new())),
-            done_evt: EventFd::new(EFD_NONBLOCK)?,
+            tasks: Some(tx),
             threads: Vec::with_capacity(threads),
         };
         for _ in 0..threads {
-            let env = env.clone();
             let rx = Arc::clone(&rx);
-            let done = Arc::clone(&pool.done);
-            let done_evt = pool.done_evt.try_clone()?;
             // On an error here, dropping `pool` closes the channel and joins those started.
             pool.threads.push(
                 std::thread::Builder::new()
                     .name(IO_THREAD_NAME.to_string())
                     .spawn(move || {
                         crate::thread_started(IO_THREAD_NAME);
-                        io_thread(&env, &rx, &done, &done_evt);
+                        io_thread(&rx);
                     })?,
             );
         }
         Ok(pool)
     }
 
-    /// Queues `job`; gives it back if no I/O thread is left to take it.
-    pub fn submit(&self, job: Job) -> Result<(), Job> {
-        match &self.jobs {
-            Some(tx) => tx.send(job).map_err(|e| e.0),
-            None => Err(job),
+    /// Runs chain `head` of the activation `env`/`done` on an I/O thread (inline when no I/O
+    /// thread is left).
+    pub fn submit<M: GuestMemory + Send + Sync + 'static>(
+        &self,
+        env: &Arc<RequestEnv<M>>,
+        done: &Arc<Completions>,
+        head: u16,
+        layout: Result<ChainLayout, ChainError>,
+    ) {
+        done.begin();
+        let (env, done) = (Arc::clone(env), Arc::clone(done));
+        let task: Task = Box::new(move || {
+            if done.cancelled.load(Ordering::Acquire) {
+                done.finish(None);
+            } else {
+                let len = env.serve(head, layout);
+                done.finish(Some(Done { head, len }));
+            }
+        });
+        match &self.tasks {
+            Some(tx) => {
+                if let Err(mpsc::SendError(task)) = tx.send(task) {
+                    task();
+                }
+            }
+            None => task(),
         }
-    }
-
-    /// The EventFd written after each completion.
-    pub fn done_fd(&self) -> RawFd {
-        self.done_evt.as_raw_fd()
-    }
-
-    /// The chains finished since the last call.
-    pub fn take_done(&self) -> Vec<Done> {
-        let _ = self.done_evt.read();
-        std::mem::take(&mut *self.done.lock().unwrap_or_else(PoisonError::into_inner))
     }
 }
 
 impl Drop for IoPool {
-    /// Closes the channel and waits for the threads: each finishes the request it holds (no
-    /// byte moves into guest memory after the device is reset).
+    /// Closes the channel and waits for the threads.
     fn drop(&mut self) {
-        self.jobs = None;
+        self.tasks = None;
         for t in self.threads.drain(..) {
             if t.join().is_err() {
                 log::error!("virtio-blk: an I/O thread panicked");
@@ -144,26 +199,12 @@ impl Drop for IoPool {
     }
 }
 
-fn io_thread<M: GuestMemory>(
-    env: &RequestEnv<M>,
-    rx: &Mutex<mpsc::Receiver<Job>>,
-    done: &Mutex<Vec<Done>>,
-    done_evt: &EventFd,
-) {
+fn io_thread(rx: &Mutex<mpsc::Receiver<Task>>) {
     loop {
-        let job = rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
-        let Ok(job) = job else {
-            return;
-        };
-        let len = env.serve(job.head, job.layout);
-        done.lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(Done {
-                head: job.head,
-                len,
-            });
-        if let Err(e) = done_evt.write(1) {
-            log::error!("virtio-blk: cannot signal a completion: {e}");
+        let task = rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
+        match task {
+            Ok(task) => task(),
+            Err(_) => return,
         }
     }
 }

@@ -19,9 +19,9 @@ use vm_memory::{
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::tempfile::TempFile;
 
-use super::pool::RequestEnv;
+use super::pool::{Completions, RequestEnv};
 use super::request::*;
-use super::worker::Worker;
+use super::worker::BlockJob;
 use super::*;
 use crate::virtio::{ActiveQueue, VirtioInterrupt, VirtioMemory};
 

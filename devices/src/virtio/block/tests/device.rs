@@ -66,7 +66,7 @@ fn open_image_not_multiple_of_512_rounds_capacity_down() {
 
 fn block(read_only: bool) -> (TempFile, Block) {
     let t = image_file();
-    let b = Block::new(open(&t, read_only), Some("disk-serial"));
+    let b = Block::new(open(&t, read_only), Some("disk-serial")).unwrap();
     (t, b)
 }
 
@@ -151,6 +151,30 @@ fn used(mem: &GuestMemoryMmap, q: &MockSplitQueue<GuestMemoryMmap>, i: u64) -> (
     (idx, id, len)
 }
 
+/// A block job over `mq` with no I/O pool: every chain is served on the calling thread.
+fn inline_job(
+    mem: &GuestMemoryMmap,
+    mq: &MockSplitQueue<GuestMemoryMmap>,
+    t: &TempFile,
+    interrupt: Arc<CountingInterrupt>,
+) -> BlockJob<GuestMemoryMmap> {
+    BlockJob {
+        env: Arc::new(RequestEnv {
+            mem: mem.clone(),
+            disk: Arc::new(open(t, false)),
+            serial: SERIAL,
+            writeback: Arc::new(AtomicBool::new(true)),
+            limits: LIMITS,
+        }),
+        queue: mq.create_queue::<Queue>().unwrap(),
+        queue_index: 0,
+        notify: EventFd::new(0).unwrap(),
+        interrupt,
+        pool: None,
+        completions: Arc::new(Completions::new(EventFd::new(0).unwrap())),
+    }
+}
+
 #[derive(Default)]
 struct CountingInterrupt {
     queue_signals: AtomicU32,
@@ -187,20 +211,7 @@ fn malformed_chain_dropped_with_len_0_and_next_chain_served() {
     )
     .unwrap();
     let interrupt = Arc::new(CountingInterrupt::default());
-    let mut w = Worker {
-        env: RequestEnv {
-            mem: mem.clone(),
-            disk: Arc::new(open(&t, false)),
-            serial: SERIAL,
-            writeback: Arc::new(AtomicBool::new(true)),
-            limits: LIMITS,
-        },
-        queue: mq.create_queue::<Queue>().unwrap(),
-        queue_index: 0,
-        notify: EventFd::new(0).unwrap(),
-        interrupt: interrupt.clone(),
-        pool: None,
-    };
+    let mut w = inline_job(&mem, &mq, &t, interrupt.clone());
     w.process_queue();
     assert_eq!(used(&mem, &mq, 0), (2, 0, 0));
     assert_eq!(used(&mem, &mq, 1), (2, 1, 21));
@@ -225,7 +236,7 @@ fn activated_worker_serves_a_notified_chain_and_reset_stops_it() {
     let mem = memory();
     let t = image_file();
     let mq = MockSplitQueue::new(&mem, QSIZE);
-    let mut b = Block::new(open(&t, false), None);
+    let mut b = Block::new(open(&t, false), None).unwrap();
     let notify = EventFd::new(0).unwrap();
     let kick = notify.try_clone().unwrap();
     let interrupt = Arc::new(CountingInterrupt::default());
@@ -292,7 +303,7 @@ fn activated_pool_completes_every_chain_of_a_batch() {
     let mem = memory();
     let t = image_file();
     let mq = MockSplitQueue::new(&mem, QSIZE);
-    let mut b = Block::new(open(&t, false), None);
+    let mut b = Block::new(open(&t, false), None).unwrap();
     let notify = EventFd::new(0).unwrap();
     let kick = notify.try_clone().unwrap();
     let interrupt = Arc::new(CountingInterrupt::default());
@@ -353,20 +364,7 @@ fn avail_index_past_queue_size_sets_needs_reset_and_serves_nothing() {
     mem.write_obj(QSIZE + 5, mq.avail_addr().unchecked_add(2))
         .unwrap();
     let interrupt = Arc::new(CountingInterrupt::default());
-    let mut w = Worker {
-        env: RequestEnv {
-            mem: mem.clone(),
-            disk: Arc::new(open(&t, false)),
-            serial: SERIAL,
-            writeback: Arc::new(AtomicBool::new(true)),
-            limits: LIMITS,
-        },
-        queue: mq.create_queue::<Queue>().unwrap(),
-        queue_index: 0,
-        notify: EventFd::new(0).unwrap(),
-        interrupt: interrupt.clone(),
-        pool: None,
-    };
+    let mut w = inline_job(&mem, &mq, &t, interrupt.clone());
     w.process_queue();
     assert_eq!(used(&mem, &mq, 0).0, 0);
     assert_eq!(status(&mem), 0xff);
