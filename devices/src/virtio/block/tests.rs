@@ -545,6 +545,7 @@ fn status_fault_cannot_be_answered() {
 }
 
 mod device;
+mod transport;
 
 // --- through the vIOMMU: VirtioMemory::Translated over a page table ---
 
