@@ -45,9 +45,12 @@ pub trait VirtioDevice: Send {
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Writes the device-specific config space (the device drops what it does not accept).
     fn write_config(&mut self, offset: u64, data: &[u8]);
-    /// Starts the device at DRIVER_OK.
+    /// Starts the device at DRIVER_OK. Runs on a vCPU thread, which is sandboxed and cannot
+    /// start threads: a device starts its worker threads when it is made and hands them
+    /// their work here ([`thread::WorkerThread`]).
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError>;
-    /// Device reset / FLR: stops workers and returns to the pre-activate state.
+    /// Device reset / FLR: stops workers and returns to the pre-activate state. When it
+    /// returns, no worker touches guest memory or signals an interrupt for the old setup.
     fn reset(&mut self);
 }
 

@@ -236,7 +236,8 @@ impl VirtioPciDevice {
         let notify = (0..maxima.len())
             .map(|_| EventFd::new(EFD_NONBLOCK).map_err(VirtioPciError::Eventfd))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut offered = device.features() | VIRTIO_F_VERSION_1;
+        // ACCESS_PLATFORM is the transport's to offer: only with a translated DMA path.
+        let mut offered = (device.features() & !VIRTIO_F_ACCESS_PLATFORM) | VIRTIO_F_VERSION_1;
         if dma.is_some() {
             offered |= VIRTIO_F_ACCESS_PLATFORM;
         }
@@ -375,6 +376,10 @@ impl VirtioPciDevice {
         if new & STATUS_DRIVER_OK != 0 && old & STATUS_DRIVER_OK == 0 {
             if new & STATUS_FEATURES_OK == 0 {
                 self.guest_error("DRIVER_OK before FEATURES_OK");
+                return;
+            }
+            // A device that needs a reset stays stopped until it gets one.
+            if self.interrupt.needs_reset() {
                 return;
             }
             if let Err(why) = self.activate() {

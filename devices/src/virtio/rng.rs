@@ -11,7 +11,7 @@
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
-use virtio_queue::{DescriptorChain, Queue, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{GuestMemory, Permissions, VolatileSlice};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -119,7 +119,14 @@ impl RngWorker {
             if let Err(e) = self.queue.disable_notification(mem) {
                 return self.queue_error(&e);
             }
-            while let Some(chain) = self.queue.pop_descriptor_chain(mem) {
+            loop {
+                // iter(), not pop_descriptor_chain(), which logs a guest's bad avail index
+                // without a rate limit and hides it.
+                let chain = match self.queue.iter(mem) {
+                    Ok(mut avail) => avail.next(),
+                    Err(e) => return self.queue_error(&e),
+                };
+                let Some(chain) = chain else { break };
                 let head = chain.head_index();
                 let written = fill_chain(chain);
                 if let Err(e) = self.queue.add_used(mem, head, written) {
@@ -165,9 +172,12 @@ fn fill_chain(chain: DescriptorChain<&VirtioMemory>) -> u32 {
     }
     let mut written = 0usize;
     for d in descriptors {
+        if written >= MAX_BYTES_PER_REQUEST {
+            break;
+        }
         let want = (d.len() as usize).min(MAX_BYTES_PER_REQUEST - written);
         if want == 0 {
-            break;
+            continue;
         }
         // Every page of the buffer translated before a byte is written.
         let slices = match mem.get_slices(d.addr(), want, Permissions::Write) {

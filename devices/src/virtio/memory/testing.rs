@@ -38,6 +38,12 @@ impl PageTable {
         }
     }
 
+    /// Unmaps the page at `gpa`.
+    pub fn unmap(&self, gpa: u64) {
+        let iova = (gpa & !(PAGE - 1)) + IOVA_SHIFT;
+        self.pages.lock().unwrap().retain(|t| t.iova_base != iova);
+    }
+
     pub fn faults(&self) -> usize {
         self.faults.load(Ordering::SeqCst)
     }

@@ -378,6 +378,23 @@ fn queue_enable_with_misaligned_ring_sets_needs_reset() {
 }
 
 #[test]
+fn driver_ok_after_a_guest_error_does_not_activate_until_reset() {
+    let mut r = rig(false);
+    r.negotiate(VIRTIO_F_VERSION_1);
+    r.w16(QUEUE_SELECT, 1);
+    r.w32(QUEUE_DESC, 8);
+    r.w16(QUEUE_ENABLE, 1);
+    r.setup_queue0(false);
+    r.driver_ok();
+    assert_eq!(r.contexts(), 0);
+    r.w8(DEVICE_STATUS, 0);
+    r.negotiate(VIRTIO_F_VERSION_1);
+    r.setup_queue0(false);
+    r.driver_ok();
+    assert_eq!(r.contexts(), 1);
+}
+
+#[test]
 fn status_zero_resets_device_features_queues_and_vectors() {
     let mut r = rig(false);
     r.enable_msix();

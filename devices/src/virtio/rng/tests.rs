@@ -126,6 +126,25 @@ fn request_over_several_buffers_fills_them_in_order() {
 }
 
 #[test]
+fn empty_buffer_in_the_middle_does_not_end_the_request() {
+    let mem = guest_memory();
+    let mock = MockSplitQueue::new(&mem, QSIZE);
+    mock.add_desc_chains(
+        &[
+            desc(0x2_0000, 8, F_WRITE | F_NEXT, 1),
+            desc(0x2_1000, 0, F_WRITE | F_NEXT, 2),
+            desc(0x3_0000, 8, F_WRITE, 0),
+        ],
+        0,
+    )
+    .unwrap();
+    let signals = Arc::new(Signals::default());
+    let mut w = worker(queue(&mock, 0), VirtioMemory::Direct(mem.clone()), &signals);
+    w.process_queue();
+    assert_eq!(used(&mock), vec![(0, 16)]);
+}
+
+#[test]
 fn chain_with_a_readable_buffer_is_completed_empty_and_the_next_is_served() {
     let mem = guest_memory();
     let mock = MockSplitQueue::new(&mem, QSIZE);
@@ -215,6 +234,57 @@ fn rings_the_iommu_does_not_map_set_needs_reset_without_panic() {
     w.process_queue();
     assert!(signals.needs_reset.load(Ordering::SeqCst));
     assert!(used(&mock).is_empty());
+}
+
+#[test]
+fn avail_index_past_the_ring_sets_needs_reset_and_serves_nothing() {
+    let mem = guest_memory();
+    let mock = MockSplitQueue::new(&mem, QSIZE);
+    mock.add_desc_chains(&[desc(0x2_0000, 64, F_WRITE, 0)], 0)
+        .unwrap();
+    // avail.idx 1 + 2 * QSIZE: more chains than the ring holds (2.7.13).
+    mock.avail().idx().store(1 + 2 * QSIZE);
+    let signals = Arc::new(Signals::default());
+    let mut w = worker(queue(&mock, 0), VirtioMemory::Direct(mem.clone()), &signals);
+    w.process_queue();
+    assert!(signals.needs_reset.load(Ordering::SeqCst));
+    assert!(used(&mock).is_empty());
+}
+
+#[test]
+fn translated_buffer_unmapped_and_invalidated_after_one_request_is_refused_on_the_next() {
+    let mem = guest_memory();
+    let table = Arc::new(PageTable::default());
+    let caches = crate::dma::IotlbSet::new();
+    let dma = Arc::new(crate::dma::DeviceDma::new(
+        iommu::Bdf::new(0, 4, 0),
+        mem.clone(),
+        table.clone(),
+        &caches,
+    ));
+    let mock = MockSplitQueue::new(&mem, QSIZE);
+    table.map(0, PAGE);
+    table.map(0x2_0000, PAGE);
+    mock.add_desc_chains(&[desc(0x2_0000 + IOVA_SHIFT, 64, F_WRITE, 0)], 0)
+        .unwrap();
+    let signals = Arc::new(Signals::default());
+    let mut w = worker(
+        queue(&mock, IOVA_SHIFT),
+        VirtioMemory::Translated(dma),
+        &signals,
+    );
+    w.process_queue();
+    assert_eq!(used(&mock), vec![(0, 64)]);
+    // The guest unmaps the buffer page and invalidates (as the VT-d unit would, before its
+    // wait descriptor completes); the cached translation must not outlive it.
+    table.unmap(0x2_0000);
+    iommu::TranslationCaches::invalidate(&*caches, iommu::CacheInvalidation::All);
+    let before = bytes(&mem, 0x2_0000, 64);
+    mock.add_desc_chains(&[desc(0x2_0000 + IOVA_SHIFT, 64, F_WRITE, 0)], 1)
+        .unwrap();
+    w.process_queue();
+    assert_eq!(used(&mock), vec![(0, 64), (1, 0)]);
+    assert_eq!(bytes(&mem, 0x2_0000, 64), before);
 }
 
 #[test]
