@@ -267,6 +267,7 @@ fn help_documents_every_flag() {
         "--serial",
         "--debug-exit",
         "--rng",
+        "--disk",
         "--seccomp",
     ] {
         assert!(text.contains(flag), "--help lacks {flag}");
