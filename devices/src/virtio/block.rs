@@ -25,7 +25,8 @@ use worker::BlockJob;
 
 use super::thread::WorkerThread;
 use super::{
-    ActivateContext, ActivateError, VirtioDevice, VirtioMemory, TYPE_BLOCK, VIRTIO_RING_F_EVENT_IDX,
+    ActivateContext, ActivateError, VirtioDevice, VirtioMemory, TYPE_BLOCK,
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
 
 /// VIRTIO_BLK_F_SEG_MAX: `seg_max` is valid (virtio 1.2 section 5.2.3).
@@ -185,6 +186,7 @@ impl VirtioDevice for Block {
             | VIRTIO_BLK_F_BLK_SIZE
             | VIRTIO_BLK_F_FLUSH
             | VIRTIO_BLK_F_CONFIG_WCE
+            | VIRTIO_RING_F_INDIRECT_DESC
             | VIRTIO_RING_F_EVENT_IDX;
         if self.disk.read_only() {
             common | VIRTIO_BLK_F_RO

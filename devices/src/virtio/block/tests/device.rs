@@ -123,6 +123,7 @@ fn features_read_only_offer_ro_and_no_discard() {
     let (_t, b) = block(false);
     assert_eq!(b.features() & VIRTIO_BLK_F_RO, 0);
     let want = VIRTIO_BLK_F_FLUSH
+        | crate::virtio::VIRTIO_RING_F_INDIRECT_DESC
         | VIRTIO_BLK_F_BLK_SIZE
         | VIRTIO_BLK_F_SEG_MAX
         | VIRTIO_BLK_F_DISCARD
@@ -385,4 +386,33 @@ fn reset_restores_write_back() {
     let mut wb = [0u8];
     b.read_config(32, &mut wb);
     assert_eq!(wb, [1]);
+}
+
+#[test]
+fn indirect_chain_is_served_like_a_direct_one() {
+    let mem = memory();
+    let t = image_file();
+    let mq = MockSplitQueue::new(&mem, QSIZE);
+    header(&mem, VIRTIO_BLK_T_IN, 11);
+    // The indirect table (virtio 1.2 section 2.7.5.3): header, data, status.
+    let table = 0x6_0000u64;
+    for (i, d) in [
+        desc(HDR, 16, F_NEXT, 1),
+        desc(DATA, 512, F_WRITE | F_NEXT, 2),
+        desc(STATUS, 1, F_WRITE, 0),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        mem.write_obj(d, GuestAddress(table + 16 * i as u64))
+            .unwrap();
+    }
+    // VIRTQ_DESC_F_INDIRECT (2.7.5.3).
+    mq.add_desc_chains(&[desc(table, 48, 4, 0)], 0).unwrap();
+    let interrupt = Arc::new(CountingInterrupt::default());
+    let mut w = inline_job(&mem, &mq, &t, interrupt);
+    w.process_queue();
+    assert_eq!(used(&mem, &mq, 0), (1, 0, 513));
+    assert_eq!(guest_bytes(&mem, DATA, 512), vec![11u8; 512]);
+    assert_eq!(status(&mem), VIRTIO_BLK_S_OK);
 }
