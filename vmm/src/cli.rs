@@ -72,6 +72,15 @@ pub struct Cli {
     #[arg(long = "vfio", value_name = "DEVICE")]
     pub vfio: Vec<String>,
 
+    /// Add a virtio-blk disk (virtio-pci 1af4:1042) over a raw image; repeatable.
+    /// path=FILE[,readonly=on][,serial=ID][,iommu_platform=on|off]: the image is locked
+    /// (flock) so no second VM opens it; readonly=on offers the guest a read-only disk and
+    /// shares the image; serial= is the disk's ID (at most 20 characters); with --iommu the
+    /// disk offers ACCESS_PLATFORM unless iommu_platform=off. The capacity is the file size in
+    /// whole 512-byte sectors.
+    #[arg(long = "disk", value_name = "OPTIONS")]
+    pub disks: Vec<String>,
+
     /// The seccomp sandbox: each thread (vCPUs, device threads, the main loop) may make only
     /// the system calls it needs once the guest runs. on: a forbidden call ends minivmm with
     /// a line naming the thread and the call (status 159); log: it is allowed and the kernel
@@ -111,6 +120,11 @@ impl Cli {
                     self.rng
                         .as_deref()
                         .map(|r| config::rng_from_options(r).map(config::DeviceConfig::Rng)),
+                )
+                .chain(
+                    self.disks
+                        .iter()
+                        .map(|d| config::disk_from_options(d).map(config::DeviceConfig::Disk)),
                 )
                 .collect::<Result<_, _>>()?,
             passthrough: self.vfio,

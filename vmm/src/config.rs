@@ -82,12 +82,14 @@ pub struct DebugExitConfig {
 }
 
 /// An emulated PCI device.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DeviceConfig {
     /// QEMU's edu DMA test device (PCI 1234:11e8).
     Edu,
     /// virtio-rng over virtio-pci (1af4:1044), from the host's getrandom.
     Rng(RngConfig),
+    /// virtio-blk over virtio-pci (1af4:1042), over a raw image.
+    Disk(DiskConfig),
 }
 
 /// `--rng [iommu_platform=on|off]`.
@@ -96,6 +98,44 @@ pub struct RngConfig {
     /// Offer VIRTIO_F_ACCESS_PLATFORM when the VM has an IOMMU (the device's DMA then goes
     /// through it); off: the device bypasses the IOMMU, as a device with no such feature.
     pub iommu_platform: bool,
+}
+
+/// A virtio-blk disk over a raw image (`--disk`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    /// The guest may not write (VIRTIO_BLK_F_RO); the image is opened read-only and shared.
+    pub read_only: bool,
+    /// The GET_ID answer, at most 20 bytes.
+    pub serial: Option<String>,
+    /// Offer VIRTIO_F_ACCESS_PLATFORM when the VM has an IOMMU (as `--rng`).
+    pub iommu_platform: bool,
+}
+
+/// A `--disk` that cannot be made: the image (missing, read-only asked read-write, locked by
+/// another VM) or the device's threads. The message names the flag.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    #[error("--disk: {0}")]
+    Image(#[from] devices::virtio::block::BackendError),
+    #[error("--disk path={}: cannot start the device's threads: {source}", path.display())]
+    Threads {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl DiskConfig {
+    /// Opens and locks the image and makes the virtio-blk device over it.
+    pub fn build(&self) -> Result<devices::virtio::block::Block, DiskError> {
+        let image = devices::virtio::block::DiskImage::open(&self.path, self.read_only)?;
+        devices::virtio::block::Block::new(image, self.serial.as_deref()).map_err(|source| {
+            DiskError::Threads {
+                path: self.path.clone(),
+                source,
+            }
+        })
+    }
 }
 
 /// Why a configuration cannot make a VM.
@@ -233,6 +273,39 @@ pub fn iommu_from_options(s: &str) -> Result<IommuConfig, OptionError> {
         caching_mode: o.on_off("caching-mode", d.caching_mode)?,
         device_iotlb: o.on_off("device-iotlb", d.device_iotlb)?,
         x2apic,
+    })
+}
+
+/// The longest `--disk serial=`: the virtio-blk device ID is 20 bytes (virtio 1.2 section
+/// 5.2.6, VIRTIO_BLK_ID_BYTES).
+pub const DISK_SERIAL_MAX: usize = 20;
+
+/// `--disk path=FILE[,readonly=on][,serial=ID][,iommu_platform=on|off]`. Whether the file opens (exists, is writable
+/// when asked read-write, is not locked by another VM) is checked when the device is made.
+pub fn disk_from_options(s: &str) -> Result<DiskConfig, OptionError> {
+    let o = Options::parse(
+        "disk",
+        s,
+        &["path", "readonly", "serial", "iommu_platform"],
+        false,
+    )?;
+    let path = match o.get("path") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        Some(p) => return Err(o.invalid("path", p, "expected the path of a raw image")),
+        None => return Err(o.invalid("path", "", "path=FILE is required")),
+    };
+    let serial = match o.get("serial") {
+        Some(id) if id.len() > DISK_SERIAL_MAX || !id.is_ascii() => {
+            return Err(o.invalid("serial", id, "expected at most 20 ASCII characters"))
+        }
+        Some(id) => Some(id.to_string()),
+        None => None,
+    };
+    Ok(DiskConfig {
+        path,
+        read_only: o.on_off("readonly", false)?,
+        serial,
+        iommu_platform: o.on_off("iommu_platform", true)?,
     })
 }
 

@@ -1,6 +1,6 @@
 //! The one option grammar of every flag that takes settings: `[KIND,]KEY=VALUE[,KEY=VALUE...]`,
 //! as in `--iommu caching-mode=on,aw-bits=39`, `--serial file=/tmp/log`, `--device edu` or
-//! (later) `--disk path=disk.img,readonly=on`. Errors name the flag and the option, in clap's
+//! `--disk path=disk.img,readonly=on`. Errors name the flag and the option, in clap's
 //! words: `invalid value 'x' for '--iommu caching-mode': expected on or off`.
 
 /// Why a flag's option string is wrong.

@@ -2,6 +2,7 @@
 //! tests/payloads/ (assembled here with binutils). They need /dev/kvm and fail, saying so,
 //! without it.
 
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -266,6 +267,7 @@ fn help_documents_every_flag() {
         "--serial",
         "--debug-exit",
         "--rng",
+        "--disk",
         "--seccomp",
     ] {
         assert!(text.contains(flag), "--help lacks {flag}");
@@ -643,6 +645,139 @@ fn virtio_rng_thread_is_sandboxed_and_stops_with_the_vm() {
     kill(pid, libc::SIGTERM);
     let out = wait_bounded(child, 20);
     assert!(mode.ends_with('2'), "virtio-rng thread: {mode}");
+    assert_eq!(
+        out.status.code(),
+        Some(128 + libc::SIGTERM),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A 1 MiB raw image in the test's temp directory.
+fn disk_image(name: &str) -> PathBuf {
+    let img = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+    img
+}
+
+#[test]
+fn disk_device_with_and_without_iommu_leaves_the_payload_running() {
+    require_kvm();
+    let elf = payload("hello");
+    let img = disk_image("disk-running.img");
+    let disk = format!("path={}", img.display());
+    let disk_off = format!("{disk},iommu_platform=off");
+    for (extra, translated) in [
+        (vec!["--disk", disk.as_str()], false),
+        (vec!["--iommu", "--disk", disk.as_str()], true),
+        (vec!["--iommu", "--disk", disk_off.as_str()], false),
+    ] {
+        let out = minivmm()
+            .args(["--kernel", elf.to_str().unwrap(), "--memory", "64M"])
+            .arg("--debug-exit")
+            .args(&extra)
+            .env("RUST_LOG", "info")
+            .output()
+            .expect("minivmm runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0x43), "{extra:?}: stderr: {stderr}");
+        let line = format!("virtio device type 2 at 00:01.0 (ACCESS_PLATFORM: {translated})");
+        assert!(stderr.contains(&line), "{extra:?}: no {line:?} in {stderr}");
+    }
+}
+
+#[test]
+fn disk_missing_image_is_one_clear_line_naming_the_flag() {
+    require_kvm();
+    let elf = payload("hello");
+    let out = output(&[
+        "--kernel",
+        elf.to_str().unwrap(),
+        "--disk",
+        "path=/nonexistent/disk.img",
+    ]);
+    assert_one_line_error(&out, "--disk: Cannot open disk image /nonexistent/disk.img");
+}
+
+#[test]
+fn disk_image_locked_by_another_process_is_one_clear_line() {
+    require_kvm();
+    let elf = payload("hello");
+    let img = disk_image("disk-locked.img");
+    let held = std::fs::File::open(&img).unwrap();
+    // SAFETY: flock on a descriptor this test owns; no memory is passed.
+    assert_eq!(unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_SH) }, 0);
+    let disk = format!("path={}", img.display());
+    let out = output(&["--kernel", elf.to_str().unwrap(), "--disk", &disk]);
+    assert_one_line_error(&out, "is locked by another process (flock LOCK_EX)");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--disk: "));
+    // Read-only users share the image.
+    let out = output(&[
+        "--kernel",
+        elf.to_str().unwrap(),
+        "--memory",
+        "64M",
+        "--debug-exit",
+        "--disk",
+        &format!("{disk},readonly=on"),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0x43),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn virtio_blk_threads_are_sandboxed_and_stop_with_the_vm() {
+    require_kvm();
+    let elf = payload("idle");
+    let img = disk_image("disk-threads.img");
+    let child = minivmm()
+        .args(["--kernel", elf.to_str().unwrap(), "--memory", "32M"])
+        .args([
+            "--serial",
+            "off",
+            "--disk",
+            &format!("path={}", img.display()),
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("minivmm runs");
+    let pid = child.id();
+    // (thread name, whether its Seccomp line says filter mode) for the virtio-blk threads.
+    let blk_threads = || -> Vec<(String, bool)> {
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return Vec::new();
+        };
+        dir.filter_map(|t| {
+            let p = t.ok()?.path();
+            let comm = std::fs::read_to_string(p.join("comm")).ok()?;
+            let status = std::fs::read_to_string(p.join("status")).ok()?;
+            let comm = comm.trim().to_string();
+            comm.starts_with("virtio-blk").then(|| {
+                // Seccomp: 2 is filter mode (proc(5)).
+                let filtered = status.lines().any(|l| l == "Seccomp:\t2");
+                (comm, filtered)
+            })
+        })
+        .collect()
+    };
+    let start = std::time::Instant::now();
+    let threads = loop {
+        let t = blk_threads();
+        if (t.len() == 5 && t.iter().all(|(_, f)| *f)) || start.elapsed().as_secs() > 20 {
+            break t;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    kill(pid, libc::SIGTERM);
+    let out = wait_bounded(child, 20);
+    let workers = threads.iter().filter(|(n, _)| n == "virtio-blk").count();
+    let io = threads.iter().filter(|(n, _)| n == "virtio-blk-io").count();
+    assert_eq!((workers, io), (1, 4), "{threads:?}");
+    assert!(threads.iter().all(|(_, f)| *f), "{threads:?}");
     assert_eq!(
         out.status.code(),
         Some(128 + libc::SIGTERM),

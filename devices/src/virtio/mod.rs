@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use vmm_sys_util::eventfd::EventFd;
 
+pub mod block;
 pub mod common_config;
 pub mod memory;
 pub mod pci;

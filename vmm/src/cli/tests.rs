@@ -184,10 +184,39 @@ fn cli_help_describes_every_flag() {
         "caching-mode",
         "--device",
         "--vfio",
+        "--disk",
+        "readonly=on",
         "--rng",
         "iommu_platform",
         "--seccomp",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
+}
+
+#[test]
+fn cli_disks_repeat_in_order() {
+    let c = parse(&[
+        "--kernel",
+        "k",
+        "--disk",
+        "path=a.img",
+        "--disk",
+        "path=b.img,readonly=on,serial=b",
+    ])
+    .unwrap();
+    let disks: Vec<_> = c
+        .devices
+        .iter()
+        .filter_map(|d| match d {
+            DeviceConfig::Disk(d) => Some(d.clone()),
+            _ => None,
+        })
+        .collect();
+    let paths: Vec<_> = disks.iter().map(|d| d.path.clone()).collect();
+    assert_eq!(paths, vec![PathBuf::from("a.img"), PathBuf::from("b.img")]);
+    assert!(!disks[0].read_only && disks[1].read_only);
+    assert_eq!(disks[1].serial.as_deref(), Some("b"));
+    assert!(parse(&["--kernel", "k"]).unwrap().devices.is_empty());
+    assert!(parse(&["--kernel", "k", "--disk", "file=a.img"]).is_err());
 }

@@ -202,3 +202,86 @@ fn validate_more_pci_devices_than_slots_is_refused() {
         Err(ConfigError::TooManyPciDevices(PCI_SLOTS + 1))
     );
 }
+
+#[test]
+fn disk_path_readonly_and_serial() {
+    let d = disk_from_options("path=/img/a.raw,readonly=on,serial=vol-1").unwrap();
+    assert_eq!(
+        d,
+        DiskConfig {
+            path: "/img/a.raw".into(),
+            read_only: true,
+            serial: Some("vol-1".into()),
+            iommu_platform: true,
+        }
+    );
+    let d = disk_from_options("path=b.img,iommu_platform=off").unwrap();
+    assert_eq!(
+        (d.read_only, d.serial, d.iommu_platform),
+        (false, None, false)
+    );
+}
+
+#[test]
+fn disk_without_path_is_refused_naming_the_option() {
+    assert_eq!(
+        disk_from_options("readonly=on").unwrap_err().to_string(),
+        "invalid value '' for '--disk path': path=FILE is required"
+    );
+    assert!(disk_from_options("path=").is_err());
+    assert!(disk_from_options("b.img").is_err());
+}
+
+#[test]
+fn disk_serial_longer_than_20_bytes_is_refused() {
+    assert!(disk_from_options("path=a,serial=12345678901234567890").is_ok());
+    let e = disk_from_options("path=a,serial=123456789012345678901").unwrap_err();
+    assert!(e.to_string().contains("'--disk serial'"), "{e}");
+}
+
+#[test]
+fn disk_bad_readonly_value_is_refused() {
+    assert_eq!(
+        disk_from_options("path=a,readonly=yes")
+            .unwrap_err()
+            .to_string(),
+        "invalid value 'yes' for '--disk readonly': expected on or off"
+    );
+}
+
+#[test]
+fn validate_disks_count_as_pci_devices() {
+    let mut c = config();
+    c.devices = vec![DeviceConfig::Edu; PCI_SLOTS - 1];
+    c.devices
+        .push(DeviceConfig::Disk(disk_from_options("path=a").unwrap()));
+    assert_eq!(c.validate(), Ok(()));
+    c.devices
+        .push(DeviceConfig::Disk(disk_from_options("path=b").unwrap()));
+    assert_eq!(
+        c.validate(),
+        Err(ConfigError::TooManyPciDevices(PCI_SLOTS + 1))
+    );
+}
+
+#[test]
+fn disk_build_missing_image_error_names_the_flag_and_file() {
+    let d = disk_from_options("path=/nonexistent/minivmm-disk.img").unwrap();
+    let e = d.build().err().unwrap().to_string();
+    assert!(e.starts_with("--disk: "), "{e}");
+    assert!(e.contains("/nonexistent/minivmm-disk.img"), "{e}");
+}
+
+#[test]
+fn disk_build_second_user_of_an_image_is_refused_naming_the_lock() {
+    let t = vmm_sys_util::tempfile::TempFile::new().unwrap();
+    t.as_file().set_len(1 << 20).unwrap();
+    let d = disk_from_options(&format!("path={}", t.as_path().display())).unwrap();
+    let _first = d.build().unwrap();
+    let e = d.build().err().unwrap().to_string();
+    assert!(e.starts_with("--disk: "), "{e}");
+    assert!(
+        e.contains("locked by another process (flock LOCK_EX)"),
+        "{e}"
+    );
+}

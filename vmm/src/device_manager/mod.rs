@@ -54,6 +54,8 @@ pub enum DeviceManagerError {
     Passthrough(#[from] AttachError),
     #[error(transparent)]
     Virtio(#[from] devices::virtio::pci::VirtioPciError),
+    #[error(transparent)]
+    Disk(#[from] crate::config::DiskError),
     #[error("Cannot open serial output {0}: {1}")]
     SerialFile(PathBuf, #[source] std::io::Error),
     #[error("Stopped by signal {0} during setup")]
@@ -136,7 +138,7 @@ impl DeviceManager {
         dm.add_interrupt_controllers()?;
         dm.add_legacy_devices(cfg)?;
         for kind in &cfg.devices {
-            dm.add_pci_device(*kind)?;
+            dm.add_pci_device(kind)?;
         }
         for host in hosts {
             dm.add_passthrough(host)?;

@@ -30,12 +30,15 @@ const VIRTIO_INTX_PIN: u8 = 1;
 impl DeviceManager {
     /// An emulated device in the next free slot: its DMA goes through the IOMMU (if any), its
     /// MSIs through interrupt remapping, its INTx to the IOAPIC pin the _PRT gives it.
-    pub(super) fn add_pci_device(&mut self, kind: DeviceConfig) -> Result<(), DeviceManagerError> {
+    pub(super) fn add_pci_device(&mut self, kind: &DeviceConfig) -> Result<(), DeviceManagerError> {
         match kind {
             DeviceConfig::Edu => self.add_edu(),
             DeviceConfig::Rng(rng) => {
                 let dev = Rng::new().map_err(VirtioPciError::Worker)?;
                 self.add_virtio_device(Box::new(dev), rng.iommu_platform)
+            }
+            DeviceConfig::Disk(disk) => {
+                self.add_virtio_device(Box::new(disk.build()?), disk.iommu_platform)
             }
         }
     }

@@ -212,6 +212,14 @@ pub const VIRTIO: &[Rule] = &[
         nr: libc::SYS_ioctl,
         args: Args::Ioctls(&[KVM_SIGNAL_MSI, KVM_SET_GSI_ROUTING, KVM_IRQFD]),
     },
+    // virtio-blk's I/O threads ("virtio-blk-io") on the image opened during setup: reads and
+    // writes into guest memory, FLUSH, DISCARD / WRITE_ZEROES, and the zeros written when the
+    // file system refuses FALLOC_FL_ZERO_RANGE.
+    any("preadv", libc::SYS_preadv),
+    any("pwritev", libc::SYS_pwritev),
+    any("fdatasync", libc::SYS_fdatasync),
+    any("fallocate", libc::SYS_fallocate),
+    any("pwrite64", libc::SYS_pwrite64),
 ];
 
 /// The background identity map of guest RAM for a passed-through function.

@@ -1,3 +1,4 @@
+use std::os::fd::AsRawFd;
 use std::process::Command;
 
 use super::*;
@@ -52,6 +53,8 @@ fn probe() {
             // An eventfd made before the filter goes on, as a worker's are.
             // SAFETY: eventfd(2) takes no pointers; the descriptor is only read below.
             let efd = unsafe { libc::eventfd(1, libc::EFD_NONBLOCK) };
+            // A disk image opened before the filter goes on, as virtio-blk's is.
+            let img = vmm_sys_util::tempfile::TempFile::new().unwrap().into_file();
             sandbox(class).unwrap();
             // SAFETY: plain system calls on values that need no memory of ours to stay valid
             // (the winsize, pollfd and byte buffers are locals of the sizes given).
@@ -75,6 +78,20 @@ fn probe() {
                         libc::read(efd, (&mut v as *mut u64).cast(), 8);
                         let mut b = [0u8; 16];
                         libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0);
+                    }
+                    "blockio" => {
+                        // What virtio-blk's I/O threads do on an image opened before.
+                        let mut b = [0u8; 512];
+                        let iov = libc::iovec {
+                            iov_base: b.as_mut_ptr().cast(),
+                            iov_len: b.len(),
+                        };
+                        let f = img.as_raw_fd();
+                        assert_eq!(libc::pwritev(f, &iov, 1, 0), 512);
+                        assert_eq!(libc::preadv(f, &iov, 1, 0), 512);
+                        assert_eq!(libc::pwrite(f, b.as_ptr().cast(), 512, 512), 512);
+                        libc::fdatasync(f);
+                        libc::fallocate(f, libc::FALLOC_FL_ZERO_RANGE, 0, 512);
                     }
                     "tiocgwinsz" => {
                         let mut ws: libc::winsize = std::mem::zeroed();
@@ -137,11 +154,21 @@ fn seccomp_virtio_worker_socket_traps() {
 }
 
 #[test]
+fn seccomp_virtio_blk_io_thread_reads_writes_syncs_and_allocates() {
+    let (code, stdout, stderr) = run_probe("on", "blockio@virtio");
+    assert_eq!(code, Some(0), "stdout {stdout} stderr {stderr}");
+    assert!(stdout.contains("PROBE-SURVIVED"));
+}
+
+#[test]
 fn seccomp_virtio_threads_get_the_virtio_class() {
     assert_eq!(
         ThreadClass::of_device_thread("virtio-rng"),
         ThreadClass::Virtio
     );
+    for name in ["virtio-blk", "virtio-blk-io"] {
+        assert_eq!(ThreadClass::of_device_thread(name), ThreadClass::Virtio);
+    }
     assert_eq!(
         ThreadClass::of_device_thread("vfio-irq"),
         ThreadClass::Device
