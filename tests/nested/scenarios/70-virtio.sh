@@ -27,11 +27,12 @@ error() {
 }
 k=(--kernel "$BZIMAGE" --initramfs "$img" --memory 256M)
 error missing-image "--disk.*/run/nested-tmp/no-such.raw" "$MINIVMM" "${k[@]}" --disk path=/run/nested-tmp/no-such.raw
-flock -x "$disk" sleep 120 &
-holder=$!
-sleep 1
+# This shell holds the image's lock while minivmm tries to take it (its own open of the file).
+exec 9>>"$disk"
+flock -x 9
 error locked-image "--disk.*locked" "$MINIVMM" "${k[@]}" --disk "path=$disk"
-kill "$holder" 2>/dev/null; wait "$holder" 2>/dev/null || true
+flock -u 9
+exec 9>&-
 
 # bit LOG DEVICE BIT: the negotiated feature bit BIT of the virtio device with id DEVICE.
 bit() {
