@@ -2,7 +2,9 @@
 # The L1 -> L2 reassignment, in the nested lab (slow: L2 is a guest of a guest of the simulated
 # host, all under TCG; not part of CI): L0's edu goes to L1 behind minivmm's vIOMMU, L1 binds it
 # to vfio-pci and runs minivmm (a static build) to boot L2 with it behind a second vIOMMU, and
-# L2 runs the DMA test program. Exit status 0 when the test passes in L2.
+# L2 runs the DMA test program. Exit status 0 when the test passes in L2. With
+# L2_DEVICE=virtio-blk, minivmm's virtio-blk goes from L1 to L2 instead and L2's virtio_blk
+# reads and writes the image.
 set -euo pipefail
 # shellcheck source=tests/nested/common.sh
 . "$(dirname "$0")/../tests/nested/common.sh"
