@@ -26,7 +26,7 @@ cp "$script" "$work/job/script.sh"
     echo "set -e"
     echo ". '$work/env.sh'"
     echo "export KVER BZIMAGE VMLINUX MODDIR NESTED_WORKDIR='$work' NESTED_DIR='$here'"
-    for v in MINIVMM MINIVMM_STATIC EDU_VFIO_TEST SCENARIOS RUST_LOG BENCH_RUNS BENCH_MINIVMM_ARGS L2_TIMEOUT L2_DEVICE RELIABILITY_RUNS RELIABILITY_UNTIL; do
+    for v in MINIVMM MINIVMM_STATIC EDU_VFIO_TEST SCENARIOS RUST_LOG BENCH_RUNS BENCH_MINIVMM_ARGS L2_TIMEOUT L2_DEVICE BLK_BENCH BENCH_SECONDS RELIABILITY_RUNS RELIABILITY_UNTIL; do
         [ -n "${!v:-}" ] && printf 'export %s=%q\n' "$v" "${!v}"
     done
     printf 'cd %q\n' "$PWD"
