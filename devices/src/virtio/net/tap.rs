@@ -60,7 +60,9 @@ pub enum TapError {
     Permission { name: String },
     #[error("cannot attach to tap {name}: it is in use by another process")]
     Busy { name: String },
-    #[error("cannot attach to tap {name}: {source} (is it a tun interface, or not a tun/tap at all?)")]
+    #[error(
+        "cannot attach to tap {name}: {source} (is it a tun interface, or not a tun/tap at all?)"
+    )]
     Attach {
         name: String,
         #[source]

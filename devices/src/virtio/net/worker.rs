@@ -92,6 +92,7 @@ impl NetJob {
     }
 
     /// Whether the backend is polled (the receive queue may have a chain).
+    #[cfg(test)]
     pub(crate) fn rx_ready(&self) -> bool {
         self.rx_ready
     }
@@ -267,7 +268,10 @@ impl NetJob {
         };
         let total = total_len(&buffers);
         if total < VNET_HDR_LEN as u64 || total > MAX_FRAME as u64 {
-            return self.count_malformed(head, "transmit chain shorter than the header or longer than 64 KiB");
+            return self.count_malformed(
+                head,
+                "transmit chain shorter than the header or longer than 64 KiB",
+            );
         }
         let slices = match translate(&self.mem, &buffers, total as usize, Permissions::Read) {
             Ok(s) => s,
