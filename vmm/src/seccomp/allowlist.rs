@@ -199,7 +199,8 @@ pub const RELAY: &[Rule] = &[
 
 /// Virtio device workers: wait on the queues' notification eventfds (and the stop eventfd),
 /// read them, move data (getrandom for virtio-rng is in COMMON; file I/O for block devices
-/// is added with them), and interrupt the guest: an irqfd write, or a relayed MSI (a masked
+/// below; virtio-net polls its tap, reads frames with read and writes them with writev,
+/// which is in COMMON: the tap's ioctls are made at setup), and interrupt the guest: an irqfd write, or a relayed MSI (a masked
 /// vector's, or the VT-d unit's fault event when a translation on this thread faults).
 pub const VIRTIO: &[Rule] = &[
     any("poll", libc::SYS_poll),

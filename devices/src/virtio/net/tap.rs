@@ -106,13 +106,7 @@ impl Tap {
         // SAFETY: TUNSETIFF reads and writes one `struct ifreq`; `req` is one, live for the call.
         let ret = unsafe { libc::ioctl(fd, TUNSETIFF as _, &mut req as *mut IfReq) };
         if ret < 0 {
-            let e = io::Error::last_os_error();
-            let name = name.to_string();
-            return Err(match e.raw_os_error() {
-                Some(libc::EPERM | libc::EACCES) => TapError::Permission { name },
-                Some(libc::EBUSY) => TapError::Busy { name },
-                _ => TapError::Attach { name, source: e },
-            });
+            return Err(attach_error(name, io::Error::last_os_error()));
         }
         let setup = |what, source| TapError::Setup {
             name: name.to_string(),
@@ -137,6 +131,16 @@ impl Tap {
     /// The interface's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+}
+
+/// What a failed TUNSETIFF on `name` means.
+pub(super) fn attach_error(name: &str, e: io::Error) -> TapError {
+    let name = name.to_string();
+    match e.raw_os_error() {
+        Some(libc::EPERM | libc::EACCES) => TapError::Permission { name },
+        Some(libc::EBUSY) => TapError::Busy { name },
+        _ => TapError::Attach { name, source: e },
     }
 }
 

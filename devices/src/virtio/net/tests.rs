@@ -615,6 +615,16 @@ fn tap_name_too_long_is_refused_before_any_syscall() {
 }
 
 #[test]
+fn tap_attach_permission_denied_names_cap_net_admin() {
+    let e = tap::attach_error("tap0", io::Error::from_raw_os_error(libc::EPERM));
+    assert!(matches!(e, TapError::Permission { .. }), "{e}");
+    assert!(e.to_string().contains("CAP_NET_ADMIN"), "{e}");
+    assert!(e.to_string().contains("ip tuntap add dev tap0"), "{e}");
+    let busy = tap::attach_error("tap0", io::Error::from_raw_os_error(libc::EBUSY));
+    assert!(matches!(busy, TapError::Busy { .. }), "{busy}");
+}
+
+#[test]
 fn tap_ioctl_numbers_match_if_tun_h() {
     // include/uapi/linux/if_tun.h on x86-64.
     assert_eq!(tap::TUNSETIFF, 0x4004_54ca);
