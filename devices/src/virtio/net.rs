@@ -3,11 +3,12 @@
 //! vnet header (`IFF_VNET_HDR`, `TUNSETVNETHDRSZ` 12), so frames pass between the rings and
 //! the tap with no translation of the header.
 //!
-//! Offloads: none are offered (no CSUM, GUEST_CSUM, TSO, UFO), and the tap is told so at
-//! open (`TUNSETOFFLOAD` 0), so the host stack hands the tap whole, checksummed frames and a
-//! guest that negotiated nothing gets nothing it must finish. Wiring the offloads from the
-//! negotiated features is a later step (it needs the ioctl at activation, in the worker's
-//! sandbox).
+//! Offloads (5.1.6.2, 5.1.6.4): checksum and TSO both ways. The device offers CSUM and
+//! HOST_TSO4/6 (the guest may hand the tap partial checksums and 64 KiB TCP segments, which
+//! the host stack finishes) and GUEST_CSUM and GUEST_TSO4/6 (the tap may hand the guest the
+//! same). What the tap may send is set from what the driver accepted (`TUNSETOFFLOAD`, as
+//! QEMU's `virtio_net_apply_guest_offloads`) when the worker starts the job: nothing until
+//! then, so a guest is never handed what it did not negotiate.
 //!
 //! The work runs on the device's thread ("virtio-net", [`super::thread`]), started with the
 //! device and parked until activation: it polls the queues' notification eventfds and, while
@@ -35,6 +36,19 @@ use super::{
     VIRTIO_RING_F_INDIRECT_DESC,
 };
 
+/// VIRTIO_NET_F_CSUM: the device takes packets with a partial checksum (virtio 1.2 section
+/// 5.1.3).
+pub const VIRTIO_NET_F_CSUM: u64 = 1 << 0;
+/// VIRTIO_NET_F_GUEST_CSUM: the driver takes packets with a partial checksum (5.1.3).
+pub const VIRTIO_NET_F_GUEST_CSUM: u64 = 1 << 1;
+/// VIRTIO_NET_F_GUEST_TSO4: the driver takes TCPv4 segments to split (5.1.3).
+pub const VIRTIO_NET_F_GUEST_TSO4: u64 = 1 << 7;
+/// VIRTIO_NET_F_GUEST_TSO6: the driver takes TCPv6 segments to split (5.1.3).
+pub const VIRTIO_NET_F_GUEST_TSO6: u64 = 1 << 8;
+/// VIRTIO_NET_F_HOST_TSO4: the device takes TCPv4 segments to split (5.1.3).
+pub const VIRTIO_NET_F_HOST_TSO4: u64 = 1 << 11;
+/// VIRTIO_NET_F_HOST_TSO6: the device takes TCPv6 segments to split (5.1.3).
+pub const VIRTIO_NET_F_HOST_TSO6: u64 = 1 << 12;
 /// VIRTIO_NET_F_MAC: the device has a given MAC address (virtio 1.2 section 5.1.3).
 pub const VIRTIO_NET_F_MAC: u64 = 1 << 5;
 /// VIRTIO_NET_F_STATUS: the configuration `status` field is valid (section 5.1.3).
@@ -47,12 +61,50 @@ pub const VIRTIO_NET_S_LINK_UP: u16 = 1;
 pub const VNET_HDR_LEN: usize = 12;
 /// Offset of `flags` in the header (section 5.1.6).
 const HDR_FLAGS: usize = 0;
+/// VIRTIO_NET_HDR_F_NEEDS_CSUM: `csum_start`/`csum_offset` say where to finish the checksum
+/// (section 5.1.6).
+const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 0x1;
+/// VIRTIO_NET_HDR_F_DATA_VALID: the checksum was checked (section 5.1.6).
+const VIRTIO_NET_HDR_F_DATA_VALID: u8 = 0x2;
+/// The header flags only a driver with GUEST_CSUM may see (section 5.1.6.4.1).
+const HDR_CSUM_FLAGS: u8 = VIRTIO_NET_HDR_F_NEEDS_CSUM | VIRTIO_NET_HDR_F_DATA_VALID;
+/// Offset of `gso_type` in the header (section 5.1.6).
+const HDR_GSO_TYPE: usize = 1;
+/// `gso_type` values (section 5.1.6).
+const VIRTIO_NET_HDR_GSO_NONE: u8 = 0;
+const VIRTIO_NET_HDR_GSO_TCPV4: u8 = 1;
+const VIRTIO_NET_HDR_GSO_TCPV6: u8 = 4;
+const VIRTIO_NET_HDR_GSO_ECN: u8 = 0x80;
 /// Offset of `num_buffers` in the header (section 5.1.6).
 const HDR_NUM_BUFFERS: usize = 10;
 
-/// The largest frame the device moves, header included: the 65562-byte buffer section
+/// The largest frame the device receives, header included: the 65562-byte buffer section
 /// 5.1.6.3.1 asks of a driver for a GSO receive (a header, an Ethernet header and 64 KiB).
 pub const MAX_FRAME: usize = 65_562;
+/// The largest transmit chain sent (a 64 KiB TSO segment with a VLAN tag and some slack): the
+/// tap refuses what it cannot take, this only bounds the work one chain asks for.
+pub const MAX_TX_FRAME: usize = 128 * 1024;
+
+/// TUN_F_CSUM / TUN_F_TSO4 / TUN_F_TSO6: what the tap's reader takes
+/// (include/uapi/linux/if_tun.h).
+pub const TUN_F_CSUM: u32 = 0x01;
+pub const TUN_F_TSO4: u32 = 0x02;
+pub const TUN_F_TSO6: u32 = 0x04;
+
+/// The tap offloads the driver's `features` allow: TSO only with checksums (QEMU's rule).
+pub fn tap_offloads(features: u64) -> u32 {
+    if features & VIRTIO_NET_F_GUEST_CSUM == 0 {
+        return 0;
+    }
+    let mut f = TUN_F_CSUM;
+    if features & VIRTIO_NET_F_GUEST_TSO4 != 0 {
+        f |= TUN_F_TSO4;
+    }
+    if features & VIRTIO_NET_F_GUEST_TSO6 != 0 {
+        f |= TUN_F_TSO6;
+    }
+    f
+}
 
 /// Receive queue index (section 5.1.2: receiveq1).
 pub const RX_QUEUE: u16 = 0;
@@ -81,10 +133,13 @@ pub struct NetStats {
     /// Transmit chains with a buffer the IOMMU refused.
     pub tx_fault: AtomicU64,
     /// Malformed chains (a buffer in the wrong direction, shorter than the header, longer
-    /// than [`MAX_FRAME`]).
+    /// than [`MAX_TX_FRAME`]).
     pub malformed: AtomicU64,
     /// Packets the tap refused.
     pub tx_error: AtomicU64,
+    /// Received frames with an offload (partial checksum, segment to split) the driver did
+    /// not negotiate.
+    pub rx_offload: AtomicU64,
     /// Frames moved each way.
     pub rx_frames: AtomicU64,
     pub tx_frames: AtomicU64,
@@ -156,7 +211,13 @@ impl VirtioDevice for Net {
     }
 
     fn features(&self) -> u64 {
-        VIRTIO_NET_F_MAC
+        VIRTIO_NET_F_CSUM
+            | VIRTIO_NET_F_GUEST_CSUM
+            | VIRTIO_NET_F_GUEST_TSO4
+            | VIRTIO_NET_F_GUEST_TSO6
+            | VIRTIO_NET_F_HOST_TSO4
+            | VIRTIO_NET_F_HOST_TSO6
+            | VIRTIO_NET_F_MAC
             | VIRTIO_NET_F_STATUS
             | VIRTIO_RING_F_EVENT_IDX
             | VIRTIO_RING_F_INDIRECT_DESC
@@ -204,6 +265,7 @@ impl VirtioDevice for Net {
             tx,
             ctx.interrupt,
             Arc::clone(&self.stats),
+            ctx.features,
         );
         self.worker.start(job).map_err(ActivateError::Worker)?;
         self.active = true;

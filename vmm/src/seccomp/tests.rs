@@ -129,6 +129,15 @@ fn probe() {
                         assert_eq!(libc::poll(&mut p, 1, 1000), 1);
                         let mut frame = [0u8; 128];
                         assert_eq!(libc::read(pair[1], frame.as_mut_ptr().cast(), 128), 72);
+                        // The offloads, set at activation (ENOTTY on a socket; not trapped).
+                        let req = devices::virtio::net::tap::TUNSETOFFLOAD;
+                        libc::ioctl(pair[0], req as _, 0 as libc::c_ulong);
+                    }
+                    "tunsetiff" => {
+                        // Attaching a tap is setup's, never a worker's.
+                        let mut ifr = [0u8; 40];
+                        let req = devices::virtio::net::tap::TUNSETIFF;
+                        libc::ioctl(pair[0], req as _, ifr.as_mut_ptr());
                     }
                     "tiocgwinsz" => {
                         let mut ws: libc::winsize = std::mem::zeroed();
@@ -198,10 +207,17 @@ fn seccomp_virtio_blk_io_thread_reads_writes_syncs_and_allocates() {
 }
 
 #[test]
-fn seccomp_virtio_net_worker_polls_reads_and_writes_its_tap() {
+fn seccomp_virtio_net_worker_polls_reads_writes_and_sets_offloads_on_its_tap() {
     let (code, stdout, stderr) = run_probe("on", "net@virtio");
     assert_eq!(code, Some(0), "stdout {stdout} stderr {stderr}");
     assert!(stdout.contains("PROBE-SURVIVED"));
+}
+
+#[test]
+fn seccomp_virtio_worker_tunsetiff_traps() {
+    let (code, _, stderr) = run_probe("on", "tunsetiff@virtio");
+    assert_eq!(code, Some(FORBIDDEN_EXIT), "stderr {stderr}");
+    assert!(stderr.contains("(ioctl)"), "stderr: {stderr}");
 }
 
 #[test]

@@ -9,10 +9,12 @@ use vm_memory::VolatileSlice;
 /// A frame source and sink the worker thread polls.
 pub trait NetBackend: Send + Sync {
     /// Reads one frame (header first) into `buf`; `ErrorKind::WouldBlock` when none waits.
-    /// A frame longer than `buf` is cut (`buf` is [`super::MAX_FRAME`] long).
+    /// A frame longer than `buf` is cut (the caller's `buf` is longer than any it takes).
     fn read_frame(&self, buf: &mut [u8]) -> io::Result<usize>;
     /// Writes one frame gathered from `bufs` (header first); returns the bytes written.
     fn write_frame(&self, bufs: &[VolatileSlice<'_, ()>]) -> io::Result<usize>;
     /// Readable (poll POLLIN) when a frame waits to be read.
     fn rx_fd(&self) -> RawFd;
+    /// What the backend may hand the reader: `TUN_F_*` bits ([`super::tap_offloads`]).
+    fn set_offloads(&self, offloads: u32) -> io::Result<()>;
 }

@@ -1,7 +1,7 @@
 //! The tap backend: `/dev/net/tun` attached to a tap interface with
 //! `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`, a 12-byte vnet header (`TUNSETVNETHDRSZ`), no
-//! offloads (`TUNSETOFFLOAD` 0) and non-blocking reads. All ioctls happen here, at setup,
-//! before the worker thread's sandbox goes on; the worker only reads and writes the fd.
+//! offloads until the driver's features say which (`TUNSETOFFLOAD`, the one ioctl made after
+//! setup, from the worker thread's sandbox) and non-blocking reads.
 //!
 //! Plain libc ioctls (four requests at setup): no rust-vmm crate publishes a tap
 //! (cloud-hypervisor's `net_util` and Firecracker's tap are in-tree code), and a general tun
@@ -118,14 +118,14 @@ impl Tap {
         if unsafe { libc::ioctl(fd, TUNSETVNETHDRSZ as _, &hdr as *const libc::c_int) } < 0 {
             return Err(setup("TUNSETVNETHDRSZ", io::Error::last_os_error()));
         }
-        // SAFETY: TUNSETOFFLOAD takes its unsigned argument by value; no memory is passed.
-        if unsafe { libc::ioctl(fd, TUNSETOFFLOAD as _, 0 as libc::c_ulong) } < 0 {
-            return Err(setup("TUNSETOFFLOAD", io::Error::last_os_error()));
-        }
-        Ok(Tap {
+        let tap = Tap {
             file,
             name: name.into(),
-        })
+        };
+        // A tap another process left with offloads on hands us nothing the guest did not ask
+        // for before it negotiates.
+        tap.set_offloads(0).map_err(|e| setup("TUNSETOFFLOAD", e))?;
+        Ok(tap)
     }
 
     /// The interface's name.
@@ -173,5 +173,21 @@ impl NetBackend for Tap {
 
     fn rx_fd(&self) -> RawFd {
         self.file.as_raw_fd()
+    }
+
+    fn set_offloads(&self, offloads: u32) -> io::Result<()> {
+        // SAFETY: TUNSETOFFLOAD takes its unsigned argument by value; no memory is passed.
+        let ret = unsafe {
+            libc::ioctl(
+                self.file.as_raw_fd(),
+                TUNSETOFFLOAD as _,
+                libc::c_ulong::from(offloads),
+            )
+        };
+        if ret < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
     }
 }

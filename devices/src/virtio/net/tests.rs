@@ -36,6 +36,7 @@ struct Fake {
     rx: Mutex<VecDeque<Vec<u8>>>,
     tx: Mutex<Vec<Vec<u8>>>,
     evt: EventFd,
+    offloads: Mutex<Vec<u32>>,
 }
 
 impl Fake {
@@ -44,6 +45,7 @@ impl Fake {
             rx: Mutex::new(VecDeque::new()),
             tx: Mutex::new(Vec::new()),
             evt: EventFd::new(EFD_NONBLOCK).unwrap(),
+            offloads: Mutex::new(Vec::new()),
         })
     }
 
@@ -89,6 +91,11 @@ impl NetBackend for Fake {
 
     fn rx_fd(&self) -> RawFd {
         self.evt.as_raw_fd()
+    }
+
+    fn set_offloads(&self, offloads: u32) -> io::Result<()> {
+        self.offloads.lock().unwrap().push(offloads);
+        Ok(())
     }
 }
 
@@ -164,11 +171,11 @@ fn bytes(mem: &GuestMemoryMmap, at: u64, len: usize) -> Vec<u8> {
     b
 }
 
-/// A frame: a vnet header whose flags and num_buffers the tap left as 0xff, then `payload`
+/// A frame: a vnet header with DATA_VALID set and num_buffers left as 0xffff, then `payload`
 /// bytes counting up.
 fn frame(payload: usize) -> Vec<u8> {
     let mut f = vec![0u8; VNET_HDR_LEN];
-    f[0] = 0xff;
+    f[0] = 0x2;
     f[10] = 0xff;
     f[11] = 0xff;
     f.extend((0..payload).map(|i| i as u8));
@@ -198,13 +205,18 @@ impl<'a> Rig<'a> {
         }
     }
 
-    /// The job over direct memory.
+    /// The job over direct memory, no feature negotiated.
     fn job(&self) -> NetJob {
-        self.job_over(VirtioMemory::Direct(self.mem.clone()), 0)
+        self.job_with(0)
+    }
+
+    /// The job over direct memory, the driver having accepted `features`.
+    fn job_with(&self, features: u64) -> NetJob {
+        self.job_over(VirtioMemory::Direct(self.mem.clone()), 0, features)
     }
 
     /// The job over `view`, the rings at their addresses plus `shift`.
-    fn job_over(&self, view: VirtioMemory, shift: u64) -> NetJob {
+    fn job_over(&self, view: VirtioMemory, shift: u64, features: u64) -> NetJob {
         NetJob::new(
             self.backend.clone(),
             view,
@@ -212,6 +224,7 @@ impl<'a> Rig<'a> {
             active(TX_QUEUE, queue(&self.tx, shift)),
             self.signals.clone(),
             self.stats.clone(),
+            features,
         )
     }
 
@@ -221,7 +234,7 @@ impl<'a> Rig<'a> {
         table.map(0, PAGE);
         table.map(TX_RINGS, PAGE);
         let view = VirtioMemory::Translated(translated_dma(self.mem, &table));
-        (self.job_over(view, IOVA_SHIFT), table)
+        (self.job_over(view, IOVA_SHIFT, 0), table)
     }
 }
 
@@ -333,7 +346,7 @@ fn rx_frame_lands_in_the_guest_buffer_with_its_header_and_used_len() {
     job.process_rx();
     assert_eq!(used(&rig.rx), vec![(0, 72)]);
     let got = bytes(&mem, BUF, 72);
-    // flags cleared (no GUEST_CSUM), num_buffers 1 (no MRG_RXBUF), the rest as read.
+    // DATA_VALID cleared (no GUEST_CSUM), num_buffers 1 (no MRG_RXBUF), the rest as read.
     let mut want = frame(60);
     want[0] = 0;
     want[10..12].copy_from_slice(&1u16.to_le_bytes());
@@ -468,7 +481,7 @@ fn rx_rings_the_iommu_does_not_map_set_needs_reset_and_stop_polling() {
     let rig = Rig::new(&mem);
     let table = Arc::new(PageTable::default());
     let view = VirtioMemory::Translated(translated_dma(&mem, &table));
-    let mut job = rig.job_over(view, IOVA_SHIFT);
+    let mut job = rig.job_over(view, IOVA_SHIFT, 0);
     rig.backend.push(frame(20));
     job.process_rx();
     assert!(rig.signals.needs_reset());
@@ -508,23 +521,125 @@ fn config_write_to_the_mac_is_dropped() {
 }
 
 #[test]
-fn features_offer_mac_and_status_and_no_offloads() {
+fn features_offer_mac_status_checksums_and_tso_only() {
     let (_b, n) = net();
     let f = n.features();
     assert_eq!(n.device_type(), 1);
-    assert_eq!(
-        f & (VIRTIO_NET_F_MAC | VIRTIO_NET_F_STATUS),
-        VIRTIO_NET_F_MAC | VIRTIO_NET_F_STATUS
-    );
-    // CSUM 0, GUEST_CSUM 1, GUEST_TSO4 7 .. HOST_UFO 14, MRG_RXBUF 15, CTRL_VQ 17 (5.1.3).
-    for bit in [0, 1, 7, 8, 9, 10, 11, 12, 13, 14, 15, 17] {
+    // CSUM 0, GUEST_CSUM 1, GUEST_TSO4 7, GUEST_TSO6 8, HOST_TSO4 11, HOST_TSO6 12, MAC 5,
+    // STATUS 16 (5.1.3).
+    for bit in [0, 1, 5, 7, 8, 11, 12, 16] {
+        assert_ne!(f & (1 << bit), 0, "bit {bit}");
+    }
+    // GUEST_ECN 9, GUEST_UFO 10, HOST_ECN 13, HOST_UFO 14, MRG_RXBUF 15, CTRL_VQ 17, MQ 22.
+    for bit in [9, 10, 13, 14, 15, 17, 22] {
         assert_eq!(f & (1 << bit), 0, "bit {bit}");
     }
     assert_eq!(n.queue_max_sizes().len(), 2);
 }
 
+// --- offloads ---
+
+const GUEST_ALL: u64 = VIRTIO_NET_F_GUEST_CSUM | VIRTIO_NET_F_GUEST_TSO4 | VIRTIO_NET_F_GUEST_TSO6;
+
+#[test]
+fn tap_offloads_follow_guest_features_and_need_guest_csum() {
+    assert_eq!(tap_offloads(0), 0);
+    assert_eq!(tap_offloads(VIRTIO_NET_F_GUEST_CSUM), TUN_F_CSUM);
+    assert_eq!(
+        tap_offloads(GUEST_ALL),
+        TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6
+    );
+    // TSO without checksums is not something the tap may hand over.
+    assert_eq!(tap_offloads(VIRTIO_NET_F_GUEST_TSO4), 0);
+    // Host-side offloads are about what the guest sends: nothing for the tap's reader.
+    assert_eq!(tap_offloads(VIRTIO_NET_F_CSUM | VIRTIO_NET_F_HOST_TSO4), 0);
+}
+
+#[test]
+fn job_start_sets_the_tap_offloads_from_the_driver_features() {
+    let mem = guest_memory();
+    let rig = Rig::new(&mem);
+    rig.job_with(GUEST_ALL | VIRTIO_NET_F_CSUM).start();
+    rig.job().start();
+    assert_eq!(
+        *rig.backend.offloads.lock().unwrap(),
+        vec![TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6, 0]
+    );
+}
+
+/// A frame whose header has `flags` and `gso_type`.
+fn offload_frame(flags: u8, gso_type: u8) -> Vec<u8> {
+    let mut f = frame(40);
+    f[0] = flags;
+    f[1] = gso_type;
+    f
+}
+
+#[test]
+fn rx_partial_checksum_without_guest_csum_is_dropped_and_the_chain_kept() {
+    let mem = guest_memory();
+    let rig = Rig::new(&mem);
+    rig.rx
+        .add_desc_chains(&[desc(BUF, 1526, F_WRITE, 0)], 0)
+        .unwrap();
+    rig.backend.push(offload_frame(1, 0));
+    rig.backend.push(frame(40));
+    rig.job().process_rx();
+    assert_eq!(count(&rig.stats.rx_offload), 1);
+    assert_eq!(used(&rig.rx), vec![(0, 52)]);
+    assert_eq!(bytes(&mem, BUF, 1), vec![0]);
+}
+
+#[test]
+fn rx_with_guest_csum_keeps_the_checksum_flags() {
+    let mem = guest_memory();
+    let rig = Rig::new(&mem);
+    rig.rx
+        .add_desc_chains(&[desc(BUF, 1526, F_WRITE, 0)], 0)
+        .unwrap();
+    rig.backend.push(offload_frame(1, 0));
+    rig.job_with(VIRTIO_NET_F_GUEST_CSUM).process_rx();
+    assert_eq!(used(&rig.rx), vec![(0, 52)]);
+    assert_eq!(bytes(&mem, BUF, 2), vec![1, 0]);
+}
+
+#[test]
+fn rx_tso_segment_is_delivered_only_with_the_matching_guest_tso() {
+    let mem = guest_memory();
+    let rig = Rig::new(&mem);
+    rig.rx
+        .add_desc_chains(&[desc(BUF, 1526, F_WRITE, 0)], 0)
+        .unwrap();
+    // TCPv6 to a driver with TSO4 only, then TCPv4.
+    rig.backend.push(offload_frame(1, 4));
+    rig.backend.push(offload_frame(1, 1));
+    rig.job_with(VIRTIO_NET_F_GUEST_CSUM | VIRTIO_NET_F_GUEST_TSO4)
+        .process_rx();
+    assert_eq!(count(&rig.stats.rx_offload), 1);
+    assert_eq!(used(&rig.rx), vec![(0, 52)]);
+    assert_eq!(bytes(&mem, BUF, 2), vec![1, 1]);
+}
+
+#[test]
+fn rx_ecn_segment_is_dropped_as_guest_ecn_is_never_offered() {
+    let mem = guest_memory();
+    let rig = Rig::new(&mem);
+    rig.rx
+        .add_desc_chains(&[desc(BUF, 1526, F_WRITE, 0)], 0)
+        .unwrap();
+    rig.backend.push(offload_frame(1, 0x81));
+    rig.job_with(GUEST_ALL).process_rx();
+    assert_eq!(count(&rig.stats.rx_offload), 1);
+    assert!(used(&rig.rx).is_empty());
+}
+
 /// Activates `n` on `rig`'s queues; returns the (rx, tx) notification eventfds.
 fn activate(n: &mut Net, rig: &Rig<'_>) -> (EventFd, EventFd) {
+    activate_with(n, rig, 0)
+}
+
+/// Activates `n` on `rig`'s queues, the driver having accepted `features`.
+fn activate_with(n: &mut Net, rig: &Rig<'_>, features: u64) -> (EventFd, EventFd) {
     let rx = active(RX_QUEUE, queue(&rig.rx, 0));
     let tx = active(TX_QUEUE, queue(&rig.tx, 0));
     let fds = (
@@ -534,11 +649,23 @@ fn activate(n: &mut Net, rig: &Rig<'_>) -> (EventFd, EventFd) {
     let ctx = ActivateContext {
         memory: VirtioMemory::Direct(rig.mem.clone()),
         queues: vec![rx, tx],
-        features: 0,
+        features,
         interrupt: rig.signals.clone(),
     };
     n.activate(ctx).unwrap();
     fds
+}
+
+#[test]
+fn activation_sets_the_tap_offloads_on_the_worker_thread() {
+    let mem = guest_memory();
+    let mut rig = Rig::new(&mem);
+    let (backend, mut n) = net();
+    rig.backend = backend;
+    activate_with(&mut n, &rig, GUEST_ALL);
+    wait_for("offloads set", || {
+        *rig.backend.offloads.lock().unwrap() == [TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6]
+    });
 }
 
 fn wait_for(what: &str, mut done: impl FnMut() -> bool) {

@@ -23,10 +23,7 @@ use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{GuestAddress, GuestMemory, Permissions, VolatileSlice};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{
-    NetBackend, NetStats, HDR_FLAGS, HDR_NUM_BUFFERS, MAX_FRAME, RX_QUEUE, THREAD_NAME, TX_QUEUE,
-    VNET_HDR_LEN,
-};
+use super::*;
 use crate::virtio::thread::WorkerJob;
 use crate::virtio::{ActiveQueue, VirtioInterrupt, VirtioMemory};
 
@@ -49,8 +46,10 @@ pub(crate) struct NetJob {
     /// A queue hit an error only a reset clears.
     rx_broken: bool,
     tx_broken: bool,
-    /// The receive bounce buffer, [`MAX_FRAME`] bytes.
+    /// The receive bounce buffer, longer than [`MAX_FRAME`] so a longer frame shows as one.
     frame: Vec<u8>,
+    /// The driver's features.
+    features: u64,
 }
 
 /// A chain's non-empty buffers: (address, length).
@@ -74,6 +73,7 @@ impl NetJob {
         tx: ActiveQueue,
         interrupt: Arc<dyn VirtioInterrupt>,
         stats: Arc<NetStats>,
+        features: u64,
     ) -> Self {
         NetJob {
             backend,
@@ -87,7 +87,8 @@ impl NetJob {
             rx_ready: true,
             rx_broken: false,
             tx_broken: false,
-            frame: vec![0u8; MAX_FRAME],
+            frame: vec![0u8; MAX_FRAME + 1],
+            features,
         }
     }
 
@@ -108,6 +109,15 @@ impl WorkerJob for NetJob {
     }
 
     fn start(&mut self) {
+        // What the tap may hand the guest, from what the driver accepted.
+        let offloads = tap_offloads(self.features);
+        if let Err(e) = self.backend.set_offloads(offloads) {
+            // The tap keeps handing over what it did: frames the driver did not negotiate are
+            // dropped on receive (`fit_header`).
+            iommu::warn_limited!(
+                "{THREAD_NAME}: cannot set the tap's offloads to {offloads:#x}: {e}"
+            );
+        }
         // Anything already on the rings (a notification before DRIVER_OK took effect).
         self.process_tx();
         self.process_rx();
@@ -194,7 +204,7 @@ impl NetJob {
             NetStats::count(&self.stats.malformed);
             return Ok(Outcome::Again);
         }
-        if n as u64 > capacity {
+        if n > MAX_FRAME || n as u64 > capacity {
             iommu::warn_limited!(
                 "{THREAD_NAME}: a {n}-byte frame does not fit the {capacity}-byte receive chain {head}: dropped"
             );
@@ -203,10 +213,12 @@ impl NetJob {
             return Ok(Outcome::Again);
         }
         let frame = &mut self.frame[..n];
-        // Section 5.1.6.4.1: without GUEST_CSUM the device sets no flags (the tap, offered no
-        // offloads, hands over checksummed frames); without MRG_RXBUF num_buffers is 1.
-        frame[HDR_FLAGS] = 0;
-        frame[HDR_NUM_BUFFERS..HDR_NUM_BUFFERS + 2].copy_from_slice(&1u16.to_le_bytes());
+        if !fit_header(frame, self.features) {
+            // Queued in the tap under an earlier activation's offloads.
+            NetStats::count(&self.stats.rx_offload);
+            self.rx.go_to_previous_position();
+            return Ok(Outcome::Again);
+        }
         let len = match translate(&self.mem, &buffers, n, Permissions::Write) {
             Ok(slices) => {
                 copy_into(&slices, frame);
@@ -267,10 +279,10 @@ impl NetJob {
             return self.count_malformed(head, "transmit chain has a device-writable buffer");
         };
         let total = total_len(&buffers);
-        if total < VNET_HDR_LEN as u64 || total > MAX_FRAME as u64 {
+        if total < VNET_HDR_LEN as u64 || total > MAX_TX_FRAME as u64 {
             return self.count_malformed(
                 head,
-                "transmit chain shorter than the header or longer than 64 KiB",
+                "transmit chain shorter than the header or longer than 128 KiB",
             );
         }
         let slices = match translate(&self.mem, &buffers, total as usize, Permissions::Read) {
@@ -315,6 +327,32 @@ impl NetJob {
             Err(e) => queue_error(&*self.interrupt, index, &e),
         }
     }
+}
+
+/// Fits a received frame's header to the driver's `features` (section 5.1.6.4.1): without
+/// GUEST_CSUM no checksum flag, without MRG_RXBUF `num_buffers` 1. False for a frame the
+/// driver cannot take at all: a partial checksum without GUEST_CSUM, a segment to split of a
+/// kind it did not accept.
+fn fit_header(frame: &mut [u8], features: u64) -> bool {
+    let flags = frame[HDR_FLAGS];
+    if features & VIRTIO_NET_F_GUEST_CSUM == 0 {
+        if flags & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0 {
+            return false;
+        }
+        frame[HDR_FLAGS] = flags & !HDR_CSUM_FLAGS;
+    }
+    let gso_ok = match frame[HDR_GSO_TYPE] & !VIRTIO_NET_HDR_GSO_ECN {
+        VIRTIO_NET_HDR_GSO_NONE => true,
+        VIRTIO_NET_HDR_GSO_TCPV4 => features & VIRTIO_NET_F_GUEST_TSO4 != 0,
+        VIRTIO_NET_HDR_GSO_TCPV6 => features & VIRTIO_NET_F_GUEST_TSO6 != 0,
+        _ => false,
+    };
+    // ECN segments need GUEST_ECN, never offered.
+    if !gso_ok || frame[HDR_GSO_TYPE] & VIRTIO_NET_HDR_GSO_ECN != 0 {
+        return false;
+    }
+    frame[HDR_NUM_BUFFERS..HDR_NUM_BUFFERS + 2].copy_from_slice(&1u16.to_le_bytes());
+    true
 }
 
 /// The chain's non-empty buffers, if all point the way the queue wants (`writable` for

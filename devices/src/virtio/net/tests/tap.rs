@@ -45,6 +45,9 @@ fn ip(args: &[&str]) {
 #[ignore = "needs CAP_NET_ADMIN and ip(8): cargo test -p devices -- --ignored tap_"]
 fn tap_real_arp_request_gets_the_host_reply() {
     let tap = host_tap("t", 7);
+    // The offloads a driver with GUEST_CSUM and GUEST_TSO4/6 gets are ones the tap takes.
+    tap.set_offloads(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)
+        .unwrap();
     let guest_mac = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
     let f = arp_request(guest_mac, 7);
     let mem: GuestMemoryMmap = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
@@ -130,6 +133,7 @@ fn tap_real_job_sends_arp_request_and_receives_the_reply() {
         active(TX_QUEUE, queue(&rig.tx, 0)),
         rig.signals.clone(),
         rig.stats.clone(),
+        0,
     );
     let chains: Vec<_> = (0..8)
         .map(|i| desc(BUF2 + i * 0x1000, 1526, F_WRITE, 0))
