@@ -22,8 +22,8 @@ listener=""
 
 cleanup() {
     # The listener runs in its own session (setsid below): end its process group, by its id.
-    [ -n "$listener" ] && kill -- -"$listener" 2>/dev/null
-    ip netns del "$ns" 2>/dev/null
+    if [ -n "$listener" ]; then kill -- -"$listener" 2>/dev/null || true; fi
+    ip netns del "$ns" 2>/dev/null || true
     rm -f "$recv" "$recv.part" "$fifo" "$wrapper"
 }
 trap cleanup EXIT
