@@ -62,7 +62,8 @@ if [ ! -s "$work/l0-initrd.img" ] || [ "$here/l0-init" -nt "$work/l0-initrd.img"
     || [ "$here/mk-initramfs.sh" -nt "$work/l0-initrd.img" ] || [ "$0" -nt "$work/l0-initrd.img" ]; then
     mods=(irqbypass kvm ccp kvm-amd vfio vfio_iommu_type1 vfio_virqfd vfio-pci-core vfio-pci
           virtio virtio_ring virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci
-          netfs 9pnet 9pnet_virtio 9p)
+          netfs 9pnet 9pnet_virtio 9p
+          tun)
     args=()
     for m in "${mods[@]}"; do args+=(--module "$m"); done
     "$here/mk-initramfs.sh" "$work/l0-initrd.img" "$here/l0-init" "${args[@]}"

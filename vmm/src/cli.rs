@@ -81,6 +81,14 @@ pub struct Cli {
     #[arg(long = "disk", value_name = "OPTIONS")]
     pub disks: Vec<String>,
 
+    /// Add a virtio-net card (virtio-pci 1af4:1041) over a tap interface; repeatable.
+    /// tap=NAME[,mac=MAC][,iommu_platform=on|off]: the tap is created if absent (which needs
+    /// CAP_NET_ADMIN; make it beforehand with `ip tuntap add dev NAME mode tap user USER` to
+    /// run unprivileged); mac= defaults to 52:54:00:12:34:56, the last byte counting up per
+    /// card; with --iommu the card offers ACCESS_PLATFORM unless iommu_platform=off.
+    #[arg(long = "net", value_name = "OPTIONS")]
+    pub nets: Vec<String>,
+
     /// The seccomp sandbox: each thread (vCPUs, device threads, the main loop) may make only
     /// the system calls it needs once the guest runs. on: a forbidden call ends minivmm with
     /// a line naming the thread and the call (status 159); log: it is allowed and the kernel
@@ -125,6 +133,11 @@ impl Cli {
                     self.disks
                         .iter()
                         .map(|d| config::disk_from_options(d).map(config::DeviceConfig::Disk)),
+                )
+                .chain(
+                    self.nets.iter().enumerate().map(|(i, n)| {
+                        config::net_from_options(n, i).map(config::DeviceConfig::Net)
+                    }),
                 )
                 .collect::<Result<_, _>>()?,
             passthrough: self.vfio,

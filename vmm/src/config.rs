@@ -90,6 +90,8 @@ pub enum DeviceConfig {
     Rng(RngConfig),
     /// virtio-blk over virtio-pci (1af4:1042), over a raw image.
     Disk(DiskConfig),
+    /// virtio-net over virtio-pci (1af4:1041), over a tap.
+    Net(NetConfig),
 }
 
 /// `--rng [iommu_platform=on|off]`.
@@ -132,6 +134,45 @@ impl DiskConfig {
         devices::virtio::block::Block::new(image, self.serial.as_deref()).map_err(|source| {
             DiskError::Threads {
                 path: self.path.clone(),
+                source,
+            }
+        })
+    }
+}
+
+/// A virtio-net card over a tap (`--net`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetConfig {
+    /// The tap interface's name (created if absent, which needs CAP_NET_ADMIN).
+    pub tap: String,
+    pub mac: [u8; 6],
+    /// Offer VIRTIO_F_ACCESS_PLATFORM when the VM has an IOMMU (as `--rng`).
+    pub iommu_platform: bool,
+}
+
+/// A `--net` that cannot be made: the tap (missing and not creatable, in use, permission) or
+/// the device's thread. The message names the flag.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("--net tap={tap}: {source}")]
+    Tap {
+        tap: String,
+        source: devices::virtio::net::TapError,
+    },
+    #[error("--net tap={tap}: cannot start the device's thread: {source}")]
+    Thread { tap: String, source: std::io::Error },
+}
+
+impl NetConfig {
+    /// Opens the tap and makes the virtio-net device over it.
+    pub fn build(&self) -> Result<devices::virtio::net::Net, NetError> {
+        let tap = devices::virtio::net::Tap::open(&self.tap).map_err(|source| NetError::Tap {
+            tap: self.tap.clone(),
+            source,
+        })?;
+        devices::virtio::net::Net::new(std::sync::Arc::new(tap), self.mac).map_err(|source| {
+            NetError::Thread {
+                tap: self.tap.clone(),
                 source,
             }
         })
@@ -322,6 +363,60 @@ pub fn device_from_options(s: &str) -> Result<DeviceConfig, OptionError> {
 pub fn rng_from_options(s: &str) -> Result<RngConfig, OptionError> {
     let o = Options::parse("rng", s, &["iommu_platform"], false)?;
     Ok(RngConfig {
+        iommu_platform: o.on_off("iommu_platform", true)?,
+    })
+}
+
+/// The MAC of the `index`th `--net` without `mac=`: QEMU's default 52:54:00:12:34:56 (a
+/// locally administered unicast address), the last byte counting up per card.
+pub fn default_mac(index: usize) -> [u8; 6] {
+    [
+        0x52,
+        0x54,
+        0x00,
+        0x12,
+        0x34,
+        0x56u8.wrapping_add(index as u8),
+    ]
+}
+
+/// `XX:XX:XX:XX:XX:XX`, a unicast address other than all zeros.
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in mac.iter_mut() {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    let unicast = mac[0] & 1 == 0 && mac != [0; 6];
+    (parts.next().is_none() && unicast).then_some(mac)
+}
+
+/// `--net tap=NAME[,mac=MAC][,iommu_platform=on|off]`, the `index`th `--net` (which picks
+/// the default MAC). Whether the tap opens is checked when the device is made.
+pub fn net_from_options(s: &str, index: usize) -> Result<NetConfig, OptionError> {
+    let o = Options::parse("net", s, &["tap", "mac", "iommu_platform"], false)?;
+    let tap = match o.get("tap") {
+        Some(t) if !t.is_empty() && t.len() < devices::virtio::net::tap::IFNAMSIZ => t.to_string(),
+        Some(t) => return Err(o.invalid("tap", t, "expected an interface name of 1 to 15 bytes")),
+        None => return Err(o.invalid("tap", "", "tap=NAME is required")),
+    };
+    let mac = match o.get("mac") {
+        None => default_mac(index),
+        Some(m) => parse_mac(m).ok_or_else(|| {
+            o.invalid(
+                "mac",
+                m,
+                "expected a unicast MAC address such as 52:54:00:12:34:56",
+            )
+        })?,
+    };
+    Ok(NetConfig {
+        tap,
+        mac,
         iommu_platform: o.on_off("iommu_platform", true)?,
     })
 }

@@ -268,6 +268,7 @@ fn help_documents_every_flag() {
         "--debug-exit",
         "--rng",
         "--disk",
+        "--net",
         "--seccomp",
     ] {
         assert!(text.contains(flag), "--help lacks {flag}");
@@ -783,5 +784,66 @@ fn virtio_blk_threads_are_sandboxed_and_stop_with_the_vm() {
         Some(128 + libc::SIGTERM),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A tap name of this test process's own (taps minivmm creates vanish with it).
+fn tap_name(tag: &str) -> String {
+    format!("mv{tag}{}", std::process::id() % 100_000)
+}
+
+#[test]
+#[ignore = "creates a tap: needs CAP_NET_ADMIN (cargo test -p minivmm --test kvm_payload -- --ignored net_)"]
+fn net_device_over_a_tap_with_and_without_iommu_leaves_the_payload_running() {
+    require_kvm();
+    let elf = payload("hello");
+    let tap = format!("tap={}", tap_name("p"));
+    let tap_off = format!("{tap},iommu_platform=off");
+    for (extra, translated) in [
+        (vec!["--net", tap.as_str()], false),
+        (vec!["--iommu", "--net", tap.as_str()], true),
+        (vec!["--iommu", "--net", tap_off.as_str()], false),
+    ] {
+        let out = minivmm()
+            .args(["--kernel", elf.to_str().unwrap(), "--memory", "64M"])
+            .arg("--debug-exit")
+            .args(&extra)
+            .env("RUST_LOG", "info")
+            .output()
+            .expect("minivmm runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0x43), "{extra:?}: stderr: {stderr}");
+        let line = format!("virtio device type 1 at 00:01.0 (ACCESS_PLATFORM: {translated})");
+        assert!(stderr.contains(&line), "{extra:?}: no {line:?} in {stderr}");
+    }
+}
+
+#[test]
+#[ignore = "creates a tap: needs CAP_NET_ADMIN (cargo test -p minivmm --test kvm_payload -- --ignored net_)"]
+fn net_tap_in_use_by_another_vm_is_one_clear_line_naming_the_flag() {
+    require_kvm();
+    let idle = payload("idle");
+    let hello = payload("hello");
+    let name = tap_name("b");
+    let tap = format!("tap={name}");
+    let first = minivmm()
+        .args(["--kernel", idle.to_str().unwrap(), "--memory", "32M"])
+        .args(["--serial", "off", "--net", &tap])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("minivmm runs");
+    let pid = first.id();
+    // The first VM holds the tap once its interface exists.
+    let start = std::time::Instant::now();
+    while !Path::new(&format!("/sys/class/net/{name}")).exists() {
+        assert!(start.elapsed().as_secs() < 20, "first VM made no tap");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = output(&["--kernel", hello.to_str().unwrap(), "--net", &tap]);
+    kill(pid, libc::SIGTERM);
+    wait_bounded(first, 20);
+    assert_one_line_error(
+        &out,
+        &format!("--net {tap}: cannot attach to tap {name}: it is in use"),
     );
 }

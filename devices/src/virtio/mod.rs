@@ -13,12 +13,15 @@ use vmm_sys_util::eventfd::EventFd;
 pub mod block;
 pub mod common_config;
 pub mod memory;
+pub mod net;
 pub mod pci;
 pub mod rng;
 pub mod thread;
 
 pub use memory::VirtioMemory;
 
+/// Device type of a network card (virtio 1.2 section 5).
+pub const TYPE_NET: u16 = 1;
 /// Device type of a block device (virtio 1.2 section 5).
 pub const TYPE_BLOCK: u16 = 2;
 /// Device type of an entropy source (virtio 1.2 section 5).
@@ -35,7 +38,7 @@ pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
 
 /// One device type's model, driven by the transport.
 pub trait VirtioDevice: Send {
-    /// virtio 1.2 section 5: 2 block, 4 entropy.
+    /// virtio 1.2 section 5: 1 network, 2 block, 4 entropy.
     fn device_type(&self) -> u16;
     /// One entry per queue: the largest size the device supports.
     fn queue_max_sizes(&self) -> &[u16];

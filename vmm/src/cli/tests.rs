@@ -188,6 +188,8 @@ fn cli_help_describes_every_flag() {
         "readonly=on",
         "--rng",
         "iommu_platform",
+        "--net",
+        "tap=NAME",
         "--seccomp",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}");
@@ -219,4 +221,43 @@ fn cli_disks_repeat_in_order() {
     assert_eq!(disks[1].serial.as_deref(), Some("b"));
     assert!(parse(&["--kernel", "k"]).unwrap().devices.is_empty());
     assert!(parse(&["--kernel", "k", "--disk", "file=a.img"]).is_err());
+}
+
+fn nets(c: &VmConfig) -> Vec<crate::config::NetConfig> {
+    c.devices
+        .iter()
+        .filter_map(|d| match d {
+            DeviceConfig::Net(n) => Some(n.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn cli_nets_repeat_in_order_with_distinct_default_macs() {
+    let c = parse(&[
+        "--kernel",
+        "k",
+        "--net",
+        "tap=tap0",
+        "--net",
+        "tap=tap1,iommu_platform=off",
+        "--net",
+        "tap=tap2,mac=02:00:00:00:00:07",
+    ])
+    .unwrap();
+    let n = nets(&c);
+    let taps: Vec<_> = n.iter().map(|n| n.tap.as_str()).collect();
+    assert_eq!(taps, ["tap0", "tap1", "tap2"]);
+    assert_eq!(n[0].mac, [0x52, 0x54, 0, 0x12, 0x34, 0x56]);
+    assert_eq!(n[1].mac, [0x52, 0x54, 0, 0x12, 0x34, 0x57]);
+    assert_eq!(n[2].mac, [2, 0, 0, 0, 0, 7]);
+    assert!(n[0].iommu_platform && !n[1].iommu_platform);
+}
+
+#[test]
+fn cli_net_bad_mac_names_the_flag_and_option() {
+    let e = parse(&["--kernel", "k", "--net", "tap=tap0,mac=52:54:00:12:34"]).unwrap_err();
+    assert!(e.contains("'--net mac'"), "{e}");
+    assert!(e.contains("52:54:00:12:34"), "{e}");
 }

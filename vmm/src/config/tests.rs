@@ -285,3 +285,58 @@ fn disk_build_second_user_of_an_image_is_refused_naming_the_lock() {
         "{e}"
     );
 }
+
+#[test]
+fn net_mac_must_be_six_hex_pairs_and_unicast() {
+    let mac = |m: &str| net_from_options(&format!("tap=t,mac={m}"), 0).map(|n| n.mac);
+    assert_eq!(mac("52:54:00:AB:cd:01"), Ok([0x52, 0x54, 0, 0xab, 0xcd, 1]));
+    for bad in [
+        "52:54:00:12:34",
+        "52:54:00:12:34:56:78",
+        "52:54:00:12:34:5",
+        "52-54-00-12-34-56",
+        "52:54:00:12:34:zz",
+        // Multicast (bit 0 of the first byte) and all zeros are no card's address.
+        "01:00:5e:00:00:01",
+        "00:00:00:00:00:00",
+    ] {
+        let e = mac(bad).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("invalid value '{bad}' for '--net mac'")),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn net_without_tap_or_with_a_long_name_is_refused() {
+    assert_eq!(
+        net_from_options("mac=52:54:00:12:34:56", 0)
+            .unwrap_err()
+            .to_string(),
+        "invalid value '' for '--net tap': tap=NAME is required"
+    );
+    assert!(net_from_options("tap=", 0).is_err());
+    assert!(net_from_options("tap=0123456789abcdef", 0).is_err());
+    assert!(net_from_options("tap=0123456789abcde", 0).is_ok());
+}
+
+#[test]
+fn net_default_mac_is_locally_administered_and_per_index() {
+    let a = net_from_options("tap=t", 0).unwrap().mac;
+    let b = net_from_options("tap=t", 1).unwrap().mac;
+    assert_ne!(a, b);
+    // Locally administered (bit 1), unicast (bit 0 clear).
+    assert_eq!(a[0] & 0b11, 0b10);
+}
+
+#[test]
+fn net_build_with_an_unusable_tap_name_names_the_flag() {
+    let n = NetConfig {
+        tap: "bad/name".into(),
+        mac: default_mac(0),
+        iommu_platform: true,
+    };
+    let e = n.build().err().unwrap().to_string();
+    assert!(e.starts_with("--net tap=bad/name: "), "{e}");
+}

@@ -56,6 +56,8 @@ pub enum DeviceManagerError {
     Virtio(#[from] devices::virtio::pci::VirtioPciError),
     #[error(transparent)]
     Disk(#[from] crate::config::DiskError),
+    #[error(transparent)]
+    Net(#[from] crate::config::NetError),
     #[error("Cannot open serial output {0}: {1}")]
     SerialFile(PathBuf, #[source] std::io::Error),
     #[error("Stopped by signal {0} during setup")]

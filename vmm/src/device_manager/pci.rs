@@ -40,6 +40,9 @@ impl DeviceManager {
             DeviceConfig::Disk(disk) => {
                 self.add_virtio_device(Box::new(disk.build()?), disk.iommu_platform)
             }
+            DeviceConfig::Net(net) => {
+                self.add_virtio_device(Box::new(net.build()?), net.iommu_platform)
+            }
         }
     }
 

@@ -199,7 +199,9 @@ pub const RELAY: &[Rule] = &[
 
 /// Virtio device workers: wait on the queues' notification eventfds (and the stop eventfd),
 /// read them, move data (getrandom for virtio-rng is in COMMON; file I/O for block devices
-/// is added with them), and interrupt the guest: an irqfd write, or a relayed MSI (a masked
+/// below; virtio-net polls its tap, reads frames with read, writes them with writev, which is
+/// in COMMON, and sets the tap's offloads from the driver's features at each activation:
+/// TUNSETOFFLOAD, the one tap ioctl after setup), and interrupt the guest: an irqfd write, or a relayed MSI (a masked
 /// vector's, or the VT-d unit's fault event when a translation on this thread faults).
 pub const VIRTIO: &[Rule] = &[
     any("poll", libc::SYS_poll),
@@ -210,7 +212,12 @@ pub const VIRTIO: &[Rule] = &[
     Rule {
         name: "ioctl",
         nr: libc::SYS_ioctl,
-        args: Args::Ioctls(&[KVM_SIGNAL_MSI, KVM_SET_GSI_ROUTING, KVM_IRQFD]),
+        args: Args::Ioctls(&[
+            KVM_SIGNAL_MSI,
+            KVM_SET_GSI_ROUTING,
+            KVM_IRQFD,
+            devices::virtio::net::tap::TUNSETOFFLOAD,
+        ]),
     },
     // virtio-blk's I/O threads ("virtio-blk-io") on the image opened during setup: reads and
     // writes into guest memory, FLUSH, DISCARD / WRITE_ZEROES, and the zeros written when the

@@ -55,6 +55,18 @@ fn probe() {
             let efd = unsafe { libc::eventfd(1, libc::EFD_NONBLOCK) };
             // A disk image opened before the filter goes on, as virtio-blk's is.
             let img = vmm_sys_util::tempfile::TempFile::new().unwrap().into_file();
+            // A frame-at-a-time descriptor pair standing in for a tap opened during setup.
+            let mut pair = [0; 2];
+            // SAFETY: socketpair(2) writes two descriptors into `pair`, an array of two.
+            let ret = unsafe {
+                libc::socketpair(
+                    libc::AF_UNIX,
+                    libc::SOCK_SEQPACKET | libc::SOCK_NONBLOCK,
+                    0,
+                    pair.as_mut_ptr(),
+                )
+            };
+            assert_eq!(ret, 0);
             sandbox(class).unwrap();
             // SAFETY: plain system calls on values that need no memory of ours to stay valid
             // (the winsize, pollfd and byte buffers are locals of the sizes given).
@@ -92,6 +104,40 @@ fn probe() {
                         assert_eq!(libc::pwrite(f, b.as_ptr().cast(), 512, 512), 512);
                         libc::fdatasync(f);
                         libc::fallocate(f, libc::FALLOC_FL_ZERO_RANGE, 0, 512);
+                    }
+                    "net" => {
+                        // What virtio-net's worker does on its tap: poll it, writev a frame
+                        // gathered from guest buffers, read a frame into its bounce buffer.
+                        let mut hdr = [0u8; 12];
+                        let mut payload = [0u8; 60];
+                        let iov = [
+                            libc::iovec {
+                                iov_base: hdr.as_mut_ptr().cast(),
+                                iov_len: hdr.len(),
+                            },
+                            libc::iovec {
+                                iov_base: payload.as_mut_ptr().cast(),
+                                iov_len: payload.len(),
+                            },
+                        ];
+                        assert_eq!(libc::writev(pair[0], iov.as_ptr(), 2), 72);
+                        let mut p = libc::pollfd {
+                            fd: pair[1],
+                            events: libc::POLLIN,
+                            revents: 0,
+                        };
+                        assert_eq!(libc::poll(&mut p, 1, 1000), 1);
+                        let mut frame = [0u8; 128];
+                        assert_eq!(libc::read(pair[1], frame.as_mut_ptr().cast(), 128), 72);
+                        // The offloads, set at activation (ENOTTY on a socket; not trapped).
+                        let req = devices::virtio::net::tap::TUNSETOFFLOAD;
+                        libc::ioctl(pair[0], req as _, 0 as libc::c_ulong);
+                    }
+                    "tunsetiff" => {
+                        // Attaching a tap is setup's, never a worker's.
+                        let mut ifr = [0u8; 40];
+                        let req = devices::virtio::net::tap::TUNSETIFF;
+                        libc::ioctl(pair[0], req as _, ifr.as_mut_ptr());
                     }
                     "tiocgwinsz" => {
                         let mut ws: libc::winsize = std::mem::zeroed();
@@ -161,12 +207,30 @@ fn seccomp_virtio_blk_io_thread_reads_writes_syncs_and_allocates() {
 }
 
 #[test]
+fn seccomp_virtio_net_worker_polls_reads_writes_and_sets_offloads_on_its_tap() {
+    let (code, stdout, stderr) = run_probe("on", "net@virtio");
+    assert_eq!(code, Some(0), "stdout {stdout} stderr {stderr}");
+    assert!(stdout.contains("PROBE-SURVIVED"));
+}
+
+#[test]
+fn seccomp_virtio_worker_tunsetiff_traps() {
+    let (code, _, stderr) = run_probe("on", "tunsetiff@virtio");
+    assert_eq!(code, Some(FORBIDDEN_EXIT), "stderr {stderr}");
+    assert!(stderr.contains("(ioctl)"), "stderr: {stderr}");
+}
+
+#[test]
 fn seccomp_virtio_threads_get_the_virtio_class() {
     assert_eq!(
         ThreadClass::of_device_thread("virtio-rng"),
         ThreadClass::Virtio
     );
-    for name in ["virtio-blk", "virtio-blk-io"] {
+    for name in [
+        "virtio-blk",
+        "virtio-blk-io",
+        devices::virtio::net::THREAD_NAME,
+    ] {
         assert_eq!(ThreadClass::of_device_thread(name), ThreadClass::Virtio);
     }
     assert_eq!(
