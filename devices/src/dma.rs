@@ -18,7 +18,7 @@ use vm_memory::{
 };
 
 mod iotlb;
-pub use iotlb::{DeviceIotlb, IotlbSet, DEVICE_IOTLB_ENTRIES};
+pub use iotlb::{DeviceIotlb, IotlbSet, IotlbStats, DEVICE_IOTLB_ENTRIES};
 
 /// Why a DMA did not happen. The device model treats every variant as "transfer aborted":
 /// nothing was written to or read from guest memory.
