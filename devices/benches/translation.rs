@@ -12,7 +12,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use devices::dma::{Access, DeviceDma, DmaError, IotlbSet, PageTranslation, Translate};
 use iommu::limits::Limits;
 use iommu::registers::{GCMD_REG, GCMD_SRTP, GCMD_TE, RTADDR_REG};
-use iommu::{Bdf, DmaOutcome, InterruptSink, Iova, IommuConfig, RemappingUnit};
+use iommu::{Bdf, DmaOutcome, InterruptSink, IommuConfig, Iova, RemappingUnit};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 const DEV: Bdf = Bdf::new(0, 3, 0);
@@ -67,7 +67,10 @@ fn guest_tables() -> GuestMemoryMmap {
                 t
             };
         }
-        w64(table + ((iova >> 12) & 0x1ff) * 8, (GPA_BASE + i * 0x1000) | RW);
+        w64(
+            table + ((iova >> 12) & 0x1ff) * 8,
+            (GPA_BASE + i * 0x1000) | RW,
+        );
     }
     mem
 }
@@ -138,7 +141,10 @@ fn translation(c: &mut Criterion) {
     dma.translate(Iova(IOVA_BASE), 64, Access::Read)
         .expect("mapped");
     g.bench_function("device iotlb hit: DeviceIotlb::lookup", |b| {
-        b.iter(|| dma.iotlb().lookup(black_box(IOVA_BASE + 0x40), Access::Read))
+        b.iter(|| {
+            dma.iotlb()
+                .lookup(black_box(IOVA_BASE + 0x40), Access::Read)
+        })
     });
     g.bench_function("device iotlb hit: DeviceDma::translate 64 bytes", |b| {
         b.iter(|| dma.translate(black_box(Iova(IOVA_BASE + 0x40)), 64, Access::Read))
@@ -148,12 +154,15 @@ fn translation(c: &mut Criterion) {
     // entry, the device's 512), so each is a 4-level walk of guest memory plus the inserts.
     let dma = device_dma(1);
     let mut i = 0u64;
-    g.bench_function("4-level miss: DeviceDma::translate 64 bytes via the unit", |b| {
-        b.iter(|| {
-            i = (i + 1) % PAGES;
-            dma.translate(black_box(Iova(IOVA_BASE + i * 0x1000)), 64, Access::Read)
-        })
-    });
+    g.bench_function(
+        "4-level miss: DeviceDma::translate 64 bytes via the unit",
+        |b| {
+            b.iter(|| {
+                i = (i + 1) % PAGES;
+                dma.translate(black_box(Iova(IOVA_BASE + i * 0x1000)), 64, Access::Read)
+            })
+        },
+    );
 
     // The unit alone: context cached, IOTLB miss, 4-level walk.
     let mem = guest_tables();
