@@ -18,7 +18,7 @@ use vm_memory::{
 };
 
 mod iotlb;
-pub use iotlb::{DeviceIotlb, IotlbSet, DEVICE_IOTLB_ENTRIES};
+pub use iotlb::{DeviceIotlb, IotlbSet, IotlbStats, DEVICE_IOTLB_ENTRIES};
 
 /// Why a DMA did not happen. The device model treats every variant as "transfer aborted":
 /// nothing was written to or read from guest memory.
@@ -174,7 +174,12 @@ impl DeviceDma {
             iova: Iova(at),
         };
         let end = iova.0.checked_add(len as u64).ok_or(out(iova.0))?;
-        let mut runs: Vec<DmaSegment> = Vec::new();
+        // One list, built as the pages are translated: contiguous runs in one region merge.
+        // A run outside RAM fails the request only once every page is translated (so a
+        // translation fault is still recorded and reported first).
+        let mut segments: Vec<DmaSegment> = Vec::with_capacity(1);
+        let mut region_end = 0u64;
+        let mut outside: Option<u64> = None;
         let mut addr = iova.0;
         while addr < end {
             let page = self.page(addr, access)?;
@@ -183,14 +188,17 @@ impl DeviceDma {
                 .gpa_base
                 .checked_add(addr - page.iova_base)
                 .ok_or(out(addr))?;
-            push_run(&mut runs, gpa, n as usize);
+            if outside.is_none()
+                && self
+                    .append(&mut segments, &mut region_end, gpa, n)
+                    .is_none()
+            {
+                outside = Some(addr);
+            }
             addr += n;
         }
-        let mut segments = Vec::with_capacity(runs.len());
-        let mut at = iova.0;
-        for run in runs {
-            self.split_by_region(run, &mut segments).ok_or(out(at))?;
-            at += run.len as u64;
+        if let Some(at) = outside {
+            return Err(out(at));
         }
         Ok(segments)
     }
@@ -233,18 +241,36 @@ impl DeviceDma {
         Ok(t)
     }
 
-    /// Appends `run` to `out` cut at memory region ends; None if part of it is not RAM.
-    fn split_by_region(&self, run: DmaSegment, out: &mut Vec<DmaSegment>) -> Option<()> {
-        let (mut addr, mut left) = (run.addr, run.len as u64);
+    /// Appends `len` bytes at guest-physical `gpa` to `out`, extending the last segment when
+    /// contiguous within its region (whose end is `region_end`) and cutting at region ends;
+    /// None if part of it is not RAM.
+    fn append(
+        &self,
+        out: &mut Vec<DmaSegment>,
+        region_end: &mut u64,
+        gpa: u64,
+        len: u64,
+    ) -> Option<()> {
+        let (mut addr, mut left) = (gpa, len);
         while left > 0 {
-            let region = self.mem.find_region(addr)?;
-            let region_end = region.start_addr().0.checked_add(region.len())?;
-            let n = (region_end - addr.0).min(left);
+            if let Some(last) = out.last_mut() {
+                let last_end = last.addr.0.checked_add(last.len as u64);
+                if last_end == Some(addr) && addr < *region_end {
+                    let n = (*region_end - addr).min(left);
+                    last.len = last.len.checked_add(usize::try_from(n).ok()?)?;
+                    addr += n;
+                    left -= n;
+                    continue;
+                }
+            }
+            let region = self.mem.find_region(GuestAddress(addr))?;
+            *region_end = region.start_addr().0.checked_add(region.len())?;
+            let n = (*region_end - addr).min(left);
             out.push(DmaSegment {
-                addr,
-                len: n as usize,
+                addr: GuestAddress(addr),
+                len: usize::try_from(n).ok()?,
             });
-            addr = GuestAddress(addr.0 + n);
+            addr += n;
             left -= n;
         }
         Some(())
@@ -292,20 +318,6 @@ impl DeviceDma {
             owner: self.source,
         })
     }
-}
-
-/// Appends `len` bytes at `gpa`, extending the last run when contiguous.
-fn push_run(runs: &mut Vec<DmaSegment>, gpa: u64, len: usize) {
-    if let Some(last) = runs.last_mut() {
-        if last.addr.0.checked_add(last.len as u64) == Some(gpa) {
-            last.len += len;
-            return;
-        }
-    }
-    runs.push(DmaSegment {
-        addr: GuestAddress(gpa),
-        len,
-    });
 }
 
 /// The copy-based access of a device wired to one `DeviceDma` (the handle serves its own

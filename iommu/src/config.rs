@@ -11,6 +11,7 @@ pub struct IommuConfig {
     pub interrupt_remapping: bool,
     /// CAP.CM: software must invalidate after every change, even not-present to present.
     pub caching_mode: bool,
+    /// ECAP.DT: device-TLBs (ATS) supported; device-TLB invalidate descriptors honoured.
     pub device_iotlb: bool,
     /// ECAP.EIM: x2APIC destinations in IRTEs.
     pub x2apic: bool,

@@ -16,6 +16,12 @@ const TYPE_HIGH_MASK: u64 = 0x7 << 9;
 const WAIT_IF: u64 = 1 << 4;
 const WAIT_SW: u64 = 1 << 5;
 const WAIT_FN: u64 = 1 << 6;
+/// Device-TLB invalidate descriptor (6.5.2.5): reserved bits 8:4, 31:21 and 51:48 of the
+/// low qword (PFSID is 15:12 and 63:52, MIP 20:16, SID 47:32); 11:1 of the high qword
+/// (S is bit 0, ADDR 63:12).
+const DEVICE_IOTLB_RESERVED_LO: u64 = 0x000f_0000_ffe0_01f0;
+const DEVICE_IOTLB_RESERVED_HI: u64 = 0xffe;
+const DEVICE_IOTLB_SIZE: u64 = 1;
 
 /// Bytes per descriptor in 128-bit mode (6.5.2).
 pub const DESCRIPTOR_SIZE: u64 = 16;
@@ -29,6 +35,8 @@ pub enum QueueError {
     BadType(u64),
     #[error("Reserved bits set in a {0} descriptor")]
     Reserved(&'static str),
+    #[error("{0} descriptor without the capability it needs")]
+    Unsupported(&'static str),
     #[error("Status write to {0:#x} failed")]
     StatusWrite(u64),
     #[error("Queue tail {0} is beyond the queue")]
@@ -54,17 +62,61 @@ pub enum Descriptor {
         addr: u64,
         am: u64,
     },
-    DeviceIotlb,
-    /// Global (index None) or index-selective with a mask.
-    InterruptEntryCache {
-        index: Option<(u16, u8)>,
+    /// Device-TLB invalidation of requester `sid` (6.5.2.5), the range already decoded.
+    DeviceIotlb {
+        sid: Bdf,
+        /// Max Invalidations Pending (the device's ATS queue depth, 0 = 32).
+        max_invs_pend: u8,
+        /// The physical function's source id (for a VF; its own otherwise).
+        pfsid: u16,
+        range: DeviceTlbRange,
     },
+    /// Global (index None) or index-selective with a mask.
+    InterruptEntryCache { index: Option<(u16, u8)> },
     Wait {
         status_write: bool,
         interrupt: bool,
         data: u32,
         address: u64,
     },
+}
+
+/// The IOVA range of a device-TLB invalidation: `[start, end)`, `end` None meaning to the
+/// top of the address space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceTlbRange {
+    pub start: u64,
+    pub end: Option<u64>,
+}
+
+impl DeviceTlbRange {
+    /// ADDR (63:12) and S (bit 0) as the PCIe ATS invalidate request encodes them (PCIe
+    /// base 10.2.3.2, VT-d 6.5.2.5): S clear is one 4 KiB page; S set makes the lowest clear
+    /// bit of ADDR at or above bit 12 give the size, 2^(that bit + 1) bytes, with the ones
+    /// below it not part of the address (0x1000 with S is 8 KiB at 0; bits 12..=62 set is the
+    /// whole space).
+    pub fn decode(hi: u64) -> DeviceTlbRange {
+        let addr = hi & !0xfff;
+        if hi & DEVICE_IOTLB_SIZE == 0 {
+            return DeviceTlbRange {
+                start: addr,
+                end: addr.checked_add(0x1000),
+            };
+        }
+        let shift = 13 + (addr >> 12).trailing_ones();
+        if shift >= 64 {
+            return DeviceTlbRange {
+                start: 0,
+                end: None,
+            };
+        }
+        let size = 1u64 << shift;
+        let start = addr & !(size - 1);
+        DeviceTlbRange {
+            start,
+            end: start.checked_add(size),
+        }
+    }
 }
 
 /// Reads and decodes the descriptor at `addr`.
@@ -104,7 +156,17 @@ pub fn read<M: GuestMemoryBackend>(mem: &M, addr: u64) -> Result<Descriptor, Que
                 am: hi & 0x3f,
             })
         }
-        TYPE_DEVICE_IOTLB => Ok(Descriptor::DeviceIotlb),
+        TYPE_DEVICE_IOTLB => {
+            if lo & DEVICE_IOTLB_RESERVED_LO != 0 || hi & DEVICE_IOTLB_RESERVED_HI != 0 {
+                return Err(QueueError::Reserved("device-TLB"));
+            }
+            Ok(Descriptor::DeviceIotlb {
+                sid: Bdf::from_raw((lo >> 32) as u16),
+                max_invs_pend: ((lo >> 16) & 0x1f) as u8,
+                pfsid: (((lo >> 12) & 0xf) | (((lo >> 52) & 0xfff) << 4)) as u16,
+                range: DeviceTlbRange::decode(hi),
+            })
+        }
         TYPE_IEC => {
             if lo & 0xffff_0000_07ff_ffe0 != 0 || hi != 0 {
                 return Err(QueueError::Reserved("interrupt entry cache"));
@@ -208,6 +270,94 @@ mod tests {
                 index: Some((0x40, 2))
             }
         );
+    }
+
+    fn dev_tlb(hi: u64) -> DeviceTlbRange {
+        match at(0x3 | (0x18u64 << 32), hi) {
+            Ok(Descriptor::DeviceIotlb { range, .. }) => range,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn qi_device_tlb_descriptor_fields() {
+        // As Linux's qi_flush_dev_iotlb writes it: SID, QDEP, PFSID split in two.
+        let pfsid: u64 = 0x1a3;
+        let lo = 0x3 | (0x18u64 << 32) | (5 << 16) | ((pfsid & 0xf) << 12) | ((pfsid >> 4) << 52);
+        assert_eq!(
+            at(lo, 0x12_3000).unwrap(),
+            Descriptor::DeviceIotlb {
+                sid: Bdf::from_raw(0x18),
+                max_invs_pend: 5,
+                pfsid: 0x1a3,
+                range: DeviceTlbRange {
+                    start: 0x12_3000,
+                    end: Some(0x12_4000)
+                },
+            }
+        );
+    }
+
+    #[test]
+    fn qi_device_tlb_size_clear_is_one_4k_page() {
+        assert_eq!(
+            dev_tlb(0x5000),
+            DeviceTlbRange {
+                start: 0x5000,
+                end: Some(0x6000)
+            }
+        );
+    }
+
+    #[test]
+    fn qi_device_tlb_size_set_bit12_clear_is_8k() {
+        assert_eq!(
+            dev_tlb(0x6000 | 1),
+            DeviceTlbRange {
+                start: 0x6000,
+                end: Some(0x8000)
+            }
+        );
+    }
+
+    #[test]
+    fn qi_device_tlb_size_set_lowest_clear_bit_20_is_2m() {
+        // Bits 12..=19 set, 20 clear: 2^21 bytes at 0x40_0000.
+        assert_eq!(
+            dev_tlb(0x40_0000 | 0xf_f000 | 1),
+            DeviceTlbRange {
+                start: 0x40_0000,
+                end: Some(0x60_0000)
+            }
+        );
+    }
+
+    #[test]
+    fn qi_device_tlb_size_set_all_ones_is_the_whole_space() {
+        // Linux's whole-device flush (mask 52): 0x7ffffffffffff001.
+        let whole = DeviceTlbRange {
+            start: 0,
+            end: None,
+        };
+        assert_eq!(dev_tlb(0x7fff_ffff_ffff_f001), whole);
+        assert_eq!(dev_tlb(0xffff_ffff_ffff_f001), whole);
+    }
+
+    #[test]
+    fn qi_device_tlb_reserved_bits_are_errors() {
+        for (lo, hi) in [
+            (1 << 4, 0),
+            (1 << 21, 0),
+            (1 << 48, 0),
+            (0, 1 << 1),
+            (0, 1 << 11),
+        ] {
+            assert_eq!(
+                at(0x3 | lo, hi),
+                Err(QueueError::Reserved("device-TLB")),
+                "{lo:#x} {hi:#x}"
+            );
+        }
     }
 
     #[test]

@@ -535,8 +535,20 @@ impl RemappingUnit {
                 addr,
                 am,
             } => self.invalidate_iotlb(mem, granularity, did, addr, am),
-            // Devices here have no device-TLB: nothing to invalidate.
-            Descriptor::DeviceIotlb => {}
+            Descriptor::DeviceIotlb { sid, range, .. } => {
+                // Without device-TLB support the type is not one the unit knows: an
+                // invalid descriptor (ECAP.DT, 11.4.3; 6.5.2.10).
+                if !self.cfg.device_iotlb {
+                    return Err(QueueError::Unsupported("device-TLB"));
+                }
+                // Only the requester's own cache (its ATC); the unit's IOTLB and the host
+                // mappings of caching mode are the IOTLB descriptor's business (6.5.2.5).
+                self.invalidate_caches(CacheInvalidation::DeviceRange {
+                    sid,
+                    start: range.start,
+                    end: range.end,
+                });
+            }
             Descriptor::InterruptEntryCache { index } => self.invalidate_interrupt_entries(index),
             Descriptor::Wait {
                 status_write,
@@ -661,6 +673,8 @@ mod tests;
 mod tests_bounds;
 #[cfg(test)]
 mod tests_caches;
+#[cfg(test)]
+mod tests_device_tlb;
 #[cfg(test)]
 mod tests_fuzz;
 #[cfg(test)]

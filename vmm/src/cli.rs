@@ -61,7 +61,8 @@ pub struct Cli {
 
     /// Add a virtio-rng device (virtio-pci 1af4:1044) fed from the host's getrandom. With
     /// --iommu it offers VIRTIO_F_ACCESS_PLATFORM and its DMA goes through the IOMMU; option
-    /// iommu_platform=off (default on) makes it bypass the IOMMU instead.
+    /// iommu_platform=off (default on) makes it bypass the IOMMU instead. ats=on|off: the PCIe
+    /// ATS capability (default on with --iommu device-iotlb=on, refused without it).
     #[arg(long, value_name = "OPTIONS", num_args = 0..=1, default_missing_value = "")]
     pub rng: Option<String>,
 
@@ -73,11 +74,11 @@ pub struct Cli {
     pub vfio: Vec<String>,
 
     /// Add a virtio-blk disk (virtio-pci 1af4:1042) over a raw image; repeatable.
-    /// path=FILE[,readonly=on][,serial=ID][,iommu_platform=on|off]: the image is locked
+    /// path=FILE[,readonly=on][,serial=ID][,iommu_platform=on|off][,ats=on|off]: the image is locked
     /// (flock) so no second VM opens it; readonly=on offers the guest a read-only disk and
     /// shares the image; serial= is the disk's ID (at most 20 characters); with --iommu the
-    /// disk offers ACCESS_PLATFORM unless iommu_platform=off. The capacity is the file size in
-    /// whole 512-byte sectors.
+    /// disk offers ACCESS_PLATFORM unless iommu_platform=off; ats as for --rng. The capacity is
+    /// the file size in whole 512-byte sectors.
     #[arg(long = "disk", value_name = "OPTIONS")]
     pub disks: Vec<String>,
 

@@ -94,12 +94,14 @@ pub enum DeviceConfig {
     Net(NetConfig),
 }
 
-/// `--rng [iommu_platform=on|off]`.
+/// `--rng [iommu_platform=on|off][,ats=on|off]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RngConfig {
     /// Offer VIRTIO_F_ACCESS_PLATFORM when the VM has an IOMMU (the device's DMA then goes
     /// through it); off: the device bypasses the IOMMU, as a device with no such feature.
     pub iommu_platform: bool,
+    /// `ats=`: the ATS capability; None follows `--iommu device-iotlb` ([`resolve_ats`]).
+    pub ats: Option<bool>,
 }
 
 /// A virtio-blk disk over a raw image (`--disk`).
@@ -112,6 +114,21 @@ pub struct DiskConfig {
     pub serial: Option<String>,
     /// Offer VIRTIO_F_ACCESS_PLATFORM when the VM has an IOMMU (as `--rng`).
     pub iommu_platform: bool,
+    /// `ats=` (as `--rng`).
+    pub ats: Option<bool>,
+}
+
+/// The `ats=on|off` option of a virtio device flag: None when not given.
+pub fn ats_option(o: &Options) -> Result<Option<bool>, OptionError> {
+    o.get("ats").map(|_| o.on_off("ats", false)).transpose()
+}
+
+/// Whether a virtio device gets the ATS capability: as asked, else whenever its DMA goes
+/// through a VT-d unit with device-TLB support (`--iommu device-iotlb=on`). Validated
+/// first: `ats=on` needs both ([`VmConfig::validate`]).
+pub fn resolve_ats(ats: Option<bool>, iommu_platform: bool, iommu: Option<&IommuConfig>) -> bool {
+    let possible = iommu_platform && iommu.is_some_and(|c| c.device_iotlb);
+    ats.unwrap_or(possible) && possible
 }
 
 /// A `--disk` that cannot be made: the image (missing, read-only asked read-write, locked by
@@ -188,6 +205,10 @@ pub enum ConfigError {
     VfioNeedsCachingMode,
     #[error("{0} PCI devices do not fit on the root bus (at most {max})", max = PCI_SLOTS)]
     TooManyPciDevices(usize),
+    #[error("--{0} ats=on needs --iommu device-iotlb=on (ATS is the device side of the VT-d device-TLB)")]
+    AtsNeedsDeviceIotlb(&'static str),
+    #[error("--{0} ats=on needs iommu_platform=on (a device that bypasses the IOMMU translates nothing)")]
+    AtsNeedsIommuPlatform(&'static str),
 }
 
 /// Root-bus slots for devices: slot 0 is the host bridge.
@@ -198,6 +219,22 @@ impl VmConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !self.passthrough.is_empty() && self.iommu.is_some_and(|c| !c.caching_mode) {
             return Err(ConfigError::VfioNeedsCachingMode);
+        }
+        for d in &self.devices {
+            let (flag, ats, iommu_platform) = match d {
+                DeviceConfig::Rng(r) => ("rng", r.ats, r.iommu_platform),
+                DeviceConfig::Disk(d) => ("disk", d.ats, d.iommu_platform),
+                _ => continue,
+            };
+            if ats != Some(true) {
+                continue;
+            }
+            if !self.iommu.is_some_and(|c| c.device_iotlb) {
+                return Err(ConfigError::AtsNeedsDeviceIotlb(flag));
+            }
+            if !iommu_platform {
+                return Err(ConfigError::AtsNeedsIommuPlatform(flag));
+            }
         }
         let pci = self.devices.len() + self.passthrough.len();
         if pci > PCI_SLOTS {
@@ -321,13 +358,13 @@ pub fn iommu_from_options(s: &str) -> Result<IommuConfig, OptionError> {
 /// 5.2.6, VIRTIO_BLK_ID_BYTES).
 pub const DISK_SERIAL_MAX: usize = 20;
 
-/// `--disk path=FILE[,readonly=on][,serial=ID][,iommu_platform=on|off]`. Whether the file opens (exists, is writable
+/// `--disk path=FILE[,readonly=on][,serial=ID][,iommu_platform=on|off][,ats=on|off]`. Whether the file opens (exists, is writable
 /// when asked read-write, is not locked by another VM) is checked when the device is made.
 pub fn disk_from_options(s: &str) -> Result<DiskConfig, OptionError> {
     let o = Options::parse(
         "disk",
         s,
-        &["path", "readonly", "serial", "iommu_platform"],
+        &["path", "readonly", "serial", "iommu_platform", "ats"],
         false,
     )?;
     let path = match o.get("path") {
@@ -347,6 +384,7 @@ pub fn disk_from_options(s: &str) -> Result<DiskConfig, OptionError> {
         read_only: o.on_off("readonly", false)?,
         serial,
         iommu_platform: o.on_off("iommu_platform", true)?,
+        ats: ats_option(&o)?,
     })
 }
 
@@ -359,11 +397,12 @@ pub fn device_from_options(s: &str) -> Result<DeviceConfig, OptionError> {
     }
 }
 
-/// `--rng [iommu_platform=on|off]`.
+/// `--rng [iommu_platform=on|off][,ats=on|off]`.
 pub fn rng_from_options(s: &str) -> Result<RngConfig, OptionError> {
-    let o = Options::parse("rng", s, &["iommu_platform"], false)?;
+    let o = Options::parse("rng", s, &["iommu_platform", "ats"], false)?;
     Ok(RngConfig {
         iommu_platform: o.on_off("iommu_platform", true)?,
+        ats: ats_option(&o)?,
     })
 }
 

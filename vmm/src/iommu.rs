@@ -152,6 +152,11 @@ impl Iommu {
         }
     }
 
+    /// The unit's configuration (ECAP.DT: whether devices get the ATS capability).
+    pub fn config(&self) -> iommu::IommuConfig {
+        *lock(&self.unit).config()
+    }
+
     /// The unit's state, the cost of its register writes and its listeners' state.
     pub fn state(&self) -> IommuState {
         let unit = lock(&self.unit).state();

@@ -6,6 +6,7 @@
 
 use std::fmt::Write;
 
+use devices::dma::IotlbStats;
 use devices::ioapic::IoapicState;
 use devices::pci::vectors::{VectorDelivery, VectorState};
 use devices::vfio::InterruptsState;
@@ -19,7 +20,20 @@ pub struct VmState {
     pub ioapic: IoapicState,
     pub iommu: Option<IommuState>,
     pub passthrough: Vec<PassthroughState>,
+    /// Emulated devices whose DMA goes through a translation cache (edu, virtio).
+    pub emulated: Vec<EmulatedDmaState>,
     pub irqfd_routes: Vec<IrqfdRoute>,
+}
+
+/// An emulated device's translation cache (its IOTLB) and, for a virtio function with the
+/// ATS capability, its ATS Control register.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EmulatedDmaState {
+    pub name: String,
+    pub address: Bdf,
+    pub iotlb: IotlbStats,
+    /// ATS Control (PCIe base 10.5.1.3) when the function has the capability.
+    pub ats_control: Option<u16>,
 }
 
 /// The emulated VT-d unit with what handling its registers cost and its DMA listeners.
@@ -122,6 +136,9 @@ pub fn render(vm: &VmState) -> String {
         render_interrupts(&mut s, &p.interrupts);
         s += "  ";
         render_dma(&mut s, &p.dma);
+    }
+    for e in &vm.emulated {
+        render_emulated(&mut s, e);
     }
     for r in &vm.irqfd_routes {
         let _ = writeln!(
@@ -240,6 +257,44 @@ fn render_unit(s: &mut String, u: &UnitState) {
     for f in &u.faults {
         let _ = writeln!(s, "  fault: {} {:?} at {:#x}", f.source, f.reason, f.info);
     }
+}
+
+/// "hit rate" in tenths of a percent, without floating point (none when nothing was looked up).
+fn hit_rate(i: &IotlbStats) -> String {
+    let total = i.hits.saturating_add(i.misses);
+    if total == 0 {
+        return "-".into();
+    }
+    let permille = i.hits.saturating_mul(1000) / total;
+    format!("{}.{}%", permille / 10, permille % 10)
+}
+
+fn render_emulated(s: &mut String, e: &EmulatedDmaState) {
+    let i = &e.iotlb;
+    let ats = match e.ats_control {
+        None => String::new(),
+        Some(c) => format!(
+            "; ATS {} (STU {})",
+            if c & 0x8000 != 0 {
+                "enabled"
+            } else {
+                "disabled"
+            },
+            c & 0x1f
+        ),
+    };
+    let _ = writeln!(
+        s,
+        "emulated {} at {}: IOTLB {} hits, {} misses (hit rate {}), {} invalidations ({} device-TLB), {} entries{ats}",
+        e.name,
+        e.address,
+        i.hits,
+        i.misses,
+        hit_rate(i),
+        i.invalidations,
+        i.device_invalidations,
+        i.entries,
+    );
 }
 
 fn render_dma(s: &mut String, d: &VfioDmaState) {

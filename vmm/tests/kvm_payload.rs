@@ -847,3 +847,33 @@ fn net_tap_in_use_by_another_vm_is_one_clear_line_naming_the_flag() {
         &format!("--net {tap}: cannot attach to tap {name}: it is in use"),
     );
 }
+
+#[test]
+fn rng_device_behind_device_iotlb_has_ats_and_its_cache_in_the_state() {
+    require_kvm();
+    let elf = payload("hello");
+    let run = |extra: &[&str]| {
+        let out = minivmm()
+            .args(["--kernel", elf.to_str().unwrap(), "--memory", "64M"])
+            .args(["--debug-exit", "--iommu", "device-iotlb=on", "--rng"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .output()
+            .expect("minivmm runs");
+        assert_eq!(out.status.code(), Some(0x43));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let stderr = run(&[]);
+    assert!(
+        stderr.contains("virtio device at 00:01.0: ATS capability"),
+        "{stderr}"
+    );
+    // The state at exit: the device's cache, and ATS as the payload left it (not enabled).
+    assert!(
+        stderr.contains("emulated virtio type 4 at 00:01.0: IOTLB 0 hits, 0 misses (hit rate -)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("; ATS disabled (STU 0)"), "{stderr}");
+    let stderr = run(&["ats=off"]);
+    assert!(!stderr.contains("ATS capability"), "{stderr}");
+}

@@ -7,10 +7,14 @@
 //! invalidation overlaps in part goes whole, VT-d 6.5.1.2) and bumps a generation, so a
 //! translation obtained before it is not cached after it.
 //!
+//! Counters (hits, misses, invalidations received) are relaxed atomics: the state view reads
+//! them, nothing orders on them.
+//!
 //! Lock order: the VT-d unit's lock (held while it invalidates), then the set's list, then a
 //! cache's entries. A DMA never holds a cache's lock while it asks the translator.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 
 use iommu::{Bdf, CacheInvalidation, TranslationCaches};
@@ -28,12 +32,37 @@ struct Entries {
     generation: u64,
 }
 
+/// What a device's cache did since it was made (the state view's per-device line).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct IotlbStats {
+    /// Lookups answered from the cache.
+    pub hits: u64,
+    /// Lookups that had to ask the translator.
+    pub misses: u64,
+    /// Invalidations that could concern this device (every global, domain and range one;
+    /// device-selective ones naming it).
+    pub invalidations: u64,
+    /// Of those, device-TLB invalidations naming it (VT-d 6.5.2.5).
+    pub device_invalidations: u64,
+    /// Entries cached now.
+    pub entries: usize,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    invalidations: AtomicU64,
+    device_invalidations: AtomicU64,
+}
+
 /// One device's cached translations.
 #[derive(Debug)]
 pub struct DeviceIotlb {
     device: Bdf,
     capacity: usize,
     entries: RwLock<Entries>,
+    counters: Counters,
 }
 
 impl DeviceIotlb {
@@ -42,6 +71,19 @@ impl DeviceIotlb {
             device,
             capacity: capacity.max(1),
             entries: RwLock::new(Entries::default()),
+            counters: Counters::default(),
+        }
+    }
+
+    /// The counters and the entries cached now.
+    pub fn stats(&self) -> IotlbStats {
+        let c = &self.counters;
+        IotlbStats {
+            hits: c.hits.load(Ordering::Relaxed),
+            misses: c.misses.load(Ordering::Relaxed),
+            invalidations: c.invalidations.load(Ordering::Relaxed),
+            device_invalidations: c.device_invalidations.load(Ordering::Relaxed),
+            entries: self.len(),
         }
     }
 
@@ -57,11 +99,25 @@ impl DeviceIotlb {
         self.entries.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The cached page containing `iova`, if it allows `access`.
+    /// The cached page containing `iova`, if it allows `access` (counted as a hit or a
+    /// miss).
     pub fn lookup(&self, iova: u64, access: Access) -> Option<PageTranslation> {
-        let entries = self.read();
-        let (_, t) = entries.pages.range(..=iova).next_back()?;
-        (t.contains(iova) && t.permits(access)).then_some(*t)
+        let found = {
+            let entries = self.read();
+            entries
+                .pages
+                .range(..=iova)
+                .next_back()
+                .map(|(_, t)| *t)
+                .filter(|t| t.contains(iova) && t.permits(access))
+        };
+        let counter = if found.is_some() {
+            &self.counters.hits
+        } else {
+            &self.counters.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
     }
 
     /// The invalidation count; pass it to [`insert`](Self::insert) with a translation
@@ -94,8 +150,18 @@ impl DeviceIotlb {
         true
     }
 
-    /// Drops what `what` names and bumps the generation.
+    /// Drops what `what` names and bumps the generation. One that names other devices only
+    /// (device-selective, device-TLB) is not this cache's: nothing changes.
     pub fn invalidate(&self, what: &CacheInvalidation) {
+        if !what.concerns(self.device) {
+            return;
+        }
+        self.counters.invalidations.fetch_add(1, Ordering::Relaxed);
+        if matches!(what, CacheInvalidation::DeviceRange { .. }) {
+            self.counters
+                .device_invalidations
+                .fetch_add(1, Ordering::Relaxed);
+        }
         let mut entries = self.write();
         entries.generation += 1;
         let device = self.device;

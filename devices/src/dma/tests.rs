@@ -433,3 +433,56 @@ fn iotlb_set_forgets_a_device_that_is_gone() {
     r.caches.invalidate(CacheInvalidation::All);
     assert_eq!(r.caches.len(), 1);
 }
+
+#[test]
+fn device_iotlb_device_tlb_invalidation_drops_the_named_device_range_only() {
+    let r = rig();
+    r.translator.map(0x8000_0000, 0x2000, PAGE, true);
+    r.translator.map(0x8000_1000, 0x3000, PAGE, true);
+    let other = DeviceDma::new(OTHER, r.mem.clone(), r.translator.clone(), &r.caches);
+    r.dma.read(Iova(0x8000_0000), &mut [0; 8192]).unwrap();
+    other.read(Iova(0x8000_0000), &mut [0; 4]).unwrap();
+    r.caches.invalidate(CacheInvalidation::DeviceRange {
+        sid: DEV,
+        start: 0x8000_1000,
+        end: Some(0x8000_2000),
+    });
+    assert_eq!(r.dma.iotlb().len(), 1, "the page outside the range stays");
+    assert!(r.dma.iotlb().lookup(0x8000_0000, Access::Read).is_some());
+    assert_eq!(
+        other.iotlb().len(),
+        1,
+        "another device's cache is untouched"
+    );
+    assert_eq!(other.iotlb().stats().invalidations, 0, "nor counted there");
+}
+
+#[test]
+fn device_iotlb_stats_count_hits_misses_and_invalidations() {
+    let r = rig();
+    r.translator.map(0x8000_0000, 0x2000, PAGE, true);
+    r.dma.read(Iova(0x8000_0000), &mut [0; 4]).unwrap();
+    r.dma.read(Iova(0x8000_0010), &mut [0; 4]).unwrap();
+    r.dma.read(Iova(0x8000_0020), &mut [0; 4]).unwrap();
+    r.caches.invalidate(psi(0x9000_0000, 1));
+    r.caches.invalidate(CacheInvalidation::DeviceRange {
+        sid: DEV,
+        start: 0,
+        end: None,
+    });
+    r.caches.invalidate(CacheInvalidation::DeviceRange {
+        sid: OTHER,
+        start: 0,
+        end: None,
+    });
+    assert_eq!(
+        r.dma.iotlb().stats(),
+        IotlbStats {
+            hits: 2,
+            misses: 1,
+            invalidations: 2,
+            device_invalidations: 1,
+            entries: 0,
+        }
+    );
+}

@@ -2,7 +2,7 @@
 //! header fields, BARs with sizing, command/status, interrupt line/pin and a capability list,
 //! each guarded by a writable mask so read-only fields ignore guest writes.
 
-use super::regs::{self, dword, CONVENTIONAL_END, FIRST_CAPABILITY};
+use super::regs::{self, dword, CONFIG_SPACE, CONVENTIONAL_END, FIRST_CAPABILITY};
 pub use super::regs::{
     COMMAND_INTX_DISABLE, COMMAND_IO, COMMAND_MASTER, COMMAND_MEMORY, CONFIG_DWORDS, NUM_BARS,
 };
@@ -76,6 +76,8 @@ pub struct PciConfiguration {
     taken: [bool; NUM_BARS],
     last_capability: Option<usize>,
     next_capability: usize,
+    last_extended: Option<usize>,
+    next_extended: usize,
 }
 
 fn merge(old: u32, offset: usize, data: &[u8]) -> (u32, u32) {
@@ -102,6 +104,8 @@ impl PciConfiguration {
             taken: [false; NUM_BARS],
             last_capability: None,
             next_capability: FIRST_CAPABILITY,
+            last_extended: None,
+            next_extended: CONVENTIONAL_END,
         };
         c.regs[REG_ID] = u32::from(ids.vendor) | (u32::from(ids.device) << 16);
         c.regs[REG_CLASS_REVISION] = u32::from(ids.revision)
@@ -222,6 +226,37 @@ impl PciConfiguration {
         }
         self.last_capability = Some(off);
         self.next_capability = off + len;
+        Ok(off)
+    }
+
+    /// Appends a PCIe extended capability (PCIe base 7.6: the first at 0x100, each with a
+    /// 32-bit header of ID [15:0], version [19:16] and next offset [31:20]) and returns its
+    /// offset. `body` follows the header; `writable` gives its per-byte write masks.
+    pub fn add_extended_capability(
+        &mut self,
+        id: u16,
+        version: u8,
+        body: &[u8],
+        writable: &[u8],
+    ) -> Result<usize, ConfigError> {
+        let len = (body.len() + 4).next_multiple_of(4);
+        let off = self.next_extended;
+        if off + len > CONFIG_SPACE {
+            return Err(ConfigError::CapabilitySpace(len));
+        }
+        let header = u32::from(id) | (u32::from(version & 0xf) << 16);
+        self.regs[off / 4] = header;
+        for (i, b) in body.iter().enumerate() {
+            let at = off + 4 + i;
+            self.set_byte(at, *b);
+            let m = writable.get(i).copied().unwrap_or(0);
+            self.wmask[at / 4] |= u32::from(m) << ((at % 4) * 8);
+        }
+        if let Some(prev) = self.last_extended {
+            self.regs[prev / 4] = (self.regs[prev / 4] & 0x000f_ffff) | ((off as u32) << 20);
+        }
+        self.last_extended = Some(off);
+        self.next_extended = off + len;
         Ok(off)
     }
 
@@ -398,6 +433,49 @@ mod tests {
         assert_eq!(c.read_register(REG_CAPABILITIES), 0x40);
         assert_eq!((c.byte(0x40), c.byte(0x41)), (0x05, 0x50));
         assert_eq!((c.byte(0x50), c.byte(0x51)), (0x10, 0x00));
+    }
+
+    #[test]
+    fn config_extended_capabilities_start_at_0x100_and_are_linked() {
+        let mut c = PciConfiguration::new(ids(), 0);
+        assert_eq!(
+            c.read_register(0x100 / 4),
+            0,
+            "no extended capability: header 0"
+        );
+        let a = c
+            .add_extended_capability(0x000f, 1, &[0x20, 0, 0, 0], &[])
+            .unwrap();
+        let b = c.add_extended_capability(0x0001, 2, &[0; 6], &[]).unwrap();
+        assert_eq!((a, b), (0x100, 0x108));
+        assert_eq!(c.read_register(a / 4), 0x1081_000f);
+        assert_eq!(c.read_register(a / 4 + 1), 0x20);
+        assert_eq!(
+            c.read_register(b / 4),
+            0x0002_0001,
+            "the last one's next is 0"
+        );
+    }
+
+    #[test]
+    fn config_extended_capability_writes_only_its_writable_bits() {
+        let mut c = PciConfiguration::new(ids(), 0);
+        let a = c
+            .add_extended_capability(0x000f, 1, &[0x20, 0, 0, 0], &[0, 0, 0x1f, 0x80])
+            .unwrap();
+        w32(&mut c, a / 4, 0);
+        w32(&mut c, a / 4 + 1, 0xffff_ffff);
+        assert_eq!(c.read_register(a / 4), 0x0001_000f, "header read-only");
+        assert_eq!(c.read_register(a / 4 + 1), 0x801f_0020);
+    }
+
+    #[test]
+    fn config_extended_capability_past_4k_is_refused() {
+        let mut c = PciConfiguration::new(ids(), 0);
+        assert_eq!(
+            c.add_extended_capability(0x000b, 1, &[0; 4096], &[]),
+            Err(ConfigError::CapabilitySpace(4100))
+        );
     }
 
     #[test]

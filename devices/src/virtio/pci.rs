@@ -14,7 +14,9 @@
 //!
 //! Capabilities: PCI Express (v2, root-complex integrated endpoint, Function Level Reset),
 //! MSI-X (queues + 1 vectors, the shared [`EmulatedMsix`]), and the virtio structures COMMON,
-//! NOTIFY, ISR, DEVICE and PCI_CFG. INTA with the read-to-clear ISR when MSI-X is off.
+//! NOTIFY, ISR, DEVICE and PCI_CFG. INTA with the read-to-clear ISR when MSI-X is off. With
+//! [`VirtioPciDevice::add_ats`], the ATS extended capability at 0x100 (for a VT-d unit with
+//! device-TLB support: the device's own translation cache is its ATC).
 //!
 //! The device status state machine (2.1, 3.1): a write of 0 resets the function; FEATURES_OK
 //! is refused (reads back clear) unless the driver accepted VERSION_1, accepted nothing the
@@ -111,6 +113,20 @@ const PCIE_DEVCTL_OFF: usize = 8;
 /// A version 2 capability with its Device/Link/Slot 2 registers: 0x3c bytes.
 const PCIE_CAP_LEN: usize = 0x3c;
 
+/// ATS extended capability (PCIe base 10.5.1): ID, version.
+const PCI_EXT_CAP_ID_ATS: u16 = 0x000f;
+const ATS_VERSION: u8 = 1;
+/// ATS Capability register: Page Aligned Request (bit 5), which Linux requires before it
+/// enables ATS; Invalidate Queue Depth 0 (means 32) (10.5.1.2).
+pub const ATS_CAP_PAGE_ALIGNED: u16 = 0x0020;
+/// ATS Control register (10.5.1.3): Smallest Translation Unit [4:0] and Enable [15] are
+/// writable, the rest reserved.
+pub const ATS_CTRL_ENABLE: u16 = 0x8000;
+pub const ATS_CTRL_STU: u16 = 0x001f;
+/// Offsets in the ATS capability: capability and control registers.
+pub const ATS_CAP_OFF: usize = 4;
+pub const ATS_CTRL_OFF: usize = 6;
+
 /// Offsets in a virtio_pci_cap (4.1.4): bar, offset, length; then pci_cfg_data (4.1.4.9).
 const VCAP_BAR: usize = 4;
 const VCAP_OFFSET: usize = 8;
@@ -151,6 +167,8 @@ pub struct VirtioPciDevice {
     msix: EmulatedMsix,
     pcie_cap: usize,
     pci_cfg_cap: usize,
+    /// The ATS extended capability's offset, when the function has one.
+    ats_cap: Option<usize>,
     common: CommonConfig,
     device: Box<dyn VirtioDevice>,
     mem: GuestMemoryMmap,
@@ -248,6 +266,7 @@ impl VirtioPciDevice {
             msix,
             pcie_cap,
             pci_cfg_cap,
+            ats_cap: None,
             common: CommonConfig::new(offered, &maxima, vectors),
             device,
             mem,
@@ -260,6 +279,39 @@ impl VirtioPciDevice {
 
     pub fn address(&self) -> Bdf {
         self.address
+    }
+
+    /// Gives the function the ATS extended capability (PCIe base 10.5.1) at 0x100: Page
+    /// Aligned Request, control at reset (STU 0, disabled). Its translations are cached as
+    /// without it; Enable only tells the guest it may send (and must then invalidate with)
+    /// device-TLB invalidations.
+    pub fn add_ats(&mut self) -> Result<(), VirtioPciError> {
+        if self.ats_cap.is_some() {
+            return Ok(());
+        }
+        let mut body = ATS_CAP_PAGE_ALIGNED.to_le_bytes().to_vec();
+        body.extend_from_slice(&0u16.to_le_bytes());
+        let ctrl_mask = (ATS_CTRL_ENABLE | ATS_CTRL_STU).to_le_bytes();
+        let writable = [0, 0, ctrl_mask[0], ctrl_mask[1]];
+        let at = self.config.add_extended_capability(
+            PCI_EXT_CAP_ID_ATS,
+            ATS_VERSION,
+            &body,
+            &writable,
+        )?;
+        self.ats_cap = Some(at);
+        Ok(())
+    }
+
+    /// The ATS Control register, when the function has the capability.
+    pub fn ats_control(&self) -> Option<u16> {
+        let at = self.ats_cap? + ATS_CTRL_OFF;
+        Some(u16::from(self.config.byte(at)) | (u16::from(self.config.byte(at + 1)) << 8))
+    }
+
+    /// The device's translation cache, when its DMA is translated.
+    pub fn iotlb(&self) -> Option<&crate::dma::DeviceIotlb> {
+        self.dma.as_deref().map(DeviceDma::iotlb)
     }
 
     /// The features the function offers (device-type bits, VERSION_1, ACCESS_PLATFORM).
@@ -304,7 +356,7 @@ impl VirtioPciDevice {
     }
 
     /// Function Level Reset (PCIe base 6.6.2): a device reset, plus MSI-X, the PCI_CFG
-    /// window, Device Control and the device's translation cache. The command register and
+    /// window, Device Control, ATS Control and the device's translation cache. The command register and
     /// BARs are left (the guest saves and restores them around an FLR).
     fn function_level_reset(&mut self) {
         self.reset_device();
@@ -323,6 +375,9 @@ impl VirtioPciDevice {
         }
         let at = self.pcie_cap + PCIE_DEVCTL_OFF;
         self.write_config_raw(at, &PCIE_DEVCTL_DEFAULT.to_le_bytes());
+        if let Some(ats) = self.ats_cap {
+            self.write_config_raw(ats + ATS_CTRL_OFF, &[0, 0]);
+        }
         if let Some(dma) = &self.dma {
             dma.iotlb().invalidate(&CacheInvalidation::All);
         }

@@ -395,7 +395,16 @@ fn descriptor(h: &Harness, c: &mut Choices) -> (u64, u64) {
             let lo = 2 | (g << 4) | (c.below(4) << 6) | (u64::from(did) << 16);
             (lo, psi_addr(h, c) | (c.below(2) << 6) | am(c))
         }
-        10 => (3 | (c.u64() & 0xffff_ffff_ffff_0000), c.u64()),
+        10 => {
+            // Device-TLB: well-formed (SID, MIP, PFSID, ADDR and S) most of the time.
+            let lo = 3 | (c.u64() & 0xfff0_ffff_001f_f000);
+            let hi = c.u64() & !0xffe;
+            if c.chance(80) {
+                (lo, hi)
+            } else {
+                (3 | (c.u64() & 0xffff_ffff_ffff_0000), c.u64())
+            }
+        }
         11..=12 => {
             let r = c.u64() & 0xffff;
             let index = c.pick(&[0, 1, 2, 3, 0x7fff, 0xffff, r]);
@@ -664,7 +673,7 @@ impl Harness<'_> {
             let addr = (iqa & IQA_ADDR_MASK).checked_add(16 * at);
             let read = |a: Option<u64>| a.and_then(|a| oracle::read_u64(&self.mem, a));
             let d = match (read(addr), read(addr.and_then(|a| a.checked_add(8)))) {
-                (Some(lo), Some(hi)) => oracle::descriptor(lo, hi),
+                (Some(lo), Some(hi)) => oracle::descriptor(lo, hi, &self.caps),
                 _ => None,
             };
             let Some(d) = d else {

@@ -30,6 +30,14 @@ pub enum CacheInvalidation {
     /// The translations of the devices whose source id equals `sid` in the bits of `mask`
     /// (device-selective context invalidation with its function mask, 11.4.7).
     Devices { sid: Bdf, mask: u16 },
+    /// The translations device `sid` caches in its own device-TLB overlapping `[start, end)`,
+    /// whatever their domain (device-TLB invalidate descriptor, VT-d 6.5.2.5; `end` None: to
+    /// the top). Other devices' caches keep theirs.
+    DeviceRange {
+        sid: Bdf,
+        start: u64,
+        end: Option<u64>,
+    },
 }
 
 impl CacheInvalidation {
@@ -45,6 +53,20 @@ impl CacheInvalidation {
                 domain == Some(did) && last >= start && end.is_none_or(|e| base < e)
             }
             CacheInvalidation::Devices { sid, mask } => device.raw() & mask == sid.raw() & mask,
+            CacheInvalidation::DeviceRange { sid, start, end } => {
+                let last = base.saturating_add(size.saturating_sub(1));
+                device == sid && last >= start && end.is_none_or(|e| base < e)
+            }
+        }
+    }
+
+    /// Whether the invalidation can drop anything `device` caches (a cache that it cannot
+    /// concern need not count it).
+    pub fn concerns(&self, device: Bdf) -> bool {
+        match *self {
+            CacheInvalidation::Devices { sid, mask } => device.raw() & mask == sid.raw() & mask,
+            CacheInvalidation::DeviceRange { sid, .. } => device == sid,
+            _ => true,
         }
     }
 }

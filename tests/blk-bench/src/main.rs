@@ -114,7 +114,10 @@ fn rand_read(path: &str, secs: u64, jobs: u64) -> f64 {
         .collect();
     let total: u64 = handles
         .into_iter()
-        .map(|h| h.join().unwrap_or_else(|_| fail("a reader thread panicked")))
+        .map(|h| {
+            h.join()
+                .unwrap_or_else(|_| fail("a reader thread panicked"))
+        })
         .sum();
     total as f64 / start.elapsed().as_secs_f64()
 }

@@ -6,7 +6,10 @@
 #    MiB reads as the host wrote it, a MiB written with O_DIRECT reads back and is in the image
 #    after L1 exits; /dev/hwrng is virtio_rng and gives random bytes; no DMAR fault;
 #  - without --iommu: ACCESS_PLATFORM not offered (bit 33 clear), the same I/O works; a
-#    read-only disk refuses the write and the image is unchanged.
+#    read-only disk refuses the write and the image is unchanged;
+#  - with --iommu device-iotlb=on: the same as behind the vIOMMU, and each virtio function has
+#    the ATS capability at 0x100 (header 0x0001000f) with Enable set by L1's intel-iommu
+#    ("ATSCtl: Enable+"): an integrated endpoint under a unit with ECAP.DT.
 img="$NESTED_WORKDIR/l1-virtio.img"
 l1_initramfs "$img" "$NESTED_DIR/guest/init-virtio" --module virtio_blk --module virtio-rng
 disk=/run/nested-tmp/virtio-disk.raw
@@ -77,6 +80,27 @@ check_virtio() {
     echo "rng: $distinct distinct byte values in 4 KiB; disk: 1 MiB O_DIRECT round trip"
 }
 
+# check_ats LOG: every virtio function has the ATS capability, enabled by L1.
+check_ats() {
+    local log="$1" n=0 header ctl
+    while read -r _ _ header ctl; do
+        n=$((n + 1))
+        [ "$header" = header=0x0001000f ] || { echo "ATS: $header at 0x100"; return 1; }
+        ctl=${ctl#ctl=}
+        case "$ctl" in 0x[0-9a-f][0-9a-f][0-9a-f][0-9a-f]) ;; *) echo "ATS control $ctl"; return 1 ;; esac
+        [ $((ctl & 0x8000)) -ne 0 ] || { echo "ATS not enabled by L1 (control $ctl)"; return 1; }
+    done < <(grep "^MINIVMM-ATS " "$log" | tr -d '\r')
+    [ "$n" -eq 2 ] || { echo "ATS lines for $n virtio functions, not 2"; return 1; }
+    echo "ATS enabled on $n functions"
+}
+
+# check_virtio_ats LOG: check_virtio behind the vIOMMU, then check_ats.
+check_virtio_ats() {
+    local out
+    out=$(check_virtio 1 0 "$1") || { echo "$out"; return 1; }
+    check_ats "$1" || return 1
+}
+
 summary=""
 before=$(second)
 line=$(l1_variant "$LOGDIR/70-virtio-iommu.log" "virtio+iommu" "check_virtio 1 0" \
@@ -87,6 +111,11 @@ before=$(second)
 line=$(l1_variant "$LOGDIR/70-virtio-noiommu.log" "virtio, read-only, no iommu" "check_virtio 0 1" \
     --kernel "$BZIMAGE" --initramfs "$img" --cpus 2 --memory 512M \
     --disk "path=$disk,readonly=on" --rng --cmdline "console=ttyS0 panic=-1") || { echo "$line"; exit 1; }
+echo "$line"; summary="$summary; $line"
+before=$(second)
+line=$(l1_variant "$LOGDIR/70-virtio-device-iotlb.log" "virtio+iommu device-iotlb" check_virtio_ats \
+    --kernel "$BZIMAGE" --initramfs "$img" --cpus 2 --memory 512M --iommu device-iotlb=on \
+    --disk "path=$disk" --rng --cmdline "console=ttyS0 panic=-1 intel_iommu=on") || { echo "$line"; exit 1; }
 echo "$line"
 rm -f "$disk"
 echo "$summary; $line"

@@ -60,6 +60,7 @@ fn cli_rng_adds_a_virtio_rng_after_the_devices() {
     let c = parse(&["--kernel", "k", "--rng", "--device", "edu"]).unwrap();
     let rng = DeviceConfig::Rng(RngConfig {
         iommu_platform: true,
+        ats: None,
     });
     assert_eq!(c.devices, vec![DeviceConfig::Edu, rng]);
 }
@@ -69,6 +70,7 @@ fn cli_rng_iommu_platform_off_is_kept() {
     let c = parse(&["--kernel", "k", "--rng", "iommu_platform=off"]).unwrap();
     let off = DeviceConfig::Rng(RngConfig {
         iommu_platform: false,
+        ats: None,
     });
     assert_eq!(c.devices, vec![off]);
 }

@@ -169,13 +169,15 @@ fn rng_defaults_to_iommu_platform_on() {
     assert_eq!(
         rng_from_options(""),
         Ok(RngConfig {
-            iommu_platform: true
+            iommu_platform: true,
+            ats: None
         })
     );
     assert_eq!(
         rng_from_options("iommu_platform=off"),
         Ok(RngConfig {
-            iommu_platform: false
+            iommu_platform: false,
+            ats: None
         })
     );
     assert!(rng_from_options("iommu_platform=maybe").is_err());
@@ -213,6 +215,7 @@ fn disk_path_readonly_and_serial() {
             read_only: true,
             serial: Some("vol-1".into()),
             iommu_platform: true,
+            ats: None,
         }
     );
     let d = disk_from_options("path=b.img,iommu_platform=off").unwrap();
@@ -339,4 +342,57 @@ fn net_build_with_an_unusable_tap_name_names_the_flag() {
     };
     let e = n.build().err().unwrap().to_string();
     assert!(e.starts_with("--net tap=bad/name: "), "{e}");
+}
+
+#[test]
+fn ats_option_is_none_unless_given() {
+    assert_eq!(rng_from_options("").unwrap().ats, None);
+    assert_eq!(rng_from_options("ats=on").unwrap().ats, Some(true));
+    assert_eq!(
+        disk_from_options("path=a,ats=off").unwrap().ats,
+        Some(false)
+    );
+    assert!(rng_from_options("ats=maybe").is_err());
+}
+
+#[test]
+fn validate_ats_on_without_device_iotlb_is_refused_naming_the_flag() {
+    let mut c = config();
+    c.iommu = Some(iommu_from_options("").unwrap());
+    c.devices = vec![DeviceConfig::Disk(
+        disk_from_options("path=a.img,ats=on").unwrap(),
+    )];
+    let e = c.validate().unwrap_err();
+    assert_eq!(e, ConfigError::AtsNeedsDeviceIotlb("disk"));
+    assert!(e
+        .to_string()
+        .starts_with("--disk ats=on needs --iommu device-iotlb=on"));
+    c.iommu = None;
+    assert_eq!(c.validate(), Err(ConfigError::AtsNeedsDeviceIotlb("disk")));
+    c.iommu = Some(iommu_from_options("device-iotlb=on").unwrap());
+    assert_eq!(c.validate(), Ok(()));
+}
+
+#[test]
+fn validate_ats_on_with_iommu_platform_off_is_refused() {
+    let mut c = config();
+    c.iommu = Some(iommu_from_options("device-iotlb=on").unwrap());
+    c.devices = vec![DeviceConfig::Rng(
+        rng_from_options("iommu_platform=off,ats=on").unwrap(),
+    )];
+    assert_eq!(c.validate(), Err(ConfigError::AtsNeedsIommuPlatform("rng")));
+}
+
+#[test]
+fn resolve_ats_defaults_to_device_iotlb_and_follows_the_option() {
+    let dt = iommu_from_options("device-iotlb=on").unwrap();
+    let no_dt = iommu_from_options("").unwrap();
+    assert!(resolve_ats(None, true, Some(&dt)));
+    assert!(!resolve_ats(Some(false), true, Some(&dt)));
+    assert!(!resolve_ats(None, true, Some(&no_dt)));
+    assert!(
+        !resolve_ats(None, false, Some(&dt)),
+        "a device bypassing the IOMMU"
+    );
+    assert!(!resolve_ats(None, true, None));
 }

@@ -81,6 +81,8 @@ pub struct DeviceManager {
     pci: Arc<Mutex<PciRoot>>,
     irq: InterruptPlatform,
     passthrough: Vec<Attached>,
+    /// Emulated devices with translated DMA, for the state view.
+    emulated: Vec<pci::EmulatedDma>,
     serial: Option<Arc<Mutex<SerialDevice>>>,
     console: Option<ConsoleOut>,
     mem: GuestMemoryMmap,
@@ -134,6 +136,7 @@ impl DeviceManager {
             mmio,
             pci,
             passthrough: Vec::new(),
+            emulated: Vec::new(),
             serial: None,
             console: None,
         };
@@ -196,6 +199,7 @@ impl DeviceManager {
             ioapic: lock(&self.irq.ioapic).state(),
             iommu: self.irq.iommu.as_ref().map(|i| i.state()),
             passthrough: self.passthrough.iter().map(Attached::state).collect(),
+            emulated: self.emulated.iter().map(pci::EmulatedDma::state).collect(),
             irqfd_routes: self
                 .irq
                 .kvm

@@ -19,8 +19,28 @@ use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{DeviceManager, DeviceManagerError};
-use crate::config::DeviceConfig;
+use crate::config::{resolve_ats, DeviceConfig};
 use crate::layout::*;
+use crate::state::EmulatedDmaState;
+
+/// An emulated device whose DMA is translated, as the state view shows it: its cache's
+/// counters and, for a virtio function, its ATS Control register.
+pub(super) struct EmulatedDma {
+    name: String,
+    dma: Arc<DeviceDma>,
+    virtio: Option<Arc<Mutex<VirtioPciDevice>>>,
+}
+
+impl EmulatedDma {
+    pub(super) fn state(&self) -> EmulatedDmaState {
+        EmulatedDmaState {
+            name: self.name.clone(),
+            address: self.dma.source(),
+            iotlb: self.dma.iotlb().stats(),
+            ats_control: self.virtio.as_ref().and_then(|v| lock(v).ats_control()),
+        }
+    }
+}
 
 /// edu's interrupt pin (INTA, devices/src/edu/pci.rs).
 const EDU_INTX_PIN: u8 = 1;
@@ -35,13 +55,14 @@ impl DeviceManager {
             DeviceConfig::Edu => self.add_edu(),
             DeviceConfig::Rng(rng) => {
                 let dev = Rng::new().map_err(VirtioPciError::Worker)?;
-                self.add_virtio_device(Box::new(dev), rng.iommu_platform)
+                self.add_virtio_device(Box::new(dev), rng.iommu_platform, rng.ats)
             }
             DeviceConfig::Disk(disk) => {
-                self.add_virtio_device(Box::new(disk.build()?), disk.iommu_platform)
+                let dev = Box::new(disk.build()?);
+                self.add_virtio_device(dev, disk.iommu_platform, disk.ats)
             }
             DeviceConfig::Net(net) => {
-                self.add_virtio_device(Box::new(net.build()?), net.iommu_platform)
+                self.add_virtio_device(Box::new(net.build()?), net.iommu_platform, None)
             }
         }
     }
@@ -49,9 +70,15 @@ impl DeviceManager {
     fn add_edu(&mut self) -> Result<(), DeviceManagerError> {
         let slot = self.resources.pci_slot()?;
         let address = Bdf::new(0, slot, 0);
+        let dma = Arc::new(self.device_dma(address));
+        self.emulated.push(EmulatedDma {
+            name: "edu".into(),
+            dma: dma.clone(),
+            virtio: None,
+        });
         let dev = EduDevice::new(
             address,
-            Arc::new(self.device_dma(address)),
+            dma,
             self.irq.msi.clone(),
             self.intx_line(slot, EDU_INTX_PIN),
         );
@@ -66,10 +93,13 @@ impl DeviceManager {
     /// IOMMU, it offers ACCESS_PLATFORM and its DMA goes through the IOMMU with its own
     /// translation cache; its MSI-X vectors are irqfds on remapped routes (as a passed-through
     /// function's), its INTA goes to the IOAPIC pin the _PRT gives it.
+    /// It has the ATS capability as its `ats=` option says, by default with `--iommu
+    /// device-iotlb=on` (`config::resolve_ats`).
     pub(super) fn add_virtio_device(
         &mut self,
         device: Box<dyn VirtioDevice>,
         iommu_platform: bool,
+        ats: Option<bool>,
     ) -> Result<(), DeviceManagerError> {
         let slot = self.resources.pci_slot()?;
         let address = Bdf::new(0, slot, 0);
@@ -85,14 +115,31 @@ impl DeviceManager {
             name: format!("virtio {address}"),
         };
         let intx = self.intx_line(slot, VIRTIO_INTX_PIN);
-        let dev = VirtioPciDevice::new(address, device, self.mem.clone(), dma, wiring, intx)?;
+        let iommu_config = self.irq.iommu.as_ref().map(|i| i.config());
+        let ats = translated && resolve_ats(ats, iommu_platform, iommu_config.as_ref());
+        let mut dev =
+            VirtioPciDevice::new(address, device, self.mem.clone(), dma.clone(), wiring, intx)?;
+        if ats {
+            dev.add_ats()?;
+        }
         if let Some(iommu) = &self.irq.iommu {
             iommu.add_interrupt_routes(dev.msix().routes());
         }
+        let dev = Arc::new(Mutex::new(dev));
+        if let Some(dma) = dma {
+            self.emulated.push(EmulatedDma {
+                name: format!("virtio type {kind}"),
+                dma,
+                virtio: Some(dev.clone()),
+            });
+        }
         // The driver's notifications reach the queues' eventfds through BAR writes; the bus
         // registers dev.notify_eventfds() as ioeventfds once it can.
-        lock(&self.pci).add_device(Arc::new(Mutex::new(dev)), Some(slot))?;
+        lock(&self.pci).add_device(dev, Some(slot))?;
         log::info!("virtio device type {kind} at {address} (ACCESS_PLATFORM: {translated})");
+        if ats {
+            log::info!("virtio device at {address}: ATS capability (device-TLB)");
+        }
         Ok(())
     }
 

@@ -156,6 +156,18 @@ fn sample() -> VmState {
                 dma: dma(NVME_BDF, 0x1000),
             },
         ],
+        emulated: vec![EmulatedDmaState {
+            name: "virtio-blk".into(),
+            address: Bdf::new(0, 3, 0),
+            iotlb: IotlbStats {
+                hits: 995,
+                misses: 5,
+                invalidations: 7,
+                device_invalidations: 3,
+                entries: 4,
+            },
+            ats_control: Some(0x8000),
+        }],
         irqfd_routes: vec![IrqfdRoute {
             gsi: 24,
             address: 0xfee0_0000,
@@ -220,7 +232,7 @@ fn rendered_state_matches_the_lab_patterns() {
 }
 
 /// The whole text, as the formatting spread over the crates produced it before the state
-/// became data.
+/// became data (and the emulated devices' line since).
 #[test]
 fn rendered_state_is_the_previous_text() {
     let expected = format!(
@@ -247,6 +259,7 @@ passthrough {NVME_BDF} at 00:02.0:
     vector 0: masked pending
     vector 1: unprogrammed
   vfio {NVME_BDF}: 3 host mappings (largest 0x1000); 12 VFIO_IOMMU_MAP_DMA (0 failed, avg 7 us), 9 VFIO_IOMMU_UNMAP_DMA (avg 5 us)
+emulated virtio-blk at 00:03.0: IOTLB 995 hits, 5 misses (hit rate 99.5%), 7 invalidations (3 device-TLB), 4 entries; ATS enabled (STU 0)
   KVM irqfd route: GSI 24 -> 0xfee00000/0x41
 "
     );
@@ -284,5 +297,31 @@ fn render_vcpu_with_apic_prints_highest_vectors() {
     assert_eq!(
         line,
         "vCPU 0: RIP 0x1000 RSP 0x8000 RFLAGS 0x2 (IF 0), APIC TPR 0x10 ISR 0x31 IRR -\n"
+    );
+}
+
+#[test]
+fn rendered_state_shows_each_emulated_device_iotlb_and_ats() {
+    let text = render(&sample());
+    assert!(
+        text.contains(
+            "emulated virtio-blk at 00:03.0: IOTLB 995 hits, 5 misses (hit rate 99.5%), \
+             7 invalidations (3 device-TLB), 4 entries; ATS enabled (STU 0)"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn rendered_state_hit_rate_without_lookups_is_a_dash_and_no_ats_is_omitted() {
+    let mut vm = sample();
+    vm.emulated[0].iotlb = IotlbStats::default();
+    vm.emulated[0].ats_control = None;
+    let text = render(&vm);
+    assert!(
+        text.contains(
+            "IOTLB 0 hits, 0 misses (hit rate -), 0 invalidations (0 device-TLB), 0 entries\n"
+        ),
+        "{text}"
     );
 }

@@ -665,3 +665,77 @@ fn ioeventfd_of_bar0_notify_area_serves_the_queue_without_a_bar_write() {
     assert_eq!(r.mem.read_obj::<u32>(GuestAddress(USED + 8)).unwrap(), 32);
     r.w8(DEVICE_STATUS, 0);
 }
+
+/// A function with the ATS capability (a VT-d unit with device-TLB support).
+fn ats_rig() -> Rig {
+    let mut r = rig(true);
+    r.dev.add_ats().unwrap();
+    r
+}
+
+impl Rig {
+    fn config32(&mut self, at: usize) -> u32 {
+        self.dev.read_config_register(at / 4)
+    }
+}
+
+#[test]
+fn ats_capability_follows_the_pcie_capability_at_0x100() {
+    let mut r = ats_rig();
+    // The PCIe capability makes the 4 KiB space exist for the guest (PCIe base 7.6).
+    assert!(r.find_cap(PCI_CAP_ID_EXP, None).is_some());
+    // What ECAM reads at 0x100: ID 0x000f, version 1, no next.
+    assert_eq!(r.config32(0x100), 0x0001_000f);
+    assert_eq!(r.config16(0x100 + ATS_CAP_OFF), ATS_CAP_PAGE_ALIGNED);
+    assert_eq!(
+        r.config16(0x100 + ATS_CTRL_OFF),
+        0,
+        "disabled, STU 0 at reset"
+    );
+    assert_eq!(r.dev.ats_control(), Some(0));
+}
+
+#[test]
+fn ats_absent_without_add_ats_reads_zero_at_0x100() {
+    let mut r = rig(true);
+    assert_eq!(r.config32(0x100), 0);
+    assert_eq!(r.dev.ats_control(), None);
+}
+
+#[test]
+fn ats_control_enable_and_stu_are_writable_the_rest_read_only() {
+    let mut r = ats_rig();
+    r.write_config(0x100 + ATS_CAP_OFF, &[0xff, 0xff, 0xff, 0xff]);
+    assert_eq!(r.config16(0x100 + ATS_CAP_OFF), ATS_CAP_PAGE_ALIGNED);
+    assert_eq!(
+        r.config16(0x100 + ATS_CTRL_OFF),
+        ATS_CTRL_ENABLE | ATS_CTRL_STU
+    );
+    // What Linux's pci_enable_ats(pdev, 12) writes.
+    r.write_config(0x100 + ATS_CTRL_OFF, &ATS_CTRL_ENABLE.to_le_bytes());
+    assert_eq!(r.dev.ats_control(), Some(ATS_CTRL_ENABLE));
+    r.write_config(0x100, &[0; 4]);
+    assert_eq!(r.config32(0x100), 0x0001_000f, "header read-only");
+}
+
+#[test]
+fn ats_enabled_device_translates_through_its_cache() {
+    let mut r = ats_rig();
+    r.write_config(0x100 + ATS_CTRL_OFF, &ATS_CTRL_ENABLE.to_le_bytes());
+    r.table.map(DESC, 0x3000);
+    r.negotiate(VIRTIO_F_VERSION_1 | VIRTIO_F_ACCESS_PLATFORM);
+    r.setup_queue0(true);
+    r.driver_ok();
+    assert!(r.dev.is_active());
+    assert!(!r.dev.iotlb().unwrap().is_empty());
+}
+
+#[test]
+fn flr_clears_ats_enable_and_stu() {
+    let mut r = ats_rig();
+    r.write_config(0x100 + ATS_CTRL_OFF, &(ATS_CTRL_ENABLE | 3).to_le_bytes());
+    let cap = r.find_cap(PCI_CAP_ID_EXP, None).unwrap();
+    r.write_config(cap + PCIE_DEVCTL_OFF + 1, &[0x80]);
+    assert_eq!(r.dev.ats_control(), Some(0));
+    assert_eq!(r.config32(0x100), 0x0001_000f, "the capability stays");
+}
