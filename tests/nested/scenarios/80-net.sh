@@ -85,10 +85,10 @@ check_net() {
         reject "$log" "^MINIVMM-PCI .* group=none" "a virtio function without an IOMMU group" || return 1
     fi
     expect "$log" "^MINIVMM-NET-LINK up 52:54:00:12:34:56" "eth0 up with the default MAC" || return 1
-    pings=$(sed -n 's/^MINIVMM-NET-PING //p' "$log")
+    pings=$(sed -n 's/^MINIVMM-NET-PING \([0-9]*\).*/\1/p' "$log")
     [ "${pings:-0}" -ge 1 ] || { echo "no ping reply from 10.0.2.1"; return 1; }
     expect "$log" "^MINIVMM-NET-NC ok" "the TCP send to finish" || return 1
-    sent=$(sed -n 's/^MINIVMM-NET-SENT //p' "$log")
+    sent=$(sed -n 's/^MINIVMM-NET-SENT \([0-9a-f]*\).*/\1/p' "$log")
     [ -n "$sent" ] || { echo "L1 printed no sha256 of what it sent"; return 1; }
     # The listener moves the file in place when the connection ends.
     for _ in $(seq 1 30); do [ -f "$recv" ] && break; sleep 1; done
