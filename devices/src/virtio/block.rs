@@ -25,7 +25,7 @@ use worker::BlockJob;
 
 use super::thread::WorkerThread;
 use super::{
-    ActivateContext, ActivateError, VirtioDevice, VirtioMemory, TYPE_BLOCK,
+    read_config_bytes, ActivateContext, ActivateError, VirtioDevice, VirtioMemory, TYPE_BLOCK,
     VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
 
@@ -196,14 +196,7 @@ impl VirtioDevice for Block {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let space = self.config_space();
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = usize::try_from(offset)
-                .ok()
-                .and_then(|o| o.checked_add(i))
-                .and_then(|at| space.get(at).copied())
-                .unwrap_or(0);
-        }
+        read_config_bytes(&self.config_space(), offset, data);
     }
 
     /// Only `writeback` is writable (section 5.2.4: with CONFIG_WCE, 0 write-through,

@@ -101,3 +101,15 @@ pub enum ActivateError {
     #[error("virtio: {0}")]
     Other(String),
 }
+
+/// Reads `data.len()` bytes of a device configuration space `space` from `offset` on (virtio
+/// 1.2 section 4.1.4.6); bytes past its end read as zero.
+pub fn read_config_bytes(space: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = usize::try_from(offset)
+            .ok()
+            .and_then(|o| o.checked_add(i))
+            .and_then(|at| space.get(at).copied())
+            .unwrap_or(0);
+    }
+}

@@ -32,8 +32,8 @@ use worker::NetJob;
 
 use super::thread::WorkerThread;
 use super::{
-    ActivateContext, ActivateError, VirtioDevice, TYPE_NET, VIRTIO_RING_F_EVENT_IDX,
-    VIRTIO_RING_F_INDIRECT_DESC,
+    read_config_bytes, ActivateContext, ActivateError, VirtioDevice, TYPE_NET,
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
 
 /// VIRTIO_NET_F_CSUM: the device takes packets with a partial checksum (virtio 1.2 section
@@ -224,14 +224,7 @@ impl VirtioDevice for Net {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let space = self.config_space();
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = usize::try_from(offset)
-                .ok()
-                .and_then(|o| o.checked_add(i))
-                .and_then(|at| space.get(at).copied())
-                .unwrap_or(0);
-        }
+        read_config_bytes(&self.config_space(), offset, data);
     }
 
     /// Section 5.1.4.2: the driver must not write the MAC of a modern device (it sets one
