@@ -258,8 +258,16 @@ mod tests {
         // 1 GiB above 4 GiB / 64 KiB = 0x4000.
         let high: Vec<u8> = (0x5bu8..=0x5d).map(|i| reg(&mut c, i)).collect();
         assert_eq!(high, vec![0x00, 0x40, 0x00]);
-        assert_eq!((reg(&mut c, 0x15), reg(&mut c, 0x16)), (0x80, 0x02), "640 KiB");
-        assert_eq!((reg(&mut c, 0x17), reg(&mut c, 0x18)), (0xff, 0xff), "capped");
+        assert_eq!(
+            (reg(&mut c, 0x15), reg(&mut c, 0x16)),
+            (0x80, 0x02),
+            "640 KiB"
+        );
+        assert_eq!(
+            (reg(&mut c, 0x17), reg(&mut c, 0x18)),
+            (0xff, 0xff),
+            "capped"
+        );
         assert_eq!(reg(&mut c, 0x5f), 3);
     }
 

@@ -5,8 +5,8 @@
 pub mod acpi_pm;
 pub mod bus;
 pub mod cmos;
-pub mod debugcon;
 pub mod debug_exit;
+pub mod debugcon;
 pub mod dma;
 pub mod edu;
 #[cfg(any(test, feature = "fuzzing"))]

@@ -100,7 +100,10 @@ impl Ich9Lpc {
             self.pio.remove(old.into());
         }
         if let Some(base) = want {
-            match self.pio.insert(base.into(), pmio::PMIO_SIZE, self.pm.clone()) {
+            match self
+                .pio
+                .insert(base.into(), pmio::PMIO_SIZE, self.pm.clone())
+            {
                 Ok(()) => self.pm_at = Some(base),
                 Err(e) => iommu::warn_limited!("ICH9 LPC: PMBASE {base:#x}: {e}; PM block off"),
             }
@@ -280,7 +283,11 @@ mod tests {
     fn lpc_command_register_takes_io_and_memory() {
         let (mut d, _, _) = lpc();
         d.write_config_register(1, 0, &[0x07, 0x00]);
-        assert_eq!(d.read_config_register(1) & 0x3, 0x3, "SioBusDxe wants IO+MEM");
+        assert_eq!(
+            d.read_config_register(1) & 0x3,
+            0x3,
+            "SioBusDxe wants IO+MEM"
+        );
     }
 
     #[test]

@@ -179,7 +179,10 @@ mod tests {
     #[test]
     fn pm1_cnt_other_sleep_types_are_dropped() {
         let (mut d, rec, _) = dev();
-        d.write(PM1_CNT, &((1 << SLP_TYP_SHIFT) | PM1_CNT_SLP_EN).to_le_bytes());
+        d.write(
+            PM1_CNT,
+            &((1 << SLP_TYP_SHIFT) | PM1_CNT_SLP_EN).to_le_bytes(),
+        );
         assert!(rec.0.lock().unwrap().is_empty(), "S3 is not supported");
     }
 

@@ -141,7 +141,11 @@ mod tests {
     fn host_bridge_q35_reads_mch_id() {
         let mut h = HostBridge::q35();
         assert_eq!(h.read_config_register(0), 0x29c0_8086);
-        assert_eq!(h.read_config_register(2) >> 8, 0x06_00_00, "class host bridge");
+        assert_eq!(
+            h.read_config_register(2) >> 8,
+            0x06_00_00,
+            "class host bridge"
+        );
         let mut g = HostBridge::new();
         assert_eq!(g.read_config_register(0), 0x0008_1b36);
     }
