@@ -59,7 +59,7 @@ mod tests {
         for b in b"OK\n" {
             d.write(0, &[*b]);
         }
-        d.write(0, &[b'x', b'y']);
+        d.write(0, b"xy");
         assert_eq!(*sink.0.lock().unwrap(), b"OK\nx");
     }
 
