@@ -104,7 +104,13 @@ impl Ich9Lpc {
                 .pio
                 .insert(base.into(), pmio::PMIO_SIZE, self.pm.clone())
             {
-                Ok(()) => self.pm_at = Some(base),
+                Ok(()) => {
+                    log::info!(
+                        "ICH9 LPC: PM block at {base:#x} (PM timer at {:#x})",
+                        base + 8
+                    );
+                    self.pm_at = Some(base);
+                }
                 Err(e) => iommu::warn_limited!("ICH9 LPC: PMBASE {base:#x}: {e}; PM block off"),
             }
         }

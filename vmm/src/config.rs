@@ -20,6 +20,8 @@ pub struct VmConfig {
     pub cpus: u32,
     pub serial: SerialConfig,
     pub debug_exit: Option<DebugExitConfig>,
+    /// QEMU's isa-debugcon (`--debugcon`), if any.
+    pub debugcon: Option<DebugconConfig>,
     /// The emulated VT-d unit every PCI device sits behind, if any.
     pub iommu: Option<IommuConfig>,
     /// Emulated PCI devices, in slot order.
@@ -32,10 +34,34 @@ pub struct VmConfig {
 
 /// What the vCPUs boot.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BootSource {
+pub enum BootSource {
+    /// `--kernel`: minivmm loads the kernel and enters it in its boot protocol's state.
+    Kernel(KernelBoot),
+    /// `--bios`: a firmware image mapped read-only below 4 GiB; the boot CPU starts at the
+    /// reset vector on a Q35 look-alike platform.
+    Firmware(FirmwareBoot),
+}
+
+/// Direct kernel boot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelBoot {
     pub kernel: PathBuf,
     pub initramfs: Option<PathBuf>,
     pub cmdline: String,
+}
+
+/// Firmware boot (`--bios PATH`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FirmwareBoot {
+    pub image: PathBuf,
+}
+
+/// `--debugcon file=PATH|stdio[,iobase=PORT]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DebugconConfig {
+    /// None: stdout.
+    pub file: Option<PathBuf>,
+    pub iobase: u16,
 }
 
 /// Guest RAM.
@@ -215,6 +241,27 @@ pub enum ConfigError {
 pub const PCI_SLOTS: usize = devices::pci::root::NUM_DEVICES - 1;
 
 impl VmConfig {
+    /// Whether the VM boots through firmware (`--bios`): the Q35 look-alike platform.
+    pub fn firmware(&self) -> bool {
+        matches!(self.boot, BootSource::Firmware(_))
+    }
+
+    /// The address map this VM's boot calls for.
+    pub fn address_map(&self) -> layout::AddressMap {
+        if self.firmware() {
+            let ram_end = self
+                .memory
+                .ram_ranges()
+                .iter()
+                .map(|(s, l)| s + l)
+                .max()
+                .unwrap_or(0);
+            layout::AddressMap::firmware(ram_end)
+        } else {
+            layout::AddressMap::direct()
+        }
+    }
+
     /// Checks what no single flag can: combinations, and whether everything fits.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !self.passthrough.is_empty() && self.iommu.is_some_and(|c| !c.caching_mode) {
@@ -320,6 +367,24 @@ pub fn debug_exit_from_options(s: &str) -> Result<DebugExitConfig, OptionError> 
         ));
     }
     Ok(DebugExitConfig { iobase, iosize })
+}
+
+/// `--debugcon file=PATH|stdio[,iobase=PORT]` (QEMU's `-debugcon` with
+/// `-global isa-debugcon.iobase=`; the default port is OVMF's, 0x402).
+pub fn debugcon_from_options(s: &str) -> Result<DebugconConfig, OptionError> {
+    let o = Options::parse("debugcon", s, &["file", "iobase"], true)?;
+    let file = match (o.kind(), o.get("file")) {
+        (Some("stdio"), None) => None,
+        (None, Some(p)) if !p.is_empty() => Some(PathBuf::from(p)),
+        (None, Some(p)) => return Err(o.invalid("file", p, "expected a path")),
+        _ => return Err(o.invalid_kind(s, "expected file=PATH or stdio")),
+    };
+    let iobase = o.number(
+        "iobase",
+        devices::debugcon::DEBUGCON_DEFAULT_PORT.into(),
+        0..=0xffff,
+    )? as u16;
+    Ok(DebugconConfig { file, iobase })
 }
 
 /// `--iommu [intremap=on|off,caching-mode=on|off,aw-bits=39|48,device-iotlb=on|off,x2apic=on|off]`.

@@ -59,15 +59,31 @@ fn kvm_segment(s: &Segment) -> kvm_segment {
     }
 }
 
-/// Sets CPUID, MSRs, LAPIC LVTs and FPU for every vCPU; registers only for the boot vCPU.
-/// Application processors stay in KVM's wait-for-SIPI state.
+/// How a vCPU starts.
+#[derive(Clone, Copy, Debug)]
+pub enum Start<'a> {
+    /// The boot vCPU of direct kernel boot: in the kernel's entry state.
+    Entry(&'a BootCpuState),
+    /// The boot vCPU of firmware boot: in the architectural reset state KVM creates it in
+    /// (CS F000 base FFFF0000, RIP FFF0: the firmware's reset vector), MTRRs off.
+    ResetVector,
+    /// An application processor: waiting for INIT/SIPI.
+    WaitForSipi,
+}
+
+/// Sets CPUID, MSRs, LAPIC LVTs and FPU for every vCPU; registers only for the boot vCPU of
+/// direct kernel boot. Application processors stay in KVM's wait-for-SIPI state.
 pub fn configure(
     vcpu: &VcpuFd,
     id: u32,
     cpus: u32,
     supported: &CpuId,
-    boot: Option<&BootCpuState>,
+    start: Start<'_>,
 ) -> Result<(), VcpuError> {
+    let boot = match start {
+        Start::Entry(b) => Some(b),
+        _ => None,
+    };
     let setup = |what, e| VcpuError::Setup(id, what, e);
     let mut entries = supported.as_slice().to_vec();
     cpuid::patch(&mut entries, id, cpus);
@@ -78,19 +94,20 @@ pub fn configure(
     vcpu.set_cpuid2(&cpuid)
         .map_err(|e| setup("KVM_SET_CPUID2", e))?;
 
-    let msrs = Msrs::from_entries(&[
-        kvm_msr_entry {
-            index: MSR_IA32_MISC_ENABLE,
-            data: MISC_ENABLE_FAST_STRING,
-            ..Default::default()
-        },
-        kvm_msr_entry {
+    let mut msr_entries = vec![kvm_msr_entry {
+        index: MSR_IA32_MISC_ENABLE,
+        data: MISC_ENABLE_FAST_STRING,
+        ..Default::default()
+    }];
+    // Firmware programs the MTRRs itself from their reset state (disabled).
+    if !matches!(start, Start::ResetVector) {
+        msr_entries.push(kvm_msr_entry {
             index: MSR_MTRR_DEF_TYPE,
             data: MTRR_ENABLE_WB,
             ..Default::default()
-        },
-    ])
-    .map_err(|_| VcpuError::Cpuid(id))?;
+        });
+    }
+    let msrs = Msrs::from_entries(&msr_entries).map_err(|_| VcpuError::Cpuid(id))?;
     vcpu.set_msrs(&msrs).map_err(|e| setup("KVM_SET_MSRS", e))?;
 
     let mut lapic = vcpu.get_lapic().map_err(|e| setup("KVM_GET_LAPIC", e))?;
@@ -139,7 +156,7 @@ pub fn configure(
         };
         vcpu.set_regs(&regs).map_err(|e| setup("KVM_SET_REGS", e))?;
         debug_assert!(b.mode == CpuMode::Long64 || b.cr0 & firmware::cpu_state::X86_CR0_PG == 0);
-    } else {
+    } else if matches!(start, Start::WaitForSipi) {
         // KVM_MP_STATE_UNINITIALIZED: an AP waiting for INIT/SIPI from the boot CPU.
         vcpu.set_mp_state(kvm_mp_state { mp_state: 1 })
             .map_err(|e| setup("KVM_SET_MP_STATE", e))?;
@@ -262,7 +279,11 @@ pub fn run(mut vcpu: VcpuFd, id: u32, ctx: &VcpuContext) {
                 return;
             }
             Ok(VcpuExit::InternalError) => {
-                let msg = format!("vCPU {id}: KVM internal error (emulation failure)");
+                let at = crate::state::render_vcpu(&describe(&vcpu, id));
+                let msg = format!(
+                    "vCPU {id}: KVM internal error (emulation failure) at {}",
+                    at.trim()
+                );
                 let _ = ctx.stopped.send(StopReason::Error(msg));
                 return;
             }

@@ -56,6 +56,11 @@ pub enum VmError {
     Sandbox(String),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error("--bios {}: {reason}", path.display())]
+    Bios {
+        path: std::path::PathBuf,
+        reason: String,
+    },
 }
 
 /// KVM_X2APIC_API flags (Documentation/virt/kvm/api.rst 7.13).
@@ -69,6 +74,8 @@ pub struct Vm {
     vm: Arc<VmFd>,
     vcpus: Vec<kvm_ioctls::VcpuFd>,
     _mem: GuestMemoryMmap,
+    /// The firmware image's read-only mapping (firmware boot).
+    _firmware: Option<GuestMemoryMmap>,
     devices: DeviceManager,
     stdin: bool,
     control: Arc<VmControl>,
@@ -107,12 +114,13 @@ fn create_vm() -> Result<(Kvm, Arc<VmFd>), VmError> {
     Ok((kvm, vm))
 }
 
-/// Creates the vCPUs, the first one set up to enter the kernel as `boot` says.
+/// Creates the vCPUs, the first one set up to enter the kernel as `boot` says (None: at the
+/// firmware's reset vector).
 fn create_vcpus(
     kvm: &Kvm,
     vm: &VmFd,
     cpus: u32,
-    boot: &firmware::BootCpuState,
+    boot: Option<&firmware::BootCpuState>,
 ) -> Result<Vec<kvm_ioctls::VcpuFd>, VmError> {
     let supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -122,7 +130,12 @@ fn create_vcpus(
         let fd = vm
             .create_vcpu(id.into())
             .map_err(|e| VmError::Kvm("KVM_CREATE_VCPU", e))?;
-        vcpu::configure(&fd, id, cpus, &supported, (id == 0).then_some(boot))?;
+        let start = match (id, boot) {
+            (0, Some(b)) => vcpu::Start::Entry(b),
+            (0, None) => vcpu::Start::ResetVector,
+            _ => vcpu::Start::WaitForSipi,
+        };
+        vcpu::configure(&fd, id, cpus, &supported, start)?;
         vcpus.push(fd);
     }
     Ok(vcpus)
@@ -148,35 +161,66 @@ impl Vm {
             let control = control.clone();
             crate::lifecycle::on_panic_stop(move |reason| control.stop(reason));
         }
-        let mut dm = DeviceManager::create(vm.clone(), &mem, slots, control.clone(), cfg, &hosts)?;
+        let image = match &cfg.boot {
+            crate::config::BootSource::Firmware(f) => Some(read_firmware(&f.image)?),
+            crate::config::BootSource::Kernel(_) => None,
+        };
+        let firmware_mem = match &image {
+            Some(image) => {
+                if !kvm.check_extension(kvm_ioctls::Cap::ReadonlyMem) {
+                    return Err(VmError::KvmCapability("KVM_CAP_READONLY_MEM"));
+                }
+                Some(memory::map_firmware(&vm, &slots, image)?)
+            }
+            None => None,
+        };
+        let mut dm = DeviceManager::create(
+            vm.clone(),
+            &mem,
+            slots.clone(),
+            control.clone(),
+            cfg,
+            &hosts,
+        )?;
         let prt = dm.finish()?;
-        let rsdp = acpi::create_acpi_tables(
-            &mem,
-            GuestAddress(ACPI_START),
-            ACPI_SIZE,
-            &acpi_config(cfg, &prt),
-        )?;
-        let boot = firmware::load(
-            &mem,
-            &BootConfig {
-                kernel: &cfg.boot.kernel,
-                initramfs: cfg.boot.initramfs.as_deref(),
-                cmdline: &cfg.boot.cmdline,
-                layout: &boot_layout(cfg.memory.ram_ranges()),
-                rsdp: Some(rsdp),
-            },
-        )?;
-        firmware::reset_vector::write(
-            &mem,
-            ACPI_PM_PORT + devices::acpi_pm::RESET_OFFSET as u16,
-            devices::acpi_pm::RESET_VALUE,
-        )?;
+        let acpi = acpi_config(cfg, &prt);
+        let boot = match &cfg.boot {
+            crate::config::BootSource::Kernel(k) => {
+                let rsdp =
+                    acpi::create_acpi_tables(&mem, GuestAddress(ACPI_START), ACPI_SIZE, &acpi)?;
+                let boot = firmware::load(
+                    &mem,
+                    &BootConfig {
+                        kernel: &k.kernel,
+                        initramfs: k.initramfs.as_deref(),
+                        cmdline: &k.cmdline,
+                        layout: &boot_layout(cfg.memory.ram_ranges()),
+                        rsdp: Some(rsdp),
+                    },
+                )?;
+                firmware::reset_vector::write(
+                    &mem,
+                    ACPI_PM_PORT + devices::acpi_pm::RESET_OFFSET as u16,
+                    devices::acpi_pm::RESET_VALUE,
+                )?;
+                Some(boot)
+            }
+            crate::config::BootSource::Firmware(_) => {
+                // The firmware loads the tables from fw_cfg (QEMU's linker/loader).
+                let files = acpi::loader::build(&acpi);
+                dm.add_fw_cfg_file(acpi::loader::TABLES_FILE, files.tables)?;
+                dm.add_fw_cfg_file(acpi::loader::RSDP_FILE, files.rsdp)?;
+                dm.add_fw_cfg_file(acpi::loader::LOADER_FILE, files.loader)?;
+                None
+            }
+        };
         crate::device_manager::stop_point()?;
-        let vcpus = create_vcpus(&kvm, &vm, cfg.cpus, &boot)?;
+        let vcpus = create_vcpus(&kvm, &vm, cfg.cpus, boot.as_ref())?;
         Ok(Vm {
             vm,
             vcpus,
             _mem: mem,
+            _firmware: firmware_mem,
             devices: dm,
             stdin: matches!(cfg.serial, SerialConfig::Stdio),
             control,
@@ -187,6 +231,9 @@ impl Vm {
     /// What the guest printed so far reaches the console.
     fn flush_console(&self) {
         if let Some(c) = self.devices.console() {
+            c.flush_now();
+        }
+        if let Some(c) = self.devices.debugcon() {
             c.flush_now();
         }
     }
@@ -301,6 +348,24 @@ impl Vm {
         drop(self.vm);
         Ok(reason)
     }
+}
+
+/// Reads a firmware image: a whole number of 4 KiB pages, at most what fits between KVM's
+/// pages and 4 GiB (16 MiB; OVMF.fd is 2 MiB, OVMF_CODE_4M.fd 3.5 MiB).
+fn read_firmware(path: &std::path::Path) -> Result<Vec<u8>, VmError> {
+    let bad = |reason: String| VmError::Bios {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let image = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let len = image.len() as u64;
+    if len == 0 || len % 0x1000 != 0 || len > FW_IMAGE_MAX {
+        return Err(bad(format!(
+            "the image is {len} bytes; expected a multiple of 4 KiB up to {} MiB",
+            FW_IMAGE_MAX >> 20
+        )));
+    }
+    Ok(image)
 }
 
 /// SIGRTMIN kicks a vCPU out of KVM_RUN; SIGUSR1 asks for the state dump.

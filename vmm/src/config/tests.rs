@@ -2,15 +2,16 @@ use super::*;
 
 fn config() -> VmConfig {
     VmConfig {
-        boot: BootSource {
+        boot: BootSource::Kernel(KernelBoot {
             kernel: "k".into(),
             initramfs: None,
             cmdline: String::new(),
-        },
+        }),
         memory: memory_from_options("512M").unwrap(),
         cpus: 1,
         serial: SerialConfig::Stdio,
         debug_exit: None,
+        debugcon: None,
         iommu: None,
         devices: Vec::new(),
         passthrough: Vec::new(),

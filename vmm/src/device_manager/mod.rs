@@ -37,7 +37,6 @@ use crate::config::VmConfig;
 use crate::console::ConsoleOut;
 use crate::control::VmControl;
 use crate::iommu::IommuTranslator;
-use crate::layout::pci_windows;
 use crate::memory::{KvmMmioMapper, MemSlots};
 use crate::state::{IrqfdRoute, VmState};
 use crate::vfio::{AttachError, Attached};
@@ -60,6 +59,10 @@ pub enum DeviceManagerError {
     Net(#[from] crate::config::NetError),
     #[error("Cannot open serial output {0}: {1}")]
     SerialFile(PathBuf, #[source] std::io::Error),
+    #[error("fw_cfg: {0}")]
+    FwCfg(#[from] devices::fw_cfg::FwCfgError),
+    #[error("Cannot open --debugcon output {0}: {1}")]
+    DebugconFile(PathBuf, #[source] std::io::Error),
     #[error("Stopped by signal {0} during setup")]
     Stopped(i32),
 }
@@ -91,6 +94,14 @@ pub struct DeviceManager {
     /// What the emulated devices' DMA goes through: the IOMMU, or identity.
     dma: DmaTranslation,
     mapper: Arc<KvmMmioMapper>,
+    /// Where ECAM, the windows and the PM ports are.
+    map: crate::layout::AddressMap,
+    /// fw_cfg, for the files added once the ACPI tables are built.
+    fw_cfg: Option<Arc<Mutex<devices::fw_cfg::FwCfg>>>,
+    /// isa-debugcon's output, flushed with the console's.
+    debugcon: Option<ConsoleOut>,
+    /// The ICH9 reset control register at 0xCF9 (firmware boot).
+    rst_cnt: Option<SharedDevice>,
 }
 
 impl DeviceManager {
@@ -103,8 +114,9 @@ impl DeviceManager {
         cfg: &VmConfig,
         hosts: &[HostDevice],
     ) -> Result<Self, DeviceManagerError> {
+        let map = cfg.address_map();
         let mut resources = Resources::new()?;
-        resources.reserve_address_map(&cfg.memory.ram_ranges())?;
+        resources.reserve_address_map(&cfg.memory.ram_ranges(), &map)?;
         let irq = InterruptPlatform::new(vm.clone(), cfg.iommu, mem);
         let dma = match &irq.iommu {
             Some(i) => DmaTranslation {
@@ -121,10 +133,15 @@ impl DeviceManager {
         let pci = Arc::new(Mutex::new(PciRoot::new(PciBuses {
             pio: pio.clone(),
             mmio: mmio.clone(),
-            windows: pci_windows(),
+            windows: map.pci_windows(),
             ioevents: Arc::new(KvmIoEvents(vm.clone())),
         })));
-        lock(&pci).add_device(Arc::new(Mutex::new(HostBridge::new())), Some(0))?;
+        let host_bridge = if cfg.firmware() {
+            HostBridge::q35()
+        } else {
+            HostBridge::new()
+        };
+        lock(&pci).add_device(Arc::new(Mutex::new(host_bridge)), Some(0))?;
         let mut dm = DeviceManager {
             mem: mem.clone(),
             control,
@@ -139,6 +156,10 @@ impl DeviceManager {
             emulated: Vec::new(),
             serial: None,
             console: None,
+            map,
+            fw_cfg: None,
+            debugcon: None,
+            rst_cnt: None,
         };
         dm.add_interrupt_controllers()?;
         dm.add_legacy_devices(cfg)?;
@@ -190,6 +211,19 @@ impl DeviceManager {
 
     pub fn console(&self) -> Option<&ConsoleOut> {
         self.console.as_ref()
+    }
+
+    /// isa-debugcon's output, if there is one.
+    pub fn debugcon(&self) -> Option<&ConsoleOut> {
+        self.debugcon.as_ref()
+    }
+
+    /// Adds a named file to fw_cfg.
+    pub fn add_fw_cfg_file(&self, name: &str, data: Vec<u8>) -> Result<(), DeviceManagerError> {
+        if let Some(f) = &self.fw_cfg {
+            lock(f).add_file(name, data)?;
+        }
+        Ok(())
     }
 
     /// The interrupt, IOMMU and passthrough state (SIGUSR1, and at exit with RUST_LOG=info).

@@ -166,14 +166,15 @@ impl DeviceManager {
     /// DSDT.
     pub(super) fn finish_pci(&mut self) -> Result<Vec<PrtRoute>, DeviceManagerError> {
         let pci = &self.pci;
-        self.pio.insert(
-            PCI_CONFIG_PORT.into(),
-            8,
-            Arc::new(Mutex::new(PciConfigIo::new(pci.clone()))),
-        )?;
+        let config_io = match &self.rst_cnt {
+            Some(rst) => PciConfigIo::with_cf9(pci.clone(), rst.clone()),
+            None => PciConfigIo::new(pci.clone()),
+        };
+        self.pio
+            .insert(PCI_CONFIG_PORT.into(), 8, Arc::new(Mutex::new(config_io)))?;
         self.mmio.insert(
-            ECAM_START,
-            ECAM_SIZE,
+            self.map.ecam.0,
+            self.map.ecam.1,
             Arc::new(Mutex::new(PciConfigMmio::new(pci.clone()))),
         )?;
         let mut root = lock(pci);

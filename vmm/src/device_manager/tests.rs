@@ -19,15 +19,16 @@ fn build(cfg: &VmConfig) -> Result<(DeviceManager, Vec<PrtRoute>), DeviceManager
 
 fn config() -> VmConfig {
     VmConfig {
-        boot: crate::config::BootSource {
+        boot: crate::config::BootSource::Kernel(crate::config::KernelBoot {
             kernel: "k".into(),
             initramfs: None,
             cmdline: String::new(),
-        },
+        }),
         memory: crate::config::memory_from_options("64M").unwrap(),
         cpus: 1,
         serial: SerialConfig::Off,
         debug_exit: None,
+        debugcon: None,
         iommu: None,
         devices: Vec::new(),
         passthrough: Vec::new(),
