@@ -359,7 +359,7 @@ fn read_firmware(path: &std::path::Path) -> Result<Vec<u8>, VmError> {
     };
     let image = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
     let len = image.len() as u64;
-    if len == 0 || len % 0x1000 != 0 || len > FW_IMAGE_MAX {
+    if len == 0 || !len.is_multiple_of(0x1000) || len > FW_IMAGE_MAX {
         return Err(bad(format!(
             "the image is {len} bytes; expected a multiple of 4 KiB up to {} MiB",
             FW_IMAGE_MAX >> 20
