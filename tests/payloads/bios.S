@@ -4,7 +4,9 @@
  * timer at PMBASE + 8, the CMOS and i8042 status, fw_cfg's signature through the port and
  * the DMA interface, and that a write to the image is dropped. It prints each step on
  * isa-debugcon (port 0x402) and powers off through PM1_CNT (SLP_EN, SLP_TYP 0); a failed
- * check writes 1 to isa-debug-exit (status 3).
+ * check writes 1 to isa-debug-exit (status 3). Built with -DTRIPLE_FAULT it instead writes
+ * 0x42 to port 0x80 after the first check and triple-faults (protected mode, an empty IDT,
+ * then int3).
  * Built with: cc -c; ld -Ttext=0; objcopy -O binary. */
         .code16
         .text
@@ -26,6 +28,22 @@ _start:
         jne     fail
         mov     $msg_q35, %si
         call    print
+#ifdef TRIPLE_FAULT
+        mov     $0x42, %al
+        out     %al, $0x80
+        /* Protected mode (a flat 32-bit code segment), then an empty IDT and int3. */
+        lgdtl   %cs:gdt_desc
+        mov     %cr0, %eax
+        or      $1, %eax
+        mov     %eax, %cr0
+        .byte   0x66, 0xea              /* ljmpl $0x08, $(0xffff0000 + pm32) */
+        .long   0xffff0000 + pm32
+        .word   0x08
+        .code32
+pm32:   lidt    0xffff0000 + empty_idt
+        int3
+        .code16
+#endif
 
         /* 2. PMBASE = 0x600 (00:1f.0 0x40), ACPI_EN (0x44 bit 7), as OVMF's SEC. */
         mov     $0xcf8, %dx
@@ -135,6 +153,13 @@ print:
         jmp     6b
 7:      ret
 
+empty_idt:      .word 0
+                .long 0
+                .align 8
+gdt:            .quad 0
+                .quad 0x00cf9a000000ffff   /* 0x08: 32-bit code, base 0, 4 GiB */
+gdt_desc:       .word gdt_desc - gdt - 1
+                .long 0xffff0000 + gdt
 sig:            .ascii "QEMU"
 rom_byte:       .byte 0xa5
 msg_q35:        .asciz "bios: host bridge 8086:29c0\n"

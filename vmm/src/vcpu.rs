@@ -13,7 +13,7 @@ use kvm_bindings::{
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use crate::cpuid;
-use crate::exit::{handle_exit, Action, EoiHandler, Exit, StopReason};
+use crate::exit::{handle_exit, Action, EoiHandler, Exit, LastAccess, StopReason};
 use crate::state::{ApicState, VcpuState};
 
 #[derive(Debug, thiserror::Error)]
@@ -257,6 +257,7 @@ fn unhandled(exit: &VcpuExit) -> Unhandled {
 /// sees it first; the main thread keeps only the first).
 pub fn run(mut vcpu: VcpuFd, id: u32, ctx: &VcpuContext) {
     let mut dumped = ctx.dump.load(Ordering::Acquire);
+    let mut last = None;
     while !ctx.stop.load(Ordering::Acquire) {
         let want = ctx.dump.load(Ordering::Acquire);
         if want != dumped {
@@ -280,8 +281,9 @@ pub fn run(mut vcpu: VcpuFd, id: u32, ctx: &VcpuContext) {
             }
             Ok(VcpuExit::InternalError) => {
                 let at = crate::state::render_vcpu(&describe(&vcpu, id));
+                let last = last.map_or("none".into(), |a: LastAccess| a.to_string());
                 let msg = format!(
-                    "vCPU {id}: KVM internal error (emulation failure) at {}",
+                    "vCPU {id}: KVM internal error (emulation failure) at {}; last device access: {last}",
                     at.trim()
                 );
                 let _ = ctx.stopped.send(StopReason::Error(msg));
@@ -306,7 +308,14 @@ pub fn run(mut vcpu: VcpuFd, id: u32, ctx: &VcpuContext) {
                 return;
             }
         };
+        if let Some(a) = LastAccess::of(&exit) {
+            last = Some(a);
+        }
         if let Action::Stop(reason) = handle_exit(exit, &ctx.pio, &ctx.mmio, ctx.eoi.as_ref()) {
+            let reason = match reason {
+                StopReason::TripleFault(_) => StopReason::TripleFault(last),
+                r => r,
+            };
             let _ = ctx.stopped.send(reason);
             return;
         }
