@@ -178,3 +178,18 @@ pub(super) fn e820(ram: &[(u64, u64)]) -> Vec<u8> {
     }
     out
 }
+
+/// QEMU's `bootorder` (hw/core/sysbus-fw.c and fw_path_provider; read by edk2's
+/// QemuBootOrderLib): one OpenFirmware device path per line, NUL-terminated. A virtio-blk
+/// function at 00:NN.0 is `/pci@i0cf8/scsi@NN/disk@0,0` (NN in hex), so OVMF connects and
+/// boots those disks first instead of connecting every device.
+pub(super) fn bootorder(disk_slots: &[u8]) -> Vec<u8> {
+    let mut s = disk_slots
+        .iter()
+        .map(|slot| format!("/pci@i0cf8/scsi@{slot:x}/disk@0,0"))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .into_bytes();
+    s.push(0);
+    s
+}

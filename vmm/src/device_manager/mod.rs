@@ -102,6 +102,8 @@ pub struct DeviceManager {
     debugcon: Option<ConsoleOut>,
     /// The ICH9 reset control register at 0xCF9 (firmware boot).
     rst_cnt: Option<SharedDevice>,
+    /// The root-bus slots of the virtio-blk disks, in order (fw_cfg `bootorder`).
+    disk_slots: Vec<u8>,
 }
 
 impl DeviceManager {
@@ -160,11 +162,15 @@ impl DeviceManager {
             fw_cfg: None,
             debugcon: None,
             rst_cnt: None,
+            disk_slots: Vec::new(),
         };
         dm.add_interrupt_controllers()?;
         dm.add_legacy_devices(cfg)?;
         for kind in &cfg.devices {
             dm.add_pci_device(kind)?;
+        }
+        if cfg.firmware() && !dm.disk_slots.is_empty() {
+            dm.add_fw_cfg_file("bootorder", legacy::bootorder(&dm.disk_slots))?;
         }
         for host in hosts {
             dm.add_passthrough(host)?;

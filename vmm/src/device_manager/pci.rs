@@ -104,6 +104,9 @@ impl DeviceManager {
         let slot = self.resources.pci_slot()?;
         let address = Bdf::new(0, slot, 0);
         let kind = device.device_type();
+        if kind == devices::virtio::TYPE_BLOCK {
+            self.disk_slots.push(slot);
+        }
         let dma = (iommu_platform && self.irq.iommu.is_some())
             .then(|| Arc::new(self.device_dma(address)));
         let translated = dma.is_some();
