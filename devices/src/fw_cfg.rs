@@ -104,6 +104,11 @@ impl FwCfg {
         d
     }
 
+    /// A platform reset: the signature selected, as QEMU's fw_cfg_reset does.
+    pub fn reset(&mut self) {
+        self.select(FW_CFG_SIGNATURE);
+    }
+
     fn select(&mut self, selector: u16) {
         self.selector = selector;
         self.offset = 0;

@@ -12,7 +12,7 @@ pub mod pmio;
 
 use std::sync::{Arc, Mutex};
 
-use crate::bus::{Bus, BusDevice, SharedDevice};
+use crate::bus::{Bus, BusDevice};
 use crate::pci::configuration::{PciConfiguration, PciIds};
 use crate::pci::host_bridge::byte_shift;
 use crate::pci::PciDevice;
@@ -46,18 +46,14 @@ pub struct Ich9Lpc {
     config: PciConfiguration,
     specific: [u32; SPECIFIC_DWORDS],
     pio: Arc<Bus>,
-    pm: SharedDevice,
+    pm: Arc<Mutex<pmio::Ich9Pm>>,
     /// Where the PM block decodes now.
     pm_at: Option<u16>,
 }
 
 impl Ich9Lpc {
     /// The bridge; its PM block `pm` goes on `pio` once the guest enables it.
-    pub fn new(pio: Arc<Bus>, pm: SharedDevice) -> Self {
-        let mut specific = [0; SPECIFIC_DWORDS];
-        specific[(ICH9_PMBASE - SPECIFIC_START) / 4] = PMBASE_RTE;
-        specific[(PIRQ_A - SPECIFIC_START) / 4] = PIRQ_DEFAULT;
-        specific[(PIRQ_E - SPECIFIC_START) / 4] = PIRQ_DEFAULT;
+    pub fn new(pio: Arc<Bus>, pm: Arc<Mutex<pmio::Ich9Pm>>) -> Self {
         Ich9Lpc {
             config: PciConfiguration::new(
                 PciIds {
@@ -72,11 +68,27 @@ impl Ich9Lpc {
                 },
                 0,
             ),
-            specific,
+            specific: Self::specific_defaults(),
             pio,
             pm,
             pm_at: None,
         }
+    }
+
+    fn specific_defaults() -> [u32; SPECIFIC_DWORDS] {
+        let mut specific = [0; SPECIFIC_DWORDS];
+        specific[(ICH9_PMBASE - SPECIFIC_START) / 4] = PMBASE_RTE;
+        specific[(PIRQ_A - SPECIFIC_START) / 4] = PIRQ_DEFAULT;
+        specific[(PIRQ_E - SPECIFIC_START) / 4] = PIRQ_DEFAULT;
+        specific
+    }
+
+    /// A platform reset: the device-specific registers back to their defaults (the PM block
+    /// leaves the port bus until the guest enables it again) and the PM registers cleared.
+    pub fn reset(&mut self) {
+        self.specific = Self::specific_defaults();
+        self.place_pm();
+        crate::bus::lock(&self.pm).reset();
     }
 
     fn reg(&self, offset: usize) -> u32 {
@@ -222,8 +234,7 @@ mod tests {
     fn lpc() -> (Ich9Lpc, Arc<Bus>, Arc<RecordingExit>) {
         let bus = Arc::new(Bus::new());
         let rec = Arc::new(RecordingExit::default());
-        let pm: SharedDevice = shared_pm(rec.clone());
-        (Ich9Lpc::new(bus.clone(), pm), bus, rec)
+        (Ich9Lpc::new(bus.clone(), shared_pm(rec.clone())), bus, rec)
     }
 
     fn write32(d: &mut Ich9Lpc, at: usize, v: u32) {
@@ -308,6 +319,24 @@ mod tests {
         // OVMF ResetCold writes 0x06.
         r.write(0, &[0x06]);
         assert_eq!(*rec.0.lock().unwrap(), vec![VmExitRequest::Reset]);
+    }
+
+    #[test]
+    fn lpc_reset_turns_the_pm_block_off_and_restores_defaults() {
+        let (mut d, bus, _) = lpc();
+        write32(&mut d, ICH9_PMBASE, 0x601);
+        d.write_config_register(ICH9_ACPI_CNTL / 4, 0, &[ACPI_CNTL_ACPI_EN]);
+        assert!(bus.write(0x604, &pmio::PM1_CNT_SCI_EN.to_le_bytes()));
+        d.write_config_register(PIRQ_A / 4, 0, &[0x0a]);
+        d.reset();
+        assert_eq!(bus_read32(&bus, 0x608), None, "PM block off");
+        assert_eq!(d.read_config_register(ICH9_PMBASE / 4), 1);
+        assert_eq!(d.read_config_register(PIRQ_A / 4), PIRQ_DEFAULT);
+        write32(&mut d, ICH9_PMBASE, 0x601);
+        d.write_config_register(ICH9_ACPI_CNTL / 4, 0, &[ACPI_CNTL_ACPI_EN]);
+        let mut b = [0u8; 2];
+        assert!(bus.read(0x604, &mut b));
+        assert_eq!(b, [0, 0], "SCI_EN cleared");
     }
 
     #[test]

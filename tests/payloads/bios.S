@@ -4,7 +4,8 @@
  * timer at PMBASE + 8, the CMOS and i8042 status, fw_cfg's signature through the port and
  * the DMA interface, and that a write to the image is dropped. It prints each step on
  * isa-debugcon (port 0x402) and powers off through PM1_CNT (SLP_EN, SLP_TYP 0); a failed
- * check writes 1 to isa-debug-exit (status 3). Built with -DTRIPLE_FAULT it instead writes
+ * check writes 1 to isa-debug-exit (status 3). It first resets the machine once through
+ * 0xCF9 (RAM keeps a mark, so the second boot goes on). Built with -DTRIPLE_FAULT it instead writes
  * 0x42 to port 0x80 after the first check and triple-faults (protected mode, an empty IDT,
  * then int3).
  * Built with: cc -c; ld -Ttext=0; objcopy -O binary. */
@@ -17,6 +18,23 @@ _start:
         mov     %ax, %ds
         mov     %ax, %ss
         mov     $0x7000, %sp
+
+#ifndef TRIPLE_FAULT
+        /* 0. Reset once: the first boot leaves a mark in RAM (kept across a reset) and
+         * writes 0x06 to RST_CNT (0xCF9), as OVMF's ResetCold; the second goes on. */
+        cmpl    $0x5445534d, 0x3000
+        je      0f
+        movl    $0x5445534d, 0x3000
+        mov     $msg_reset, %si
+        call    print
+        mov     $0xcf9, %dx
+        mov     $0x06, %al
+        out     %al, %dx
+8:      hlt
+        jmp     8b
+0:      mov     $msg_again, %si
+        call    print
+#endif
 
         /* 1. 00:00.0 device ID (CONFIG_ADDRESS 0x80000000, word at 0xcfe). */
         mov     $0xcf8, %dx
@@ -162,6 +180,8 @@ gdt_desc:       .word gdt_desc - gdt - 1
                 .long 0xffff0000 + gdt
 sig:            .ascii "QEMU"
 rom_byte:       .byte 0xa5
+msg_reset:      .asciz "bios: first boot, resetting\n"
+msg_again:      .asciz "bios: booted again after the reset\n"
 msg_q35:        .asciz "bios: host bridge 8086:29c0\n"
 msg_pmtimer:    .asciz "bios: PM timer at PMBASE+8 counts\n"
 msg_cmos:       .asciz "bios: CMOS valid, no i8042\n"

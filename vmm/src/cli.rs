@@ -46,6 +46,12 @@ pub struct Cli {
     #[arg(long, value_name = "OPTIONS")]
     pub debugcon: Option<String>,
 
+    /// A guest reset (reboot) ends minivmm with status 0 instead of resetting the VM, as
+    /// QEMU's -no-reboot. With --bios a reset otherwise runs the firmware again in the same
+    /// process; with --kernel a reset always ends minivmm.
+    #[arg(long)]
+    pub no_reboot: bool,
+
     /// Number of vCPUs (1 to 255).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=255))]
     pub cpus: u32,
@@ -144,6 +150,7 @@ impl Cli {
                 .as_deref()
                 .map(config::debug_exit_from_options)
                 .transpose()?,
+            no_reboot: self.no_reboot,
             debugcon: self
                 .debugcon
                 .as_deref()

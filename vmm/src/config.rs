@@ -22,6 +22,9 @@ pub struct VmConfig {
     pub debug_exit: Option<DebugExitConfig>,
     /// QEMU's isa-debugcon (`--debugcon`), if any.
     pub debugcon: Option<DebugconConfig>,
+    /// `--no-reboot`: a guest reset ends minivmm (status 0) instead of resetting the VM (as
+    /// QEMU's -no-reboot). A reset is a VM reset only with firmware boot.
+    pub no_reboot: bool,
     /// The emulated VT-d unit every PCI device sits behind, if any.
     pub iommu: Option<IommuConfig>,
     /// Emulated PCI devices, in slot order.
@@ -235,6 +238,8 @@ pub enum ConfigError {
     AtsNeedsDeviceIotlb(&'static str),
     #[error("--{0} ats=on needs iommu_platform=on (a device that bypasses the IOMMU translates nothing)")]
     AtsNeedsIommuPlatform(&'static str),
+    #[error("--bios needs RAM below 4 GiB to end at or below {max:#x} (OVMF's ECAM is there), not {0:#x}", max = layout::FW_LOW_RAM_END_MAX)]
+    FirmwareLowRam(u64),
 }
 
 /// Root-bus slots for devices: slot 0 is the host bridge.
@@ -282,6 +287,11 @@ impl VmConfig {
             if !iommu_platform {
                 return Err(ConfigError::AtsNeedsIommuPlatform(flag));
             }
+        }
+        let ram = self.memory.ram_ranges();
+        let low_end = ram.first().map_or(0, |(s, l)| s + l);
+        if self.firmware() && low_end > layout::FW_LOW_RAM_END_MAX {
+            return Err(ConfigError::FirmwareLowRam(low_end));
         }
         let pci = self.devices.len() + self.passthrough.len();
         if pci > PCI_SLOTS {

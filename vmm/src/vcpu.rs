@@ -12,6 +12,8 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
+pub mod reset;
+
 use crate::cpuid;
 use crate::exit::{handle_exit, Action, EoiHandler, Exit, LastAccess, StopReason};
 use crate::state::{ApicState, VcpuState};
@@ -187,6 +189,8 @@ pub struct VcpuContext {
     /// Raised (then each vCPU kicked) when the state dump is asked for: each vCPU prints its
     /// registers once per increment.
     pub dump: Arc<AtomicU64>,
+    /// The reset handshake, when a reset is a VM reset (firmware boot without --no-reboot).
+    pub reset: Option<Arc<reset::ResetSync>>,
 }
 
 /// Local APIC register offsets in kvm_lapic_state: TPR, ISR and IRR (8 dwords each, 16 bytes
@@ -255,10 +259,28 @@ fn unhandled(exit: &VcpuExit) -> Unhandled {
 
 /// Runs a vCPU until the VM stops. A stop is reported on `ctx.stopped` (by whichever thread
 /// sees it first; the main thread keeps only the first).
-pub fn run(mut vcpu: VcpuFd, id: u32, ctx: &VcpuContext) {
+pub fn run(mut vcpu: VcpuFd, id: u32, ctx: &VcpuContext, snapshot: Option<reset::ResetState>) {
     let mut dumped = ctx.dump.load(Ordering::Acquire);
     let mut last = None;
+    let mut resets_seen = 0;
     while !ctx.stop.load(Ordering::Acquire) {
+        if let (Some(sync), Some(snap)) = (&ctx.reset, &snapshot) {
+            let asked = sync.asked();
+            if asked > resets_seen {
+                resets_seen = asked;
+                sync.park(asked, &ctx.stop);
+                if ctx.stop.load(Ordering::Acquire) {
+                    break;
+                }
+                if let Err(e) = snap.restore(&vcpu) {
+                    let msg = format!("vCPU {id}: cannot reset: {e}");
+                    let _ = ctx.stopped.send(StopReason::Error(msg));
+                    return;
+                }
+                last = None;
+                log::debug!("vCPU {id}: back in its reset state");
+            }
+        }
         let want = ctx.dump.load(Ordering::Acquire);
         if want != dumped {
             dumped = want;

@@ -76,6 +76,9 @@ pub struct Vm {
     _mem: GuestMemoryMmap,
     /// The firmware image's read-only mapping (firmware boot).
     _firmware: Option<GuestMemoryMmap>,
+    /// Each vCPU's state as created, when a reset is a VM reset (firmware boot without
+    /// --no-reboot); empty otherwise.
+    snapshots: Vec<vcpu::reset::ResetState>,
     devices: DeviceManager,
     stdin: bool,
     control: Arc<VmControl>,
@@ -216,11 +219,21 @@ impl Vm {
         };
         crate::device_manager::stop_point()?;
         let vcpus = create_vcpus(&kvm, &vm, cfg.cpus, boot.as_ref())?;
+        let snapshots = if cfg.firmware() && !cfg.no_reboot {
+            vcpus
+                .iter()
+                .map(vcpu::reset::ResetState::take)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| VmError::Kvm("reading the vCPU reset state", e))?
+        } else {
+            Vec::new()
+        };
         Ok(Vm {
             vm,
             vcpus,
             _mem: mem,
             _firmware: firmware_mem,
+            snapshots,
             devices: dm,
             stdin: matches!(cfg.serial, SerialConfig::Stdio),
             control,
@@ -242,8 +255,10 @@ impl Vm {
     /// the stop flag or an exit ends it.
     fn spawn_vcpus(&mut self, ctx: &Arc<VcpuContext>) -> Result<Vec<JoinHandle<()>>, VmError> {
         let mut threads: Vec<JoinHandle<()>> = Vec::new();
+        let mut snapshots = std::mem::take(&mut self.snapshots).into_iter();
         for (id, fd) in std::mem::take(&mut self.vcpus).into_iter().enumerate() {
             let ctx = Arc::clone(ctx);
+            let snapshot = snapshots.next();
             let control = self.control.clone();
             let t = std::thread::Builder::new()
                 .name(format!("vcpu{id}"))
@@ -253,7 +268,7 @@ impl Vm {
                     match crate::seccomp::sandbox(ThreadClass::Vcpu) {
                         Ok(()) => {
                             crate::lifecycle::test_fault_point(&format!("{name}-sandboxed"));
-                            vcpu::run(fd, id as u32, &ctx)
+                            vcpu::run(fd, id as u32, &ctx, snapshot)
                         }
                         Err(e) => drop(ctx.stopped.send(StopReason::Error(e.to_string()))),
                     }
@@ -265,6 +280,40 @@ impl Vm {
         Ok(threads)
     }
 
+    /// A VM reset (firmware boot): every vCPU parked out of KVM_RUN, the devices reset, the
+    /// vCPUs released into their reset state. Guest RAM is kept. Resets the guest asked for
+    /// again meanwhile (OVMF follows 0xCF9 with 0x64 <- 0xFE) are this one.
+    fn reset_vm(
+        &self,
+        sync: &vcpu::reset::ResetSync,
+        threads: &[JoinHandle<()>],
+        stop: &AtomicBool,
+    ) -> Result<(), VmError> {
+        log::info!("VM reset: the firmware runs again");
+        let n = sync.ask();
+        while sync.parked() < threads.len() {
+            if threads.iter().any(|t| t.is_finished()) || stop.load(Ordering::Acquire) {
+                return Err(VmError::EventLoop(
+                    "a vCPU stopped during a VM reset".into(),
+                ));
+            }
+            for t in threads {
+                let _ = t.kill(SIGRTMIN());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.devices.reset();
+        while let Ok(r) = self.stopped.try_recv() {
+            if r != StopReason::Reset {
+                // Anything else asked meanwhile still stops the VM.
+                self.control.stop(r);
+                break;
+            }
+        }
+        sync.release(n);
+        Ok(())
+    }
+
     /// Runs the VM until it stops, and returns why.
     pub fn run(mut self) -> Result<StopReason, VmError> {
         install_signal_handlers()?;
@@ -274,7 +323,10 @@ impl Vm {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let dump = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let reset =
+            (!self.snapshots.is_empty()).then(|| Arc::new(vcpu::reset::ResetSync::default()));
         let ctx = Arc::new(VcpuContext {
+            reset: reset.clone(),
             pio: self.devices.pio().clone(),
             mmio: self.devices.mmio().clone(),
             eoi: Arc::new(IoapicEoi(self.devices.ioapic().clone())),
@@ -310,7 +362,23 @@ impl Vm {
         crate::seccomp::check().map_err(VmError::Sandbox)?;
         crate::seccomp::sandbox(ThreadClass::Main).map_err(|e| VmError::Sandbox(e.to_string()))?;
         let mut signalled = None;
-        while !stopping.load(Ordering::Acquire) {
+        loop {
+            if stopping.load(Ordering::Acquire) {
+                // A reset request with a VM reset to do: do it and go on.
+                let Some(sync) = &reset else { break };
+                match self.stopped.try_recv() {
+                    Ok(StopReason::Reset) => {
+                        self.reset_vm(sync, &threads, &stop)?;
+                        stopping.store(false, Ordering::Release);
+                        continue;
+                    }
+                    Ok(other) => {
+                        signalled = Some(other);
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
             if let Some(sig) = crate::lifecycle::stop_signal() {
                 signalled = Some(StopReason::Signal(sig));
                 break;

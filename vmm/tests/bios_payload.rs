@@ -80,10 +80,14 @@ fn bios_image_sees_the_q35_platform_and_powers_off() {
     let out = minivmm()
         .args(["--bios", image.to_str().unwrap(), "--memory", "64M"])
         .args(["--serial", "off", "--debugcon", "stdio", "--debug-exit"])
+        // APs too go back to waiting for INIT/SIPI at the reset.
+        .args(["--cpus", "2"])
         .output()
         .expect("minivmm runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     for line in [
+        "bios: first boot, resetting",
+        "bios: booted again after the reset",
         "bios: host bridge 8086:29c0",
         "bios: PM timer at PMBASE+8 counts",
         "bios: CMOS valid, no i8042",
@@ -97,8 +101,28 @@ fn bios_image_sees_the_q35_platform_and_powers_off() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    assert_eq!(
+        stdout.matches("first boot").count(),
+        1,
+        "one reset: {stdout}"
+    );
     // PM1_CNT S5: a power off, status 0 (a failed check exits with 3).
     assert_eq!(out.status.code(), Some(0), "stdout: {stdout}");
+}
+
+#[test]
+fn bios_no_reboot_ends_at_the_reset() {
+    require_kvm();
+    let image = bios_image(false);
+    let out = minivmm()
+        .args(["--bios", image.to_str().unwrap(), "--memory", "64M"])
+        .args(["--serial", "off", "--debugcon", "stdio", "--no-reboot"])
+        .output()
+        .expect("minivmm runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("bios: first boot, resetting"), "{stdout}");
+    assert!(!stdout.contains("booted again"), "{stdout}");
+    assert_eq!(out.status.code(), Some(0), "a reset ends minivmm: {stdout}");
 }
 
 /// Ignored here: this host's paravirtual KVM (kvm_pvm) never completes the switch to

@@ -57,6 +57,11 @@ impl Ich9Pm {
         }
     }
 
+    /// A platform reset: every register cleared (the timer runs on).
+    pub fn reset(&mut self) {
+        self.regs = [0; PMIO_SIZE as usize];
+    }
+
     /// The PM timer's value now: 3.579545 MHz ticks since the clock's zero, 24 bits.
     pub fn timer(&self) -> u32 {
         let ticks = (self.clock)().as_nanos() * PM_TIMER_HZ / 1_000_000_000;

@@ -313,3 +313,9 @@ fn cli_debugcon_file_stdio_and_iobase() {
     assert!(parse(&["--bios", "f", "--debugcon", "tcp"]).is_err());
     assert!(parse(&["--bios", "f", "--debugcon", "stdio,iobase=0x10000"]).is_err());
 }
+
+#[test]
+fn cli_no_reboot_flag() {
+    assert!(!parse(&["--bios", "f"]).unwrap().no_reboot);
+    assert!(parse(&["--bios", "f", "--no-reboot"]).unwrap().no_reboot);
+}

@@ -103,8 +103,9 @@ impl DeviceManager {
         self.resources
             .reserve_pio("ICH9 PM block", FW_PMBASE, devices::lpc::pmio::PMIO_SIZE)?;
         let pm = devices::lpc::shared_pm(self.control.clone());
-        let lpc = Ich9Lpc::new(self.pio.clone(), pm);
-        lock(&self.pci).add_device(Arc::new(Mutex::new(lpc)), Some(LPC_SLOT))?;
+        let lpc = Arc::new(Mutex::new(Ich9Lpc::new(self.pio.clone(), pm)));
+        lock(&self.pci).add_device(lpc.clone(), Some(LPC_SLOT))?;
+        self.lpc = Some(lpc);
         // RST_CNT at 0xCF9 is served by the 0xCF8 configuration ports (finish_pci).
         self.rst_cnt = Some(Arc::new(Mutex::new(ResetControl::new(
             self.control.clone(),

@@ -104,6 +104,8 @@ pub struct DeviceManager {
     rst_cnt: Option<SharedDevice>,
     /// The root-bus slots of the virtio-blk disks, in order (fw_cfg `bootorder`).
     disk_slots: Vec<u8>,
+    /// The ICH9 LPC bridge (firmware boot), reset with the VM.
+    lpc: Option<Arc<Mutex<devices::lpc::Ich9Lpc>>>,
 }
 
 impl DeviceManager {
@@ -163,6 +165,7 @@ impl DeviceManager {
             debugcon: None,
             rst_cnt: None,
             disk_slots: Vec::new(),
+            lpc: None,
         };
         dm.add_interrupt_controllers()?;
         dm.add_legacy_devices(cfg)?;
@@ -217,6 +220,20 @@ impl DeviceManager {
 
     pub fn console(&self) -> Option<&ConsoleOut> {
         self.console.as_ref()
+    }
+
+    /// A VM reset (firmware boot), with every vCPU parked: the chipset registers back to
+    /// their power-on values (the LPC bridge's, with its PM block off the bus; fw_cfg's
+    /// selector). PCI functions keep their BARs (the firmware assigns them again) and their
+    /// state: OVMF resets the virtio devices it drives, and Linux turns the VT-d unit's
+    /// translation off at shutdown; a passed-through function is not reset here.
+    pub fn reset(&self) {
+        if let Some(l) = &self.lpc {
+            lock(l).reset();
+        }
+        if let Some(f) = &self.fw_cfg {
+            lock(f).reset();
+        }
     }
 
     /// isa-debugcon's output, if there is one.

@@ -29,6 +29,7 @@ fn config() -> VmConfig {
         serial: SerialConfig::Off,
         debug_exit: None,
         debugcon: None,
+        no_reboot: false,
         iommu: None,
         devices: Vec::new(),
         passthrough: Vec::new(),
