@@ -191,6 +191,8 @@ pub struct VcpuContext {
     pub dump: Arc<AtomicU64>,
     /// The reset handshake, when a reset is a VM reset (firmware boot without --no-reboot).
     pub reset: Option<Arc<reset::ResetSync>>,
+    /// What vCPU 0 resets at a VM reset.
+    pub device_reset: Option<Arc<crate::device_manager::DeviceReset>>,
 }
 
 /// Local APIC register offsets in kvm_lapic_state: TPR, ISR and IRR (8 dwords each, 16 bytes
@@ -269,6 +271,13 @@ pub fn run(mut vcpu: VcpuFd, id: u32, ctx: &VcpuContext, snapshot: Option<reset:
             if asked > resets_seen {
                 resets_seen = asked;
                 sync.park(asked, &ctx.stop);
+                if id == 0 {
+                    if let Some(d) = &ctx.device_reset {
+                        d.reset();
+                    }
+                    sync.devices_reset(asked);
+                }
+                sync.wait_devices(asked, &ctx.stop);
                 if ctx.stop.load(Ordering::Acquire) {
                     break;
                 }

@@ -280,8 +280,8 @@ impl Vm {
         Ok(threads)
     }
 
-    /// A VM reset (firmware boot): every vCPU parked out of KVM_RUN, the devices reset, the
-    /// vCPUs released into their reset state. Guest RAM is kept. Resets the guest asked for
+    /// A VM reset (firmware boot): every vCPU parked out of KVM_RUN, then released: vCPU 0
+    /// resets the devices, each vCPU goes back to its reset state. Guest RAM is kept. Resets the guest asked for
     /// again meanwhile (OVMF follows 0xCF9 with 0x64 <- 0xFE) are this one.
     fn reset_vm(
         &self,
@@ -302,7 +302,6 @@ impl Vm {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-        self.devices.reset();
         while let Ok(r) = self.stopped.try_recv() {
             if r != StopReason::Reset {
                 // Anything else asked meanwhile still stops the VM.
@@ -326,6 +325,9 @@ impl Vm {
         let reset =
             (!self.snapshots.is_empty()).then(|| Arc::new(vcpu::reset::ResetSync::default()));
         let ctx = Arc::new(VcpuContext {
+            device_reset: reset
+                .as_ref()
+                .map(|_| Arc::new(self.devices.reset_handle())),
             reset: reset.clone(),
             pio: self.devices.pio().clone(),
             mmio: self.devices.mmio().clone(),

@@ -77,7 +77,12 @@ fn build_bios(triple: bool) -> PathBuf {
 fn bios_image_sees_the_q35_platform_and_powers_off() {
     require_kvm();
     let image = bios_image(false);
+    let disk = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bios-disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
     let out = minivmm()
+        // Virtio functions behind the VT-d unit, reset with the VM.
+        .args(["--iommu", "--rng", "--disk"])
+        .arg(format!("path={}", disk.display()))
         .args(["--bios", image.to_str().unwrap(), "--memory", "64M"])
         .args(["--serial", "off", "--debugcon", "stdio", "--debug-exit"])
         // APs too go back to waiting for INIT/SIPI at the reset.

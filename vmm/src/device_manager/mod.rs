@@ -106,6 +106,8 @@ pub struct DeviceManager {
     disk_slots: Vec<u8>,
     /// The ICH9 LPC bridge (firmware boot), reset with the VM.
     lpc: Option<Arc<Mutex<devices::lpc::Ich9Lpc>>>,
+    /// Every virtio function, reset with the VM.
+    virtio: Vec<Arc<Mutex<devices::virtio::pci::VirtioPciDevice>>>,
 }
 
 impl DeviceManager {
@@ -166,6 +168,7 @@ impl DeviceManager {
             rst_cnt: None,
             disk_slots: Vec::new(),
             lpc: None,
+            virtio: Vec::new(),
         };
         dm.add_interrupt_controllers()?;
         dm.add_legacy_devices(cfg)?;
@@ -222,17 +225,12 @@ impl DeviceManager {
         self.console.as_ref()
     }
 
-    /// A VM reset (firmware boot), with every vCPU parked: the chipset registers back to
-    /// their power-on values (the LPC bridge's, with its PM block off the bus; fw_cfg's
-    /// selector). PCI functions keep their BARs (the firmware assigns them again) and their
-    /// state: OVMF resets the virtio devices it drives, and Linux turns the VT-d unit's
-    /// translation off at shutdown; a passed-through function is not reset here.
-    pub fn reset(&self) {
-        if let Some(l) = &self.lpc {
-            lock(l).reset();
-        }
-        if let Some(f) = &self.fw_cfg {
-            lock(f).reset();
+    /// What a VM reset resets (firmware boot).
+    pub fn reset_handle(&self) -> DeviceReset {
+        DeviceReset {
+            lpc: self.lpc.clone(),
+            fw_cfg: self.fw_cfg.clone(),
+            virtio: self.virtio.clone(),
         }
     }
 
@@ -272,6 +270,32 @@ impl Drop for DeviceManager {
     fn drop(&mut self) {
         self.pio.clear();
         self.mmio.clear();
+    }
+}
+
+/// The devices a VM reset (firmware boot) puts back to their power-on state, reset from vCPU
+/// 0 while every vCPU is parked: the chipset registers (the LPC bridge's, with its PM block
+/// off the bus; fw_cfg's selector) and every virtio function (a Function Level Reset: the
+/// device stops, its queues, features, MSI-X and ATS are reset; BARs and the command register
+/// stay, the firmware assigns them again). Not reset: the VT-d unit (Linux turns translation
+/// and interrupt remapping off at shutdown) and passed-through functions.
+pub struct DeviceReset {
+    lpc: Option<Arc<Mutex<devices::lpc::Ich9Lpc>>>,
+    fw_cfg: Option<Arc<Mutex<devices::fw_cfg::FwCfg>>>,
+    virtio: Vec<Arc<Mutex<devices::virtio::pci::VirtioPciDevice>>>,
+}
+
+impl DeviceReset {
+    pub fn reset(&self) {
+        if let Some(l) = &self.lpc {
+            lock(l).reset();
+        }
+        if let Some(f) = &self.fw_cfg {
+            lock(f).reset();
+        }
+        for v in &self.virtio {
+            lock(v).platform_reset();
+        }
     }
 }
 

@@ -129,6 +129,7 @@ impl DeviceManager {
             iommu.add_interrupt_routes(dev.msix().routes());
         }
         let dev = Arc::new(Mutex::new(dev));
+        self.virtio.push(dev.clone());
         if let Some(dma) = dma {
             self.emulated.push(EmulatedDma {
                 name: format!("virtio type {kind}"),

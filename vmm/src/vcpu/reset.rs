@@ -4,8 +4,10 @@
 //! the devices. RAM is kept (a warm reset), so OVMF's in-RAM variable store survives it.
 //!
 //! The handshake ([`ResetSync`]): the main thread raises the count of resets asked and kicks
-//! every vCPU out of KVM_RUN; each vCPU parks, the main thread waits until all are parked,
-//! resets the devices and releases them; each vCPU then restores its snapshot and runs again.
+//! every vCPU out of KVM_RUN; each vCPU parks; once all are parked the main thread releases
+//! them; vCPU 0 resets the devices (on a vCPU thread, whose sandbox allows what a device
+//! reset does, as a guest-triggered reset runs there) and says so; each vCPU then restores
+//! its snapshot and, the devices reset, runs again.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
@@ -83,6 +85,9 @@ pub struct ResetSync {
     done: Mutex<u64>,
     released: Condvar,
     parked: AtomicUsize,
+    /// Resets whose device part vCPU 0 has done.
+    devices: Mutex<u64>,
+    devices_done: Condvar,
 }
 
 impl ResetSync {
@@ -117,10 +122,27 @@ impl ResetSync {
         self.parked.fetch_sub(1, Ordering::AcqRel);
     }
 
-    /// Main thread: reset `n` is done; the parked vCPUs go on.
+    /// Main thread: every vCPU is parked for reset `n`; they go on.
     pub fn release(&self, n: u64) {
         *lock(&self.done) = n;
         self.released.notify_all();
+    }
+
+    /// vCPU 0: the devices are reset for reset `n`.
+    pub fn devices_reset(&self, n: u64) {
+        *lock(&self.devices) = n;
+        self.devices_done.notify_all();
+    }
+
+    /// vCPU thread: waits until the devices are reset for reset `n` (or `stop`).
+    pub fn wait_devices(&self, n: u64, stop: &AtomicBool) {
+        let mut d = lock(&self.devices);
+        while *d < n && !stop.load(Ordering::Acquire) {
+            d = match self.devices_done.wait_timeout(d, Duration::from_millis(20)) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
     }
 }
 
@@ -144,6 +166,19 @@ mod tests {
         sync.release(n);
         t.join().unwrap();
         assert_eq!(sync.parked(), 0);
+    }
+
+    #[test]
+    fn reset_sync_waits_for_the_devices() {
+        let sync = Arc::new(ResetSync::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let n = sync.ask();
+        let (s, st) = (sync.clone(), stop.clone());
+        let t = std::thread::spawn(move || s.wait_devices(n, &st));
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(!t.is_finished(), "waits for vCPU 0's device reset");
+        sync.devices_reset(n);
+        t.join().unwrap();
     }
 
     #[test]
