@@ -18,12 +18,16 @@ use kvm_bindings::{kvm_fpu, kvm_lapic_state, kvm_mp_state, kvm_regs, kvm_sregs, 
 use kvm_ioctls::VcpuFd;
 
 /// MSRs a reset puts back besides what KVM_SET_SREGS covers: MISC_ENABLE, the MTRRs
-/// (default type, variable pairs 0x200..0x20F, fixed ranges) and PAT (Intel SDM vol. 3
-/// section 12.11 and vol. 4 table 2-2).
+/// (default type, variable pairs 0x200..0x20F, fixed ranges), PAT and TSC_DEADLINE (Intel SDM
+/// vol. 4 table 2-2), then KVM's paravirtual MSRs (Documentation/virt/kvm/x86/msr.rst): the
+/// old and new kvmclock system time, async page faults, steal time, PV EOI, which a guest
+/// kernel points at its memory; put back to their creation value (off), KVM stops writing
+/// into RAM the firmware now owns. KVM reads them in order and stops at the first one it does
+/// not know, so the oldest come first.
 const RESET_MSRS: &[u32] = &[
     0x1a0, 0x2ff, 0x200, 0x201, 0x202, 0x203, 0x204, 0x205, 0x206, 0x207, 0x208, 0x209, 0x20a,
     0x20b, 0x20c, 0x20d, 0x20e, 0x20f, 0x250, 0x258, 0x259, 0x268, 0x269, 0x26a, 0x26b, 0x26c,
-    0x26d, 0x26e, 0x26f, 0x277,
+    0x26d, 0x26e, 0x26f, 0x277, 0x6e0, 0x12, 0x4b56_4d01, 0x4b56_4d02, 0x4b56_4d03, 0x4b56_4d04,
 ];
 
 /// One vCPU's state as created.
@@ -53,6 +57,13 @@ impl ResetState {
         let mut msrs = Msrs::from_entries(&entries).map_err(|_| einval())?;
         let n = vcpu.get_msrs(&mut msrs)?;
         // KVM stops at the first MSR it does not know: keep the ones it read.
+        if n < entries.len() {
+            log::warn!(
+                "vCPU reset state: KVM read {n} of {} MSRs (not MSR {:#x} and after)",
+                entries.len(),
+                entries[n].index
+            );
+        }
         let read = msrs.as_slice()[..n.min(entries.len())].to_vec();
         let msrs = Msrs::from_entries(&read).map_err(|_| einval())?;
         Ok(ResetState {
