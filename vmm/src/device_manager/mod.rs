@@ -228,6 +228,7 @@ impl DeviceManager {
     /// What a VM reset resets (firmware boot).
     pub fn reset_handle(&self) -> DeviceReset {
         DeviceReset {
+            iommu: self.irq.iommu.clone(),
             lpc: self.lpc.clone(),
             fw_cfg: self.fw_cfg.clone(),
             virtio: self.virtio.clone(),
@@ -277,9 +278,12 @@ impl Drop for DeviceManager {
 /// 0 while every vCPU is parked: the chipset registers (the LPC bridge's, with its PM block
 /// off the bus; fw_cfg's selector) and every virtio function (a Function Level Reset: the
 /// device stops, its queues, features, MSI-X and ATS are reset; BARs and the command register
-/// stay, the firmware assigns them again). Not reset: the VT-d unit (Linux turns translation
-/// and interrupt remapping off at shutdown) and passed-through functions.
+/// stay, the firmware assigns them again), and the VT-d unit's translation, queued
+/// invalidation and interrupt remapping turned off (a GCMD write of 0, with its host effects:
+/// passed-through DMA back to the identity map; the other registers keep their values, which
+/// the next kernel programs again). Not reset: passed-through functions.
 pub struct DeviceReset {
+    iommu: Option<Arc<crate::iommu::Iommu>>,
     lpc: Option<Arc<Mutex<devices::lpc::Ich9Lpc>>>,
     fw_cfg: Option<Arc<Mutex<devices::fw_cfg::FwCfg>>>,
     virtio: Vec<Arc<Mutex<devices::virtio::pci::VirtioPciDevice>>>,
@@ -287,6 +291,11 @@ pub struct DeviceReset {
 
 impl DeviceReset {
     pub fn reset(&self) {
+        if let Some(i) = &self.iommu {
+            use devices::bus::BusDevice;
+            crate::iommu::DrhdRegisters(i.clone())
+                .write(iommu::registers::GCMD_REG, &0u32.to_le_bytes());
+        }
         if let Some(l) = &self.lpc {
             lock(l).reset();
         }

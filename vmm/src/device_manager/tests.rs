@@ -223,3 +223,40 @@ fn device_manager_e820_lists_ram_entries_only() {
     assert_eq!(&e[20..28], &RAM_HIGH_START.to_le_bytes());
     assert_eq!(&e[28..36], &(1u64 << 30).to_le_bytes());
 }
+
+#[test]
+fn device_manager_vm_reset_turns_vtd_translation_off_and_the_pm_block_off() {
+    let mut cfg = config();
+    cfg.boot = crate::config::BootSource::Firmware(crate::config::FirmwareBoot {
+        image: "OVMF.fd".into(),
+    });
+    cfg.iommu = Some(iommu::IommuConfig::default());
+    let (dm, _) = build(&cfg).unwrap();
+    let gsts = |dm: &DeviceManager| {
+        let mut d = [0u8; 4];
+        assert!(dm
+            .mmio()
+            .read(DRHD_START + iommu::registers::GSTS_REG, &mut d));
+        u32::from_le_bytes(d)
+    };
+    let te = iommu::registers::GCMD_TE;
+    assert!(dm
+        .mmio()
+        .write(DRHD_START + iommu::registers::GCMD_REG, &te.to_le_bytes()));
+    assert_ne!(gsts(&dm) & iommu::registers::GSTS_TES, 0, "translating");
+    // The guest enables the PM block at 0x600 (00:1f.0 PMBASE, ACPI_EN).
+    for (reg, v) in [(0x40u32, 0x601u32), (0x44, 0x80)] {
+        let address = 0x8000_0000u32 | (0x1f << 11) | reg;
+        assert!(dm
+            .pio()
+            .write(PCI_CONFIG_PORT.into(), &address.to_le_bytes()));
+        assert!(dm
+            .pio()
+            .write(u64::from(PCI_CONFIG_PORT) + 4, &v.to_le_bytes()));
+    }
+    let mut d = [0u8; 4];
+    assert!(dm.pio().read(0x608, &mut d), "PM timer decodes");
+    dm.reset_handle().reset();
+    assert_eq!(gsts(&dm) & iommu::registers::GSTS_TES, 0, "translation off");
+    assert!(!dm.pio().read(0x608, &mut d), "PM block off the bus");
+}
