@@ -21,7 +21,8 @@ _start:
 
 #ifndef TRIPLE_FAULT
         /* 0. Reset once: the first boot leaves a mark in RAM (kept across a reset) and
-         * writes 0x06 to RST_CNT (0xCF9), as OVMF's ResetCold; the second goes on. */
+         * writes 0x06 to RST_CNT (0xCF9), then 0xFE to the i8042, as OVMF's ResetCold; the
+         * second goes on. */
         cmpl    $0x5445534d, 0x3000
         je      0f
         movl    $0x5445534d, 0x3000
@@ -30,6 +31,8 @@ _start:
         mov     $0xcf9, %dx
         mov     $0x06, %al
         out     %al, %dx
+        mov     $0xfe, %al              /* and the keyboard controller's reset, as OVMF */
+        out     %al, $0x64
 8:      hlt
         jmp     8b
 0:      mov     $msg_again, %si

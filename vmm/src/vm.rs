@@ -378,6 +378,12 @@ impl Vm {
                         signalled = Some(other);
                         break;
                     }
+                    // A wake for a request the reset already took (OVMF follows 0xCF9 with
+                    // 0x64 <- 0xFE): every vCPU still runs.
+                    Err(_) if !threads.iter().any(|t| t.is_finished()) => {
+                        stopping.store(false, Ordering::Release);
+                        continue;
+                    }
                     Err(_) => break,
                 }
             }
