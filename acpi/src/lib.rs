@@ -5,6 +5,7 @@
 pub mod dmar;
 pub mod dsdt;
 pub mod fadt;
+pub mod loader;
 pub mod madt;
 pub mod mcfg;
 pub mod table;

@@ -15,19 +15,37 @@ const STATUS_OFFSET: u64 = 4;
 /// Controller command: pulse output line 0 (CPU reset) low.
 const CMD_RESET: u8 = 0xfe;
 
+/// Status read by firmware boot: all-ones, "no controller" to OVMF's Ps2KeyboardDxe
+/// (MdeModulePkg/Bus/Isa/Ps2KeyboardDxe/Ps2Keyboard.c checks the parity and timeout bits),
+/// which otherwise waits a second for a self-test answer that never comes.
+pub const STATUS_ABSENT: u8 = 0xff;
+
 pub struct I8042Reset {
     exit: Arc<dyn ExitHandler>,
+    status: u8,
 }
 
 impl I8042Reset {
+    /// Status reads 0: both buffers empty (direct kernel boot).
     pub fn new(exit: Arc<dyn ExitHandler>) -> Self {
-        I8042Reset { exit }
+        I8042Reset { exit, status: 0 }
+    }
+
+    /// Status reads [`STATUS_ABSENT`] (firmware boot); the reset command still works.
+    pub fn absent(exit: Arc<dyn ExitHandler>) -> Self {
+        I8042Reset {
+            exit,
+            status: STATUS_ABSENT,
+        }
     }
 }
 
 impl BusDevice for I8042Reset {
-    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
         data.fill(0);
+        if offset == STATUS_OFFSET {
+            data[0] = self.status;
+        }
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
@@ -48,6 +66,19 @@ mod tests {
         let mut b = [0xffu8];
         d.read(STATUS_OFFSET, &mut b);
         assert_eq!(b[0] & 0x3, 0);
+    }
+
+    #[test]
+    fn i8042_absent_status_reads_all_ones_and_still_resets() {
+        let rec = Arc::new(RecordingExit::default());
+        let mut d = I8042Reset::absent(rec.clone());
+        let mut b = [0u8];
+        d.read(STATUS_OFFSET, &mut b);
+        assert_eq!(b[0], STATUS_ABSENT);
+        d.read(0, &mut b);
+        assert_eq!(b[0], 0, "data port");
+        d.write(STATUS_OFFSET, &[CMD_RESET]);
+        assert_eq!(*rec.0.lock().unwrap(), vec![VmExitRequest::Reset]);
     }
 
     #[test]

@@ -4,7 +4,9 @@
 
 pub mod acpi_pm;
 pub mod bus;
+pub mod cmos;
 pub mod debug_exit;
+pub mod debugcon;
 pub mod dma;
 pub mod edu;
 #[cfg(any(test, feature = "fuzzing"))]
@@ -13,6 +15,7 @@ pub mod fw_cfg;
 pub mod i8042;
 pub mod interrupt;
 pub mod ioapic;
+pub mod lpc;
 pub mod pci;
 pub mod pvpanic;
 pub mod serial;

@@ -11,22 +11,46 @@ use crate::options::OptionError;
 /// A small VMM for KVM guests with an emulated Intel VT-d IOMMU and VFIO passthrough.
 ///
 /// Boots a Linux bzImage (64-bit boot protocol), an ELF kernel with a PVH note, or a Multiboot
-/// image on KVM with a split irqchip. The guest's serial console (COM1) is on stdout; `poweroff`
-/// or `reboot` in the guest end minivmm with status 0, a guest crash with a non-zero status.
+/// image on KVM with a split irqchip, or a UEFI firmware image (OVMF.fd) with --bios. The
+/// guest's serial console (COM1) is on stdout; `poweroff` or `reboot` in the guest end minivmm
+/// with status 0, a guest crash with a non-zero status.
 #[derive(Parser, Debug)]
 #[command(name = "minivmm", version)]
 pub struct Cli {
     /// Kernel image: bzImage, vmlinux with a PVH note, or a Multiboot (v1) image.
+    #[arg(
+        long,
+        value_name = "PATH",
+        required_unless_present = "bios",
+        conflicts_with = "bios"
+    )]
+    pub kernel: Option<PathBuf>,
+
+    /// Firmware image (e.g. /usr/share/ovmf/OVMF.fd), mapped read-only so that it ends at
+    /// 4 GiB; the boot CPU starts at its reset vector on a Q35-like platform (ICH9 LPC and PM
+    /// timer, fw_cfg with the ACPI tables, ECAM at 0xb0000000). RAM below 4 GiB then ends at
+    /// or below 0xb0000000. Instead of --kernel.
     #[arg(long, value_name = "PATH")]
-    pub kernel: PathBuf,
+    pub bios: Option<PathBuf>,
 
     /// Initial ramdisk (initramfs), or the Multiboot module.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", conflicts_with = "bios")]
     pub initramfs: Option<PathBuf>,
 
-    /// Kernel command line.
-    #[arg(long, value_name = "STRING", default_value = "console=ttyS0")]
-    pub cmdline: String,
+    /// Kernel command line (default console=ttyS0).
+    #[arg(long, value_name = "STRING", conflicts_with = "bios")]
+    pub cmdline: Option<String>,
+
+    /// QEMU's isa-debugcon: bytes the guest writes to the port go to file=PATH or stdio
+    /// (OVMF debug builds log there); iobase=PORT moves it (default 0x402, OVMF's).
+    #[arg(long, value_name = "OPTIONS")]
+    pub debugcon: Option<String>,
+
+    /// A guest reset (reboot) ends minivmm with status 0 instead of resetting the VM, as
+    /// QEMU's -no-reboot. With --bios a reset otherwise runs the firmware again in the same
+    /// process; with --kernel a reset always ends minivmm.
+    #[arg(long)]
+    pub no_reboot: bool,
 
     /// Number of vCPUs (1 to 255).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=255))]
@@ -102,19 +126,35 @@ impl Cli {
     /// The VM these flags describe (each option string parsed; combinations are checked by
     /// `VmConfig::validate`).
     pub fn into_config(self) -> Result<VmConfig, OptionError> {
-        Ok(VmConfig {
-            boot: config::BootSource {
-                kernel: self.kernel,
+        let mut memory = config::memory_from_options(&self.memory)?;
+        let boot = match (self.kernel, self.bios) {
+            (_, Some(image)) => {
+                // OVMF's ECAM is at 0xb0000000: RAM below 4 GiB stops there.
+                memory.low_ram_end = memory.low_ram_end.min(crate::layout::FW_LOW_RAM_END_MAX);
+                config::BootSource::Firmware(config::FirmwareBoot { image })
+            }
+            (kernel, None) => config::BootSource::Kernel(config::KernelBoot {
+                // clap requires one of --kernel and --bios.
+                kernel: kernel.unwrap_or_default(),
                 initramfs: self.initramfs,
-                cmdline: self.cmdline,
-            },
-            memory: config::memory_from_options(&self.memory)?,
+                cmdline: self.cmdline.unwrap_or_else(|| "console=ttyS0".into()),
+            }),
+        };
+        Ok(VmConfig {
+            boot,
+            memory,
             cpus: self.cpus,
             serial: config::serial_from_options(&self.serial)?,
             debug_exit: self
                 .debug_exit
                 .as_deref()
                 .map(config::debug_exit_from_options)
+                .transpose()?,
+            no_reboot: self.no_reboot,
+            debugcon: self
+                .debugcon
+                .as_deref()
+                .map(config::debugcon_from_options)
                 .transpose()?,
             iommu: self
                 .iommu

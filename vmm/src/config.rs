@@ -20,6 +20,11 @@ pub struct VmConfig {
     pub cpus: u32,
     pub serial: SerialConfig,
     pub debug_exit: Option<DebugExitConfig>,
+    /// QEMU's isa-debugcon (`--debugcon`), if any.
+    pub debugcon: Option<DebugconConfig>,
+    /// `--no-reboot`: a guest reset ends minivmm (status 0) instead of resetting the VM (as
+    /// QEMU's -no-reboot). A reset is a VM reset only with firmware boot.
+    pub no_reboot: bool,
     /// The emulated VT-d unit every PCI device sits behind, if any.
     pub iommu: Option<IommuConfig>,
     /// Emulated PCI devices, in slot order.
@@ -32,10 +37,34 @@ pub struct VmConfig {
 
 /// What the vCPUs boot.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BootSource {
+pub enum BootSource {
+    /// `--kernel`: minivmm loads the kernel and enters it in its boot protocol's state.
+    Kernel(KernelBoot),
+    /// `--bios`: a firmware image mapped read-only below 4 GiB; the boot CPU starts at the
+    /// reset vector on a Q35 look-alike platform.
+    Firmware(FirmwareBoot),
+}
+
+/// Direct kernel boot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelBoot {
     pub kernel: PathBuf,
     pub initramfs: Option<PathBuf>,
     pub cmdline: String,
+}
+
+/// Firmware boot (`--bios PATH`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FirmwareBoot {
+    pub image: PathBuf,
+}
+
+/// `--debugcon file=PATH|stdio[,iobase=PORT]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DebugconConfig {
+    /// None: stdout.
+    pub file: Option<PathBuf>,
+    pub iobase: u16,
 }
 
 /// Guest RAM.
@@ -209,12 +238,35 @@ pub enum ConfigError {
     AtsNeedsDeviceIotlb(&'static str),
     #[error("--{0} ats=on needs iommu_platform=on (a device that bypasses the IOMMU translates nothing)")]
     AtsNeedsIommuPlatform(&'static str),
+    #[error("--bios needs RAM below 4 GiB to end at or below {max:#x} (OVMF's ECAM is there), not {0:#x}", max = layout::FW_LOW_RAM_END_MAX)]
+    FirmwareLowRam(u64),
 }
 
 /// Root-bus slots for devices: slot 0 is the host bridge.
 pub const PCI_SLOTS: usize = devices::pci::root::NUM_DEVICES - 1;
 
 impl VmConfig {
+    /// Whether the VM boots through firmware (`--bios`): the Q35 look-alike platform.
+    pub fn firmware(&self) -> bool {
+        matches!(self.boot, BootSource::Firmware(_))
+    }
+
+    /// The address map this VM's boot calls for.
+    pub fn address_map(&self) -> layout::AddressMap {
+        if self.firmware() {
+            let ram_end = self
+                .memory
+                .ram_ranges()
+                .iter()
+                .map(|(s, l)| s + l)
+                .max()
+                .unwrap_or(0);
+            layout::AddressMap::firmware(ram_end)
+        } else {
+            layout::AddressMap::direct()
+        }
+    }
+
     /// Checks what no single flag can: combinations, and whether everything fits.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !self.passthrough.is_empty() && self.iommu.is_some_and(|c| !c.caching_mode) {
@@ -235,6 +287,11 @@ impl VmConfig {
             if !iommu_platform {
                 return Err(ConfigError::AtsNeedsIommuPlatform(flag));
             }
+        }
+        let ram = self.memory.ram_ranges();
+        let low_end = ram.first().map_or(0, |(s, l)| s + l);
+        if self.firmware() && low_end > layout::FW_LOW_RAM_END_MAX {
+            return Err(ConfigError::FirmwareLowRam(low_end));
         }
         let pci = self.devices.len() + self.passthrough.len();
         if pci > PCI_SLOTS {
@@ -320,6 +377,24 @@ pub fn debug_exit_from_options(s: &str) -> Result<DebugExitConfig, OptionError> 
         ));
     }
     Ok(DebugExitConfig { iobase, iosize })
+}
+
+/// `--debugcon file=PATH|stdio[,iobase=PORT]` (QEMU's `-debugcon` with
+/// `-global isa-debugcon.iobase=`; the default port is OVMF's, 0x402).
+pub fn debugcon_from_options(s: &str) -> Result<DebugconConfig, OptionError> {
+    let o = Options::parse("debugcon", s, &["file", "iobase"], true)?;
+    let file = match (o.kind(), o.get("file")) {
+        (Some("stdio"), None) => None,
+        (None, Some(p)) if !p.is_empty() => Some(PathBuf::from(p)),
+        (None, Some(p)) => return Err(o.invalid("file", p, "expected a path")),
+        _ => return Err(o.invalid_kind(s, "expected file=PATH or stdio")),
+    };
+    let iobase = o.number(
+        "iobase",
+        devices::debugcon::DEBUGCON_DEFAULT_PORT.into(),
+        0..=0xffff,
+    )? as u16;
+    Ok(DebugconConfig { file, iobase })
 }
 
 /// `--iommu [intremap=on|off,caching-mode=on|off,aw-bits=39|48,device-iotlb=on|off,x2apic=on|off]`.

@@ -35,7 +35,8 @@ pub enum StopReason {
     PowerOff,
     Reset,
     GuestPanic,
-    TripleFault,
+    /// The CPU shut down (a triple fault); the vCPU's last port or MMIO access, if any.
+    TripleFault(Option<LastAccess>),
     DebugExit(u32),
     /// minivmm was asked to stop (SIGTERM, SIGINT, SIGHUP).
     Signal(i32),
@@ -48,7 +49,7 @@ impl StopReason {
     pub fn exit_status(&self) -> i32 {
         match self {
             StopReason::PowerOff | StopReason::Reset => 0,
-            StopReason::GuestPanic | StopReason::TripleFault | StopReason::Error(_) => 1,
+            StopReason::GuestPanic | StopReason::TripleFault(_) | StopReason::Error(_) => 1,
             StopReason::DebugExit(code) => *code as i32,
             StopReason::Signal(sig) => 128 + sig,
         }
@@ -59,9 +60,65 @@ impl StopReason {
         match self {
             StopReason::PowerOff | StopReason::Reset | StopReason::DebugExit(_) => None,
             StopReason::GuestPanic => Some("the guest kernel panicked".into()),
-            StopReason::TripleFault => Some("the guest triple-faulted (CPU shutdown)".into()),
+            StopReason::TripleFault(last) => Some(format!(
+                "the guest triple-faulted (CPU shutdown); last device access: {}",
+                last.map_or("none".into(), |a| a.to_string())
+            )),
             StopReason::Error(e) => Some(format!("error: {e}")),
             StopReason::Signal(sig) => Some(format!("stopped by signal {sig}; devices released")),
+        }
+    }
+}
+
+/// A vCPU's port or MMIO access, kept so that a triple fault can name the last one (what an
+/// early firmware fault was doing with the platform).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LastAccess {
+    pub mmio: bool,
+    pub write: bool,
+    pub addr: u64,
+    pub len: usize,
+    /// The value written (little-endian, `len` bytes), for writes.
+    pub value: u64,
+}
+
+impl LastAccess {
+    /// The access `exit` makes, if it is a port or MMIO access.
+    pub fn of(exit: &Exit<'_>) -> Option<LastAccess> {
+        let value = |d: &[u8]| {
+            let mut v = [0u8; 8];
+            let n = d.len().min(8);
+            v[..n].copy_from_slice(&d[..n]);
+            u64::from_le_bytes(v)
+        };
+        let (mmio, write, addr, len, value) = match exit {
+            Exit::IoIn(p, d) => (false, false, u64::from(*p), d.len(), 0),
+            Exit::IoOut(p, d) => (false, true, u64::from(*p), d.len(), value(d)),
+            Exit::MmioRead(a, d) => (true, false, *a, d.len(), 0),
+            Exit::MmioWrite(a, d) => (true, true, *a, d.len(), value(d)),
+            _ => return None,
+        };
+        Some(LastAccess {
+            mmio,
+            write,
+            addr,
+            len,
+            value,
+        })
+    }
+}
+
+impl std::fmt::Display for LastAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let space = if self.mmio { "MMIO" } else { "port" };
+        if self.write {
+            write!(
+                f,
+                "{}-byte {space} write of {:#x} to {:#x}",
+                self.len, self.value, self.addr
+            )
+        } else {
+            write!(f, "{}-byte {space} read at {:#x}", self.len, self.addr)
         }
     }
 }
@@ -103,7 +160,7 @@ pub fn handle_exit(exit: Exit<'_>, pio: &Bus, mmio: &Bus, eoi: &dyn EoiHandler) 
             }
         }
         Exit::IoapicEoi(vector) => eoi.end_of_interrupt(vector),
-        Exit::Shutdown => return Action::Stop(StopReason::TripleFault),
+        Exit::Shutdown => return Action::Stop(StopReason::TripleFault(None)),
         Exit::SystemEvent(SYSTEM_EVENT_SHUTDOWN) => return Action::Stop(StopReason::PowerOff),
         Exit::SystemEvent(SYSTEM_EVENT_RESET) => return Action::Stop(StopReason::Reset),
         Exit::SystemEvent(SYSTEM_EVENT_CRASH) => return Action::Stop(StopReason::GuestPanic),
@@ -223,7 +280,7 @@ mod tests {
             Action::Stop(r) => r,
             Action::Continue => panic!("expected a stop"),
         };
-        assert_eq!(stop(Exit::Shutdown), StopReason::TripleFault);
+        assert_eq!(stop(Exit::Shutdown), StopReason::TripleFault(None));
         assert_eq!(
             stop(Exit::SystemEvent(SYSTEM_EVENT_SHUTDOWN)),
             StopReason::PowerOff
@@ -244,9 +301,25 @@ mod tests {
         assert_eq!(StopReason::PowerOff.exit_status(), 0);
         assert_eq!(StopReason::Reset.exit_status(), 0);
         assert_eq!(StopReason::GuestPanic.exit_status(), 1);
-        assert_eq!(StopReason::TripleFault.exit_status(), 1);
+        assert_eq!(StopReason::TripleFault(None).exit_status(), 1);
         assert_eq!(StopReason::DebugExit(7).exit_status(), 7);
-        assert!(StopReason::TripleFault.message().is_some());
+        assert!(StopReason::TripleFault(None).message().is_some());
         assert!(StopReason::PowerOff.message().is_none());
+    }
+
+    #[test]
+    fn triple_fault_message_names_the_last_access() {
+        let w = LastAccess::of(&Exit::IoOut(0x604, &[0x00, 0x20])).unwrap();
+        let m = StopReason::TripleFault(Some(w)).message().unwrap();
+        assert!(
+            m.ends_with("last device access: 2-byte port write of 0x2000 to 0x604"),
+            "{m}"
+        );
+        let mut b = [0u8; 4];
+        let r = LastAccess::of(&Exit::MmioRead(0xfed4_0000, &mut b)).unwrap();
+        assert_eq!(r.to_string(), "4-byte MMIO read at 0xfed40000");
+        assert_eq!(LastAccess::of(&Exit::Hlt), None);
+        let none = StopReason::TripleFault(None).message().unwrap();
+        assert!(none.ends_with("last device access: none"), "{none}");
     }
 }

@@ -14,6 +14,20 @@
 //! 0x1_0000_0000 ..            RAM above 4 GiB (the rest)
 //! MMIO64_START ..             PCI 64-bit MMIO window
 //! ```
+//!
+//! Firmware boot (`--bios`, [`AddressMap::firmware`]) follows QEMU's q35 where OVMF
+//! compiles it in (edk2 OvmfPkg/Library/PlatformInitLib/Platform.c,
+//! PlatformMemMapInitialization):
+//!
+//! ```text
+//! 0x0000_0000 .. low_ram_end  RAM (low_ram_end at most 0xb000_0000)
+//! 0xb000_0000 .. 0xc000_0000  PCIe ECAM, 256 buses (OVMF's PcdPciExpressBaseAddress)
+//! 0xc000_0000 .. 0xfc00_0000  PCI 32-bit MMIO window (OVMF's Q35 aperture)
+//! 0xfec0_0000 ..              IOAPIC, VT-d, LAPIC, KVM pages as above
+//! 4 GiB - image .. 4 GiB      the firmware image, read-only (at most 16 MiB)
+//! above RAM .. MMIO64 end     PCI 64-bit window (wherever OVMF puts it above RAM)
+//! ports 0x6000 .. 0x10000     PCI I/O window (OVMF's); the ICH9 PM block at PMBASE
+//! ```
 
 /// Start of guest RAM.
 pub const RAM_START: u64 = 0;
@@ -99,15 +113,6 @@ const _: () = assert!(FIRMWARE_START + FIRMWARE_SIZE == RAM_HIGH_START);
 pub const IOAPIC_ID: u8 = 0;
 pub const IOAPIC_SOURCE: devices::Bdf = devices::Bdf::new(0, 0x1e, 0);
 
-/// The PCI root bus's I/O, 32-bit and 64-bit windows.
-pub fn pci_windows() -> devices::pci::root::Windows {
-    devices::pci::root::Windows {
-        io: (PCI_IO_START.into(), PCI_IO_SIZE.into()),
-        mmio32: (MMIO32_START, MMIO32_SIZE),
-        mmio64: (MMIO64_START, MMIO64_SIZE),
-    }
-}
-
 /// Where the boot protocols put their structures, around the RAM ranges `ram`.
 pub fn boot_layout(ram: Vec<(u64, u64)>) -> firmware::BootLayout {
     use vm_memory::GuestAddress;
@@ -133,3 +138,95 @@ pub fn boot_layout(ram: Vec<(u64, u64)>) -> firmware::BootLayout {
 }
 /// The highest RAM below 4 GiB may reach (and its default end): the 32-bit PCI MMIO window.
 pub const LOW_RAM_END_MAX: u64 = MMIO32_START;
+
+/// Firmware boot: OVMF's fixed ECAM (PcdPciExpressBaseAddress, 256 buses), where low RAM
+/// must end (PlatformMemMapInitialization asserts TopOfLowRam <= PciExBarBase), its 32-bit
+/// aperture [ECAM end, 0xFC000000) and its PCI I/O aperture 0x6000..0xFFFF.
+pub const FW_ECAM_START: u64 = 0xb000_0000;
+pub const FW_ECAM_SIZE: u64 = 0x1000_0000;
+pub const FW_LOW_RAM_END_MAX: u64 = FW_ECAM_START;
+pub const FW_MMIO32_START: u64 = FW_ECAM_START + FW_ECAM_SIZE;
+pub const FW_MMIO32_SIZE: u64 = 0xfc00_0000 - FW_MMIO32_START;
+pub const FW_PCI_IO_START: u16 = 0x6000;
+pub const FW_PCI_IO_SIZE: u16 = 0xa000;
+/// The largest firmware image: from 0xFF000000 (the end of KVM's pages) to 4 GiB.
+pub const FW_IMAGE_MAX: u64 = RAM_HIGH_START - (KVM_TSS_START + KVM_TSS_SIZE);
+/// Firmware boot: the hardware-reduced sleep and reset registers move out of the ICH9 PM
+/// block's 128 ports at OVMF's PMBASE 0x600 (ICH9_PMBASE_VALUE).
+pub const FW_ACPI_PM_PORT: u16 = 0x680;
+/// The ICH9 PM block's base as OVMF programs it (QEMU's FADT points there too).
+pub const FW_PMBASE: u16 = 0x600;
+const _: () = assert!(FW_ACPI_PM_PORT as u64 >= FW_PMBASE as u64 + devices::lpc::pmio::PMIO_SIZE);
+const _: () = assert!(FW_MMIO32_START + FW_MMIO32_SIZE <= IOAPIC_START);
+
+/// The parts of the address map that differ between direct kernel boot and firmware boot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AddressMap {
+    pub ecam: (u64, u64),
+    pub mmio32: (u64, u64),
+    pub mmio64: (u64, u64),
+    pub pci_io: (u16, u16),
+    /// The hardware-reduced ACPI sleep/reset registers.
+    pub acpi_pm_port: u16,
+    /// Kept for a firmware image (flash below 4 GiB): 2 MiB, or with firmware boot all from
+    /// the end of KVM's pages to 4 GiB (the image ends at 4 GiB, at most [`FW_IMAGE_MAX`]).
+    pub firmware_area: (u64, u64),
+}
+
+impl AddressMap {
+    /// Direct kernel boot: one ECAM bus at 0xe0000000, the windows above.
+    pub fn direct() -> Self {
+        AddressMap {
+            ecam: (ECAM_START, ECAM_SIZE),
+            mmio32: (MMIO32_START, MMIO32_SIZE),
+            mmio64: (MMIO64_START, MMIO64_SIZE),
+            pci_io: (PCI_IO_START, PCI_IO_SIZE),
+            acpi_pm_port: ACPI_PM_PORT,
+            firmware_area: (FIRMWARE_START, FIRMWARE_SIZE),
+        }
+    }
+
+    /// Firmware boot with RAM ending at `ram_end`: OVMF's
+    /// ECAM and apertures. OVMF puts its 64-bit window above RAM (MemDetect.c
+    /// PlatformGetFirstNonAddress, 32 GiB by default): the window here runs from the first
+    /// 1 GiB boundary above RAM (and 4 GiB) to the end of the direct-boot window.
+    pub fn firmware(ram_end: u64) -> Self {
+        let mmio64_start = ram_end.max(RAM_HIGH_START).next_multiple_of(1 << 30);
+        let mmio64_end = MMIO64_START + MMIO64_SIZE;
+        AddressMap {
+            ecam: (FW_ECAM_START, FW_ECAM_SIZE),
+            mmio32: (FW_MMIO32_START, FW_MMIO32_SIZE),
+            mmio64: (mmio64_start, mmio64_end.saturating_sub(mmio64_start)),
+            pci_io: (FW_PCI_IO_START, FW_PCI_IO_SIZE),
+            acpi_pm_port: FW_ACPI_PM_PORT,
+            firmware_area: (RAM_HIGH_START - FW_IMAGE_MAX, FW_IMAGE_MAX),
+        }
+    }
+
+    /// The PCI root bus's I/O, 32-bit and 64-bit windows.
+    pub fn pci_windows(&self) -> devices::pci::root::Windows {
+        devices::pci::root::Windows {
+            io: (self.pci_io.0.into(), self.pci_io.1.into()),
+            mmio32: self.mmio32,
+            mmio64: self.mmio64,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_firmware_map_is_ovmf_q35() {
+        let m = AddressMap::firmware(1 << 30);
+        assert_eq!(m.ecam, (0xb000_0000, 0x1000_0000));
+        assert_eq!(m.mmio32, (0xc000_0000, 0x3c00_0000));
+        assert_eq!(m.pci_io, (0x6000, 0xa000));
+        assert_eq!(m.firmware_area, (0xff00_0000, 0x100_0000));
+        // OVMF's default 64-bit window for 1 GiB of RAM (32..64 GiB) is inside.
+        assert!(m.mmio64.0 <= 32 << 30 && m.mmio64.0 + m.mmio64.1 >= 64 << 30);
+        let big = AddressMap::firmware((4 << 30) + (9 << 30) + 5);
+        assert_eq!(big.mmio64.0, 14 << 30, "above RAM");
+    }
+}

@@ -7,7 +7,8 @@ use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 use vm_allocator::IdAllocator;
 use vm_memory::{
-    GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress,
+    Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    MemoryRegionAddress,
 };
 
 use crate::config::MemoryConfig;
@@ -132,6 +133,40 @@ pub fn register(vm: &VmFd, mem: &GuestMemoryMmap, slots: &MemSlots) -> Result<()
         unsafe { vm.set_user_memory_region(r) }.map_err(MemoryError::Register)?;
     }
     Ok(())
+}
+
+/// Maps a firmware image read-only so that it ends at 4 GiB (QEMU hw/i386/x86.c
+/// x86_bios_rom_init): a KVM_MEM_READONLY slot, so guest reads come straight from it and
+/// guest writes exit as MMIO writes, which nothing claims (dropped, as on a ROM). Returns the
+/// mapping, which must outlive the VM.
+pub fn map_firmware(
+    vm: &VmFd,
+    slots: &MemSlots,
+    image: &[u8],
+) -> Result<GuestMemoryMmap, MemoryError> {
+    let size = image.len() as u64;
+    let start = crate::layout::RAM_HIGH_START - size;
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(start), image.len())])
+        .map_err(|e| MemoryError::Allocate(format!("{e:?}")))?;
+    mem.write_slice(image, GuestAddress(start))
+        .map_err(|e| MemoryError::Allocate(e.to_string()))?;
+    let region = mem
+        .iter()
+        .next()
+        .ok_or_else(|| MemoryError::Allocate("no firmware region".into()))?;
+    let r = kvm_userspace_memory_region {
+        slot: slots.allocate()?,
+        guest_phys_addr: start,
+        memory_size: size,
+        userspace_addr: region
+            .get_host_address(MemoryRegionAddress(0))
+            .map_err(|e| MemoryError::Allocate(e.to_string()))? as u64,
+        flags: kvm_bindings::KVM_MEM_READONLY,
+    };
+    // SAFETY: the host range is a live mapping owned by `mem`, which the caller keeps until
+    // the VM is gone (as guest RAM).
+    unsafe { vm.set_user_memory_region(r) }.map_err(MemoryError::Register)?;
+    Ok(mem)
 }
 
 /// BARs mapped into the guest as KVM memory slots.

@@ -12,8 +12,10 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
+pub mod reset;
+
 use crate::cpuid;
-use crate::exit::{handle_exit, Action, EoiHandler, Exit, StopReason};
+use crate::exit::{handle_exit, Action, EoiHandler, Exit, LastAccess, StopReason};
 use crate::state::{ApicState, VcpuState};
 
 #[derive(Debug, thiserror::Error)]
@@ -59,15 +61,31 @@ fn kvm_segment(s: &Segment) -> kvm_segment {
     }
 }
 
-/// Sets CPUID, MSRs, LAPIC LVTs and FPU for every vCPU; registers only for the boot vCPU.
-/// Application processors stay in KVM's wait-for-SIPI state.
+/// How a vCPU starts.
+#[derive(Clone, Copy, Debug)]
+pub enum Start<'a> {
+    /// The boot vCPU of direct kernel boot: in the kernel's entry state.
+    Entry(&'a BootCpuState),
+    /// The boot vCPU of firmware boot: in the architectural reset state KVM creates it in
+    /// (CS F000 base FFFF0000, RIP FFF0: the firmware's reset vector), MTRRs off.
+    ResetVector,
+    /// An application processor: waiting for INIT/SIPI.
+    WaitForSipi,
+}
+
+/// Sets CPUID, MSRs, LAPIC LVTs and FPU for every vCPU; registers only for the boot vCPU of
+/// direct kernel boot. Application processors stay in KVM's wait-for-SIPI state.
 pub fn configure(
     vcpu: &VcpuFd,
     id: u32,
     cpus: u32,
     supported: &CpuId,
-    boot: Option<&BootCpuState>,
+    start: Start<'_>,
 ) -> Result<(), VcpuError> {
+    let boot = match start {
+        Start::Entry(b) => Some(b),
+        _ => None,
+    };
     let setup = |what, e| VcpuError::Setup(id, what, e);
     let mut entries = supported.as_slice().to_vec();
     cpuid::patch(&mut entries, id, cpus);
@@ -78,19 +96,20 @@ pub fn configure(
     vcpu.set_cpuid2(&cpuid)
         .map_err(|e| setup("KVM_SET_CPUID2", e))?;
 
-    let msrs = Msrs::from_entries(&[
-        kvm_msr_entry {
-            index: MSR_IA32_MISC_ENABLE,
-            data: MISC_ENABLE_FAST_STRING,
-            ..Default::default()
-        },
-        kvm_msr_entry {
+    let mut msr_entries = vec![kvm_msr_entry {
+        index: MSR_IA32_MISC_ENABLE,
+        data: MISC_ENABLE_FAST_STRING,
+        ..Default::default()
+    }];
+    // Firmware programs the MTRRs itself from their reset state (disabled).
+    if !matches!(start, Start::ResetVector) {
+        msr_entries.push(kvm_msr_entry {
             index: MSR_MTRR_DEF_TYPE,
             data: MTRR_ENABLE_WB,
             ..Default::default()
-        },
-    ])
-    .map_err(|_| VcpuError::Cpuid(id))?;
+        });
+    }
+    let msrs = Msrs::from_entries(&msr_entries).map_err(|_| VcpuError::Cpuid(id))?;
     vcpu.set_msrs(&msrs).map_err(|e| setup("KVM_SET_MSRS", e))?;
 
     let mut lapic = vcpu.get_lapic().map_err(|e| setup("KVM_GET_LAPIC", e))?;
@@ -139,7 +158,7 @@ pub fn configure(
         };
         vcpu.set_regs(&regs).map_err(|e| setup("KVM_SET_REGS", e))?;
         debug_assert!(b.mode == CpuMode::Long64 || b.cr0 & firmware::cpu_state::X86_CR0_PG == 0);
-    } else {
+    } else if matches!(start, Start::WaitForSipi) {
         // KVM_MP_STATE_UNINITIALIZED: an AP waiting for INIT/SIPI from the boot CPU.
         vcpu.set_mp_state(kvm_mp_state { mp_state: 1 })
             .map_err(|e| setup("KVM_SET_MP_STATE", e))?;
@@ -170,6 +189,10 @@ pub struct VcpuContext {
     /// Raised (then each vCPU kicked) when the state dump is asked for: each vCPU prints its
     /// registers once per increment.
     pub dump: Arc<AtomicU64>,
+    /// The reset handshake, when a reset is a VM reset (firmware boot without --no-reboot).
+    pub reset: Option<Arc<reset::ResetSync>>,
+    /// What vCPU 0 resets at a VM reset.
+    pub device_reset: Option<Arc<crate::device_manager::DeviceReset>>,
 }
 
 /// Local APIC register offsets in kvm_lapic_state: TPR, ISR and IRR (8 dwords each, 16 bytes
@@ -238,9 +261,35 @@ fn unhandled(exit: &VcpuExit) -> Unhandled {
 
 /// Runs a vCPU until the VM stops. A stop is reported on `ctx.stopped` (by whichever thread
 /// sees it first; the main thread keeps only the first).
-pub fn run(mut vcpu: VcpuFd, id: u32, ctx: &VcpuContext) {
+pub fn run(mut vcpu: VcpuFd, id: u32, ctx: &VcpuContext, snapshot: Option<reset::ResetState>) {
     let mut dumped = ctx.dump.load(Ordering::Acquire);
+    let mut last = None;
+    let mut resets_seen = 0;
     while !ctx.stop.load(Ordering::Acquire) {
+        if let (Some(sync), Some(snap)) = (&ctx.reset, &snapshot) {
+            let asked = sync.asked();
+            if asked > resets_seen {
+                resets_seen = asked;
+                sync.park(asked, &ctx.stop);
+                if id == 0 {
+                    if let Some(d) = &ctx.device_reset {
+                        d.reset();
+                    }
+                    sync.devices_reset(asked);
+                }
+                sync.wait_devices(asked, &ctx.stop);
+                if ctx.stop.load(Ordering::Acquire) {
+                    break;
+                }
+                if let Err(e) = snap.restore(&vcpu) {
+                    let msg = format!("vCPU {id}: cannot reset: {e}");
+                    let _ = ctx.stopped.send(StopReason::Error(msg));
+                    return;
+                }
+                last = None;
+                log::debug!("vCPU {id}: back in its reset state");
+            }
+        }
         let want = ctx.dump.load(Ordering::Acquire);
         if want != dumped {
             dumped = want;
@@ -262,7 +311,12 @@ pub fn run(mut vcpu: VcpuFd, id: u32, ctx: &VcpuContext) {
                 return;
             }
             Ok(VcpuExit::InternalError) => {
-                let msg = format!("vCPU {id}: KVM internal error (emulation failure)");
+                let at = crate::state::render_vcpu(&describe(&vcpu, id));
+                let last = last.map_or("none".into(), |a: LastAccess| a.to_string());
+                let msg = format!(
+                    "vCPU {id}: KVM internal error (emulation failure) at {}; last device access: {last}",
+                    at.trim()
+                );
                 let _ = ctx.stopped.send(StopReason::Error(msg));
                 return;
             }
@@ -285,7 +339,14 @@ pub fn run(mut vcpu: VcpuFd, id: u32, ctx: &VcpuContext) {
                 return;
             }
         };
+        if let Some(a) = LastAccess::of(&exit) {
+            last = Some(a);
+        }
         if let Action::Stop(reason) = handle_exit(exit, &ctx.pio, &ctx.mmio, ctx.eoi.as_ref()) {
+            let reason = match reason {
+                StopReason::TripleFault(_) => StopReason::TripleFault(last),
+                r => r,
+            };
             let _ = ctx.stopped.send(reason);
             return;
         }

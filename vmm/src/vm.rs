@@ -56,6 +56,11 @@ pub enum VmError {
     Sandbox(String),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error("--bios {}: {reason}", path.display())]
+    Bios {
+        path: std::path::PathBuf,
+        reason: String,
+    },
 }
 
 /// KVM_X2APIC_API flags (Documentation/virt/kvm/api.rst 7.13).
@@ -69,6 +74,11 @@ pub struct Vm {
     vm: Arc<VmFd>,
     vcpus: Vec<kvm_ioctls::VcpuFd>,
     _mem: GuestMemoryMmap,
+    /// The firmware image's read-only mapping (firmware boot).
+    _firmware: Option<GuestMemoryMmap>,
+    /// Each vCPU's state as created, when a reset is a VM reset (firmware boot without
+    /// --no-reboot); empty otherwise.
+    snapshots: Vec<vcpu::reset::ResetState>,
     devices: DeviceManager,
     stdin: bool,
     control: Arc<VmControl>,
@@ -107,12 +117,13 @@ fn create_vm() -> Result<(Kvm, Arc<VmFd>), VmError> {
     Ok((kvm, vm))
 }
 
-/// Creates the vCPUs, the first one set up to enter the kernel as `boot` says.
+/// Creates the vCPUs, the first one set up to enter the kernel as `boot` says (None: at the
+/// firmware's reset vector).
 fn create_vcpus(
     kvm: &Kvm,
     vm: &VmFd,
     cpus: u32,
-    boot: &firmware::BootCpuState,
+    boot: Option<&firmware::BootCpuState>,
 ) -> Result<Vec<kvm_ioctls::VcpuFd>, VmError> {
     let supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -122,7 +133,12 @@ fn create_vcpus(
         let fd = vm
             .create_vcpu(id.into())
             .map_err(|e| VmError::Kvm("KVM_CREATE_VCPU", e))?;
-        vcpu::configure(&fd, id, cpus, &supported, (id == 0).then_some(boot))?;
+        let start = match (id, boot) {
+            (0, Some(b)) => vcpu::Start::Entry(b),
+            (0, None) => vcpu::Start::ResetVector,
+            _ => vcpu::Start::WaitForSipi,
+        };
+        vcpu::configure(&fd, id, cpus, &supported, start)?;
         vcpus.push(fd);
     }
     Ok(vcpus)
@@ -148,35 +164,76 @@ impl Vm {
             let control = control.clone();
             crate::lifecycle::on_panic_stop(move |reason| control.stop(reason));
         }
-        let mut dm = DeviceManager::create(vm.clone(), &mem, slots, control.clone(), cfg, &hosts)?;
+        let image = match &cfg.boot {
+            crate::config::BootSource::Firmware(f) => Some(read_firmware(&f.image)?),
+            crate::config::BootSource::Kernel(_) => None,
+        };
+        let firmware_mem = match &image {
+            Some(image) => {
+                if !kvm.check_extension(kvm_ioctls::Cap::ReadonlyMem) {
+                    return Err(VmError::KvmCapability("KVM_CAP_READONLY_MEM"));
+                }
+                Some(memory::map_firmware(&vm, &slots, image)?)
+            }
+            None => None,
+        };
+        let mut dm = DeviceManager::create(
+            vm.clone(),
+            &mem,
+            slots.clone(),
+            control.clone(),
+            cfg,
+            &hosts,
+        )?;
         let prt = dm.finish()?;
-        let rsdp = acpi::create_acpi_tables(
-            &mem,
-            GuestAddress(ACPI_START),
-            ACPI_SIZE,
-            &acpi_config(cfg, &prt),
-        )?;
-        let boot = firmware::load(
-            &mem,
-            &BootConfig {
-                kernel: &cfg.boot.kernel,
-                initramfs: cfg.boot.initramfs.as_deref(),
-                cmdline: &cfg.boot.cmdline,
-                layout: &boot_layout(cfg.memory.ram_ranges()),
-                rsdp: Some(rsdp),
-            },
-        )?;
-        firmware::reset_vector::write(
-            &mem,
-            ACPI_PM_PORT + devices::acpi_pm::RESET_OFFSET as u16,
-            devices::acpi_pm::RESET_VALUE,
-        )?;
+        let acpi = acpi_config(cfg, &prt);
+        let boot = match &cfg.boot {
+            crate::config::BootSource::Kernel(k) => {
+                let rsdp =
+                    acpi::create_acpi_tables(&mem, GuestAddress(ACPI_START), ACPI_SIZE, &acpi)?;
+                let boot = firmware::load(
+                    &mem,
+                    &BootConfig {
+                        kernel: &k.kernel,
+                        initramfs: k.initramfs.as_deref(),
+                        cmdline: &k.cmdline,
+                        layout: &boot_layout(cfg.memory.ram_ranges()),
+                        rsdp: Some(rsdp),
+                    },
+                )?;
+                firmware::reset_vector::write(
+                    &mem,
+                    ACPI_PM_PORT + devices::acpi_pm::RESET_OFFSET as u16,
+                    devices::acpi_pm::RESET_VALUE,
+                )?;
+                Some(boot)
+            }
+            crate::config::BootSource::Firmware(_) => {
+                // The firmware loads the tables from fw_cfg (QEMU's linker/loader).
+                let files = acpi::loader::build(&acpi);
+                dm.add_fw_cfg_file(acpi::loader::TABLES_FILE, files.tables)?;
+                dm.add_fw_cfg_file(acpi::loader::RSDP_FILE, files.rsdp)?;
+                dm.add_fw_cfg_file(acpi::loader::LOADER_FILE, files.loader)?;
+                None
+            }
+        };
         crate::device_manager::stop_point()?;
-        let vcpus = create_vcpus(&kvm, &vm, cfg.cpus, &boot)?;
+        let vcpus = create_vcpus(&kvm, &vm, cfg.cpus, boot.as_ref())?;
+        let snapshots = if cfg.firmware() && !cfg.no_reboot {
+            vcpus
+                .iter()
+                .map(vcpu::reset::ResetState::take)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| VmError::Kvm("reading the vCPU reset state", e))?
+        } else {
+            Vec::new()
+        };
         Ok(Vm {
             vm,
             vcpus,
             _mem: mem,
+            _firmware: firmware_mem,
+            snapshots,
             devices: dm,
             stdin: matches!(cfg.serial, SerialConfig::Stdio),
             control,
@@ -189,14 +246,19 @@ impl Vm {
         if let Some(c) = self.devices.console() {
             c.flush_now();
         }
+        if let Some(c) = self.devices.debugcon() {
+            c.flush_now();
+        }
     }
 
     /// Starts one thread per vCPU; each sandboxes itself first, then runs its vCPU until
     /// the stop flag or an exit ends it.
     fn spawn_vcpus(&mut self, ctx: &Arc<VcpuContext>) -> Result<Vec<JoinHandle<()>>, VmError> {
         let mut threads: Vec<JoinHandle<()>> = Vec::new();
+        let mut snapshots = std::mem::take(&mut self.snapshots).into_iter();
         for (id, fd) in std::mem::take(&mut self.vcpus).into_iter().enumerate() {
             let ctx = Arc::clone(ctx);
+            let snapshot = snapshots.next();
             let control = self.control.clone();
             let t = std::thread::Builder::new()
                 .name(format!("vcpu{id}"))
@@ -206,7 +268,7 @@ impl Vm {
                     match crate::seccomp::sandbox(ThreadClass::Vcpu) {
                         Ok(()) => {
                             crate::lifecycle::test_fault_point(&format!("{name}-sandboxed"));
-                            vcpu::run(fd, id as u32, &ctx)
+                            vcpu::run(fd, id as u32, &ctx, snapshot)
                         }
                         Err(e) => drop(ctx.stopped.send(StopReason::Error(e.to_string()))),
                     }
@@ -218,6 +280,39 @@ impl Vm {
         Ok(threads)
     }
 
+    /// A VM reset (firmware boot): every vCPU parked out of KVM_RUN, then released: vCPU 0
+    /// resets the devices, each vCPU goes back to its reset state. Guest RAM is kept. Resets the guest asked for
+    /// again meanwhile (OVMF follows 0xCF9 with 0x64 <- 0xFE) are this one.
+    fn reset_vm(
+        &self,
+        sync: &vcpu::reset::ResetSync,
+        threads: &[JoinHandle<()>],
+        stop: &AtomicBool,
+    ) -> Result<(), VmError> {
+        log::info!("VM reset: the firmware runs again");
+        let n = sync.ask();
+        while sync.parked() < threads.len() {
+            if threads.iter().any(|t| t.is_finished()) || stop.load(Ordering::Acquire) {
+                return Err(VmError::EventLoop(
+                    "a vCPU stopped during a VM reset".into(),
+                ));
+            }
+            for t in threads {
+                let _ = t.kill(SIGRTMIN());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        while let Ok(r) = self.stopped.try_recv() {
+            if r != StopReason::Reset {
+                // Anything else asked meanwhile still stops the VM.
+                self.control.stop(r);
+                break;
+            }
+        }
+        sync.release(n);
+        Ok(())
+    }
+
     /// Runs the VM until it stops, and returns why.
     pub fn run(mut self) -> Result<StopReason, VmError> {
         install_signal_handlers()?;
@@ -227,7 +322,13 @@ impl Vm {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let dump = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let reset =
+            (!self.snapshots.is_empty()).then(|| Arc::new(vcpu::reset::ResetSync::default()));
         let ctx = Arc::new(VcpuContext {
+            device_reset: reset
+                .as_ref()
+                .map(|_| Arc::new(self.devices.reset_handle())),
+            reset: reset.clone(),
             pio: self.devices.pio().clone(),
             mmio: self.devices.mmio().clone(),
             eoi: Arc::new(IoapicEoi(self.devices.ioapic().clone())),
@@ -263,7 +364,29 @@ impl Vm {
         crate::seccomp::check().map_err(VmError::Sandbox)?;
         crate::seccomp::sandbox(ThreadClass::Main).map_err(|e| VmError::Sandbox(e.to_string()))?;
         let mut signalled = None;
-        while !stopping.load(Ordering::Acquire) {
+        loop {
+            if stopping.load(Ordering::Acquire) {
+                // A reset request with a VM reset to do: do it and go on.
+                let Some(sync) = &reset else { break };
+                match self.stopped.try_recv() {
+                    Ok(StopReason::Reset) => {
+                        self.reset_vm(sync, &threads, &stop)?;
+                        stopping.store(false, Ordering::Release);
+                        continue;
+                    }
+                    Ok(other) => {
+                        signalled = Some(other);
+                        break;
+                    }
+                    // A wake for a request the reset already took (OVMF follows 0xCF9 with
+                    // 0x64 <- 0xFE): every vCPU still runs.
+                    Err(_) if !threads.iter().any(|t| t.is_finished()) => {
+                        stopping.store(false, Ordering::Release);
+                        continue;
+                    }
+                    Err(_) => break,
+                }
+            }
             if let Some(sig) = crate::lifecycle::stop_signal() {
                 signalled = Some(StopReason::Signal(sig));
                 break;
@@ -301,6 +424,24 @@ impl Vm {
         drop(self.vm);
         Ok(reason)
     }
+}
+
+/// Reads a firmware image: a whole number of 4 KiB pages, at most what fits between KVM's
+/// pages and 4 GiB (16 MiB; OVMF.fd is 2 MiB, OVMF_CODE_4M.fd 3.5 MiB).
+fn read_firmware(path: &std::path::Path) -> Result<Vec<u8>, VmError> {
+    let bad = |reason: String| VmError::Bios {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let image = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let len = image.len() as u64;
+    if len == 0 || !len.is_multiple_of(0x1000) || len > FW_IMAGE_MAX {
+        return Err(bad(format!(
+            "the image is {len} bytes; expected a multiple of 4 KiB up to {} MiB",
+            FW_IMAGE_MAX >> 20
+        )));
+    }
+    Ok(image)
 }
 
 /// SIGRTMIN kicks a vCPU out of KVM_RUN; SIGUSR1 asks for the state dump.

@@ -459,11 +459,27 @@ impl PciRoot {
 pub struct PciConfigIo {
     root: Arc<Mutex<PciRoot>>,
     address: u32,
+    /// A byte register at 0xCF9, inside CONFIG_ADDRESS (which takes only dword accesses):
+    /// the ICH9's RST_CNT (ICH9 datasheet 13.7.5).
+    byte_at_cf9: Option<crate::bus::SharedDevice>,
 }
 
 impl PciConfigIo {
     pub fn new(root: Arc<Mutex<PciRoot>>) -> Self {
-        PciConfigIo { root, address: 0 }
+        PciConfigIo {
+            root,
+            address: 0,
+            byte_at_cf9: None,
+        }
+    }
+
+    /// The same with `dev` taking byte accesses at 0xCF9.
+    pub fn with_cf9(root: Arc<Mutex<PciRoot>>, dev: crate::bus::SharedDevice) -> Self {
+        PciConfigIo {
+            root,
+            address: 0,
+            byte_at_cf9: Some(dev),
+        }
     }
 
     /// The function and configuration byte a data port access at `port` (0..=3 from 0xCFC)
@@ -484,6 +500,11 @@ impl BusDevice for PciConfigIo {
         data.fill(0xff);
         match offset {
             0 if data.len() == 4 => data.copy_from_slice(&self.address.to_le_bytes()),
+            1 if data.len() == 1 => {
+                if let Some(d) = &self.byte_at_cf9 {
+                    lock(d).read(0, data);
+                }
+            }
             4..=7 => {
                 let Some((function, at)) = self.target(offset - 4) else {
                     return;
@@ -499,6 +520,11 @@ impl BusDevice for PciConfigIo {
             // Kept whole, as QEMU keeps it (bits 1:0 included).
             0 if data.len() == 4 => {
                 self.address = u32::from_le_bytes([data[0], data[1], data[2], data[3]])
+            }
+            1 if data.len() == 1 => {
+                if let Some(d) = &self.byte_at_cf9 {
+                    lock(d).write(0, data);
+                }
             }
             4..=7 => {
                 let Some((function, at)) = self.target(offset - 4) else {

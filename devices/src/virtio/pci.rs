@@ -342,6 +342,11 @@ impl VirtioPciDevice {
             .collect()
     }
 
+    /// A platform reset (a VM reset): as a Function Level Reset.
+    pub fn platform_reset(&mut self) {
+        self.function_level_reset();
+    }
+
     /// A device reset (device_status = 0, 4.1.4.3.1): the device stops, and features,
     /// status, queues, vectors, ISR and pending notifications return to reset state.
     fn reset_device(&mut self) {

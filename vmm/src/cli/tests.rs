@@ -16,8 +16,12 @@ fn cli_defaults() {
     assert_eq!(c.cpus, 1);
     assert_eq!(c.memory.size, 512 << 20);
     assert_eq!(c.memory.low_ram_end, crate::layout::MMIO32_START);
-    assert_eq!(c.boot.cmdline, "console=ttyS0");
-    assert_eq!(c.boot.kernel, PathBuf::from("bz"));
+    let crate::config::BootSource::Kernel(k) = &c.boot else {
+        panic!("direct kernel boot expected");
+    };
+    assert_eq!(k.cmdline, "console=ttyS0");
+    assert_eq!(k.kernel, PathBuf::from("bz"));
+    assert_eq!(c.debugcon, None);
     assert_eq!(c.serial, SerialConfig::Stdio);
     assert_eq!(c.debug_exit, None);
     assert_eq!(c.iommu, None);
@@ -262,4 +266,56 @@ fn cli_net_bad_mac_names_the_flag_and_option() {
     let e = parse(&["--kernel", "k", "--net", "tap=tap0,mac=52:54:00:12:34"]).unwrap_err();
     assert!(e.contains("'--net mac'"), "{e}");
     assert!(e.contains("52:54:00:12:34"), "{e}");
+}
+
+#[test]
+fn cli_bios_boots_firmware_and_caps_low_ram() {
+    let c = parse(&["--bios", "OVMF.fd", "--memory", "4G"]).unwrap();
+    assert_eq!(
+        c.boot,
+        crate::config::BootSource::Firmware(crate::config::FirmwareBoot {
+            image: PathBuf::from("OVMF.fd")
+        })
+    );
+    assert!(c.firmware());
+    assert_eq!(c.memory.low_ram_end, crate::layout::FW_LOW_RAM_END_MAX);
+    assert_eq!(c.memory.size, 4 << 30);
+}
+
+#[test]
+fn cli_bios_and_kernel_are_exclusive_and_one_is_needed() {
+    let e = parse(&["--bios", "OVMF.fd", "--kernel", "bz"]).unwrap_err();
+    assert!(e.contains("cannot be used with"), "{e}");
+    let e = parse(&["--bios", "OVMF.fd", "--cmdline", "x"]).unwrap_err();
+    assert!(e.contains("cannot be used with"), "{e}");
+    let e = parse(&["--cpus", "2"]).unwrap_err();
+    assert!(e.contains("--kernel"), "{e}");
+}
+
+#[test]
+fn cli_debugcon_file_stdio_and_iobase() {
+    let c = parse(&["--bios", "f", "--debugcon", "file=debug.log"]).unwrap();
+    assert_eq!(
+        c.debugcon,
+        Some(crate::config::DebugconConfig {
+            file: Some(PathBuf::from("debug.log")),
+            iobase: 0x402
+        })
+    );
+    let c = parse(&["--bios", "f", "--debugcon", "stdio,iobase=0xe9"]).unwrap();
+    assert_eq!(
+        c.debugcon,
+        Some(crate::config::DebugconConfig {
+            file: None,
+            iobase: 0xe9
+        })
+    );
+    assert!(parse(&["--bios", "f", "--debugcon", "tcp"]).is_err());
+    assert!(parse(&["--bios", "f", "--debugcon", "stdio,iobase=0x10000"]).is_err());
+}
+
+#[test]
+fn cli_no_reboot_flag() {
+    assert!(!parse(&["--bios", "f"]).unwrap().no_reboot);
+    assert!(parse(&["--bios", "f", "--no-reboot"]).unwrap().no_reboot);
 }

@@ -2,15 +2,17 @@ use super::*;
 
 fn config() -> VmConfig {
     VmConfig {
-        boot: BootSource {
+        boot: BootSource::Kernel(KernelBoot {
             kernel: "k".into(),
             initramfs: None,
             cmdline: String::new(),
-        },
+        }),
         memory: memory_from_options("512M").unwrap(),
         cpus: 1,
         serial: SerialConfig::Stdio,
         debug_exit: None,
+        debugcon: None,
+        no_reboot: false,
         iommu: None,
         devices: Vec::new(),
         passthrough: Vec::new(),
@@ -395,4 +397,22 @@ fn resolve_ats_defaults_to_device_iotlb_and_follows_the_option() {
         "a device bypassing the IOMMU"
     );
     assert!(!resolve_ats(None, true, None));
+}
+
+#[test]
+fn validate_firmware_boot_needs_low_ram_below_ovmf_ecam() {
+    let mut c = config();
+    c.boot = BootSource::Firmware(FirmwareBoot {
+        image: "OVMF.fd".into(),
+    });
+    c.memory = memory_from_options("4G").unwrap();
+    assert_eq!(
+        c.validate(),
+        Err(ConfigError::FirmwareLowRam(layout::LOW_RAM_END_MAX))
+    );
+    c.memory.low_ram_end = layout::FW_LOW_RAM_END_MAX;
+    assert_eq!(c.validate(), Ok(()));
+    // 512 MiB ends far below it whatever low-ram-end says.
+    c.memory = memory_from_options("512M").unwrap();
+    assert_eq!(c.validate(), Ok(()));
 }

@@ -13,7 +13,8 @@ use crate::layout::*;
 
 /// The ACPI configuration of a machine with `cfg`'s devices and the `prt` routes.
 pub fn acpi_config(cfg: &VmConfig, prt: &[PrtRoute]) -> acpi::AcpiConfig {
-    let port = |off: u64| ACPI_PM_PORT + off as u16;
+    let map = cfg.address_map();
+    let port = |off: u64| map.acpi_pm_port + off as u16;
     acpi::AcpiConfig {
         cpus: cfg.cpus,
         ioapic: acpi::IoApicInfo {
@@ -29,15 +30,15 @@ pub fn acpi_config(cfg: &VmConfig, prt: &[PrtRoute]) -> acpi::AcpiConfig {
         },
         dsdt: acpi::DsdtConfig {
             pci: acpi::PciHostInfo {
-                ecam_base: ECAM_START,
-                ecam_size: ECAM_SIZE,
+                ecam_base: map.ecam.0,
+                ecam_size: map.ecam.1,
                 end_bus: 0,
-                io_base: PCI_IO_START,
-                io_size: PCI_IO_SIZE,
-                mmio32_base: MMIO32_START as u32,
-                mmio32_size: MMIO32_SIZE as u32,
-                mmio64_base: MMIO64_START,
-                mmio64_size: MMIO64_SIZE,
+                io_base: map.pci_io.0,
+                io_size: map.pci_io.1,
+                mmio32_base: map.mmio32.0 as u32,
+                mmio32_size: map.mmio32.1 as u32,
+                mmio64_base: map.mmio64.0,
+                mmio64_size: map.mmio64.1,
                 prt: prt
                     .iter()
                     .map(|r| acpi::PrtEntry {
@@ -49,7 +50,7 @@ pub fn acpi_config(cfg: &VmConfig, prt: &[PrtRoute]) -> acpi::AcpiConfig {
             },
             serial: (cfg.serial != SerialConfig::Off).then_some((COM1_PORT, COM1_IRQ)),
             pvpanic: Some(PVPANIC_PORT),
-            pm_ports: (ACPI_PM_PORT, ACPI_PM_SIZE as u8),
+            pm_ports: (map.acpi_pm_port, ACPI_PM_SIZE as u8),
             s5_sleep_type: S5_SLEEP_TYPE,
         },
         dmar: cfg.iommu.map(|c| acpi::DmarConfig {

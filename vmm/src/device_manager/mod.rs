@@ -37,7 +37,6 @@ use crate::config::VmConfig;
 use crate::console::ConsoleOut;
 use crate::control::VmControl;
 use crate::iommu::IommuTranslator;
-use crate::layout::pci_windows;
 use crate::memory::{KvmMmioMapper, MemSlots};
 use crate::state::{IrqfdRoute, VmState};
 use crate::vfio::{AttachError, Attached};
@@ -60,6 +59,10 @@ pub enum DeviceManagerError {
     Net(#[from] crate::config::NetError),
     #[error("Cannot open serial output {0}: {1}")]
     SerialFile(PathBuf, #[source] std::io::Error),
+    #[error("fw_cfg: {0}")]
+    FwCfg(#[from] devices::fw_cfg::FwCfgError),
+    #[error("Cannot open --debugcon output {0}: {1}")]
+    DebugconFile(PathBuf, #[source] std::io::Error),
     #[error("Stopped by signal {0} during setup")]
     Stopped(i32),
 }
@@ -91,6 +94,20 @@ pub struct DeviceManager {
     /// What the emulated devices' DMA goes through: the IOMMU, or identity.
     dma: DmaTranslation,
     mapper: Arc<KvmMmioMapper>,
+    /// Where ECAM, the windows and the PM ports are.
+    map: crate::layout::AddressMap,
+    /// fw_cfg, for the files added once the ACPI tables are built.
+    fw_cfg: Option<Arc<Mutex<devices::fw_cfg::FwCfg>>>,
+    /// isa-debugcon's output, flushed with the console's.
+    debugcon: Option<ConsoleOut>,
+    /// The ICH9 reset control register at 0xCF9 (firmware boot).
+    rst_cnt: Option<SharedDevice>,
+    /// The root-bus slots of the virtio-blk disks, in order (fw_cfg `bootorder`).
+    disk_slots: Vec<u8>,
+    /// The ICH9 LPC bridge (firmware boot), reset with the VM.
+    lpc: Option<Arc<Mutex<devices::lpc::Ich9Lpc>>>,
+    /// Every virtio function, reset with the VM.
+    virtio: Vec<Arc<Mutex<devices::virtio::pci::VirtioPciDevice>>>,
 }
 
 impl DeviceManager {
@@ -103,8 +120,9 @@ impl DeviceManager {
         cfg: &VmConfig,
         hosts: &[HostDevice],
     ) -> Result<Self, DeviceManagerError> {
+        let map = cfg.address_map();
         let mut resources = Resources::new()?;
-        resources.reserve_address_map(&cfg.memory.ram_ranges())?;
+        resources.reserve_address_map(&cfg.memory.ram_ranges(), &map)?;
         let irq = InterruptPlatform::new(vm.clone(), cfg.iommu, mem);
         let dma = match &irq.iommu {
             Some(i) => DmaTranslation {
@@ -121,10 +139,15 @@ impl DeviceManager {
         let pci = Arc::new(Mutex::new(PciRoot::new(PciBuses {
             pio: pio.clone(),
             mmio: mmio.clone(),
-            windows: pci_windows(),
+            windows: map.pci_windows(),
             ioevents: Arc::new(KvmIoEvents(vm.clone())),
         })));
-        lock(&pci).add_device(Arc::new(Mutex::new(HostBridge::new())), Some(0))?;
+        let host_bridge = if cfg.firmware() {
+            HostBridge::q35()
+        } else {
+            HostBridge::new()
+        };
+        lock(&pci).add_device(Arc::new(Mutex::new(host_bridge)), Some(0))?;
         let mut dm = DeviceManager {
             mem: mem.clone(),
             control,
@@ -139,11 +162,21 @@ impl DeviceManager {
             emulated: Vec::new(),
             serial: None,
             console: None,
+            map,
+            fw_cfg: None,
+            debugcon: None,
+            rst_cnt: None,
+            disk_slots: Vec::new(),
+            lpc: None,
+            virtio: Vec::new(),
         };
         dm.add_interrupt_controllers()?;
         dm.add_legacy_devices(cfg)?;
         for kind in &cfg.devices {
             dm.add_pci_device(kind)?;
+        }
+        if cfg.firmware() && !dm.disk_slots.is_empty() {
+            dm.add_fw_cfg_file("bootorder", legacy::bootorder(&dm.disk_slots))?;
         }
         for host in hosts {
             dm.add_passthrough(host)?;
@@ -192,6 +225,29 @@ impl DeviceManager {
         self.console.as_ref()
     }
 
+    /// What a VM reset resets (firmware boot).
+    pub fn reset_handle(&self) -> DeviceReset {
+        DeviceReset {
+            iommu: self.irq.iommu.clone(),
+            lpc: self.lpc.clone(),
+            fw_cfg: self.fw_cfg.clone(),
+            virtio: self.virtio.clone(),
+        }
+    }
+
+    /// isa-debugcon's output, if there is one.
+    pub fn debugcon(&self) -> Option<&ConsoleOut> {
+        self.debugcon.as_ref()
+    }
+
+    /// Adds a named file to fw_cfg.
+    pub fn add_fw_cfg_file(&self, name: &str, data: Vec<u8>) -> Result<(), DeviceManagerError> {
+        if let Some(f) = &self.fw_cfg {
+            lock(f).add_file(name, data)?;
+        }
+        Ok(())
+    }
+
     /// The interrupt, IOMMU and passthrough state (SIGUSR1, and at exit with RUST_LOG=info).
     /// `state::render` gives its text.
     pub fn state(&self) -> VmState {
@@ -215,6 +271,40 @@ impl Drop for DeviceManager {
     fn drop(&mut self) {
         self.pio.clear();
         self.mmio.clear();
+    }
+}
+
+/// The devices a VM reset (firmware boot) puts back to their power-on state, reset from vCPU
+/// 0 while every vCPU is parked: the chipset registers (the LPC bridge's, with its PM block
+/// off the bus; fw_cfg's selector) and every virtio function (a Function Level Reset: the
+/// device stops, its queues, features, MSI-X and ATS are reset; BARs and the command register
+/// stay, the firmware assigns them again), and the VT-d unit's translation, queued
+/// invalidation and interrupt remapping turned off (a GCMD write of 0, with its host effects:
+/// passed-through DMA back to the identity map; the other registers keep their values, which
+/// the next kernel programs again). Not reset: passed-through functions.
+pub struct DeviceReset {
+    iommu: Option<Arc<crate::iommu::Iommu>>,
+    lpc: Option<Arc<Mutex<devices::lpc::Ich9Lpc>>>,
+    fw_cfg: Option<Arc<Mutex<devices::fw_cfg::FwCfg>>>,
+    virtio: Vec<Arc<Mutex<devices::virtio::pci::VirtioPciDevice>>>,
+}
+
+impl DeviceReset {
+    pub fn reset(&self) {
+        if let Some(i) = &self.iommu {
+            use devices::bus::BusDevice;
+            crate::iommu::DrhdRegisters(i.clone())
+                .write(iommu::registers::GCMD_REG, &0u32.to_le_bytes());
+        }
+        if let Some(l) = &self.lpc {
+            lock(l).reset();
+        }
+        if let Some(f) = &self.fw_cfg {
+            lock(f).reset();
+        }
+        for v in &self.virtio {
+            lock(v).platform_reset();
+        }
     }
 }
 

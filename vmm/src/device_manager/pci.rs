@@ -104,6 +104,9 @@ impl DeviceManager {
         let slot = self.resources.pci_slot()?;
         let address = Bdf::new(0, slot, 0);
         let kind = device.device_type();
+        if kind == devices::virtio::TYPE_BLOCK {
+            self.disk_slots.push(slot);
+        }
         let dma = (iommu_platform && self.irq.iommu.is_some())
             .then(|| Arc::new(self.device_dma(address)));
         let translated = dma.is_some();
@@ -126,6 +129,7 @@ impl DeviceManager {
             iommu.add_interrupt_routes(dev.msix().routes());
         }
         let dev = Arc::new(Mutex::new(dev));
+        self.virtio.push(dev.clone());
         if let Some(dma) = dma {
             self.emulated.push(EmulatedDma {
                 name: format!("virtio type {kind}"),
@@ -166,14 +170,15 @@ impl DeviceManager {
     /// DSDT.
     pub(super) fn finish_pci(&mut self) -> Result<Vec<PrtRoute>, DeviceManagerError> {
         let pci = &self.pci;
-        self.pio.insert(
-            PCI_CONFIG_PORT.into(),
-            8,
-            Arc::new(Mutex::new(PciConfigIo::new(pci.clone()))),
-        )?;
+        let config_io = match &self.rst_cnt {
+            Some(rst) => PciConfigIo::with_cf9(pci.clone(), rst.clone()),
+            None => PciConfigIo::new(pci.clone()),
+        };
+        self.pio
+            .insert(PCI_CONFIG_PORT.into(), 8, Arc::new(Mutex::new(config_io)))?;
         self.mmio.insert(
-            ECAM_START,
-            ECAM_SIZE,
+            self.map.ecam.0,
+            self.map.ecam.1,
             Arc::new(Mutex::new(PciConfigMmio::new(pci.clone()))),
         )?;
         let mut root = lock(pci);

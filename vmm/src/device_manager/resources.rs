@@ -152,41 +152,29 @@ impl Resources {
     }
 
     /// Claims the fixed part of the address map: RAM, the firmware area, KVM's pages, the
-    /// APICs, ECAM and the PCI windows.
-    pub fn reserve_address_map(&mut self, ram: &[(u64, u64)]) -> Result<(), ResourceError> {
+    /// APICs, ECAM and the PCI windows (as `map` places them).
+    pub fn reserve_address_map(
+        &mut self,
+        ram: &[(u64, u64)],
+        map: &layout::AddressMap,
+    ) -> Result<(), ResourceError> {
         for &(base, size) in ram {
             self.reserve_mmio("RAM", base, size)?;
         }
         let fixed = [
-            (
-                "PCI 32-bit window",
-                layout::MMIO32_START,
-                layout::MMIO32_SIZE,
-            ),
-            ("PCIe ECAM", layout::ECAM_START, layout::ECAM_SIZE),
+            ("PCI 32-bit window", map.mmio32.0, map.mmio32.1),
+            ("PCIe ECAM", map.ecam.0, map.ecam.1),
             ("IOAPIC", layout::IOAPIC_START, layout::IOAPIC_SIZE),
             ("local APICs", layout::LAPIC_START, layout::LAPIC_SIZE),
             ("KVM identity map", layout::KVM_IDENTITY_MAP_START, 0x1000),
             ("KVM TSS", layout::KVM_TSS_START, layout::KVM_TSS_SIZE),
-            (
-                "firmware area",
-                layout::FIRMWARE_START,
-                layout::FIRMWARE_SIZE,
-            ),
-            (
-                "PCI 64-bit window",
-                layout::MMIO64_START,
-                layout::MMIO64_SIZE,
-            ),
+            ("firmware area", map.firmware_area.0, map.firmware_area.1),
+            ("PCI 64-bit window", map.mmio64.0, map.mmio64.1),
         ];
         for (what, base, size) in fixed {
             self.reserve_mmio(what, base, size)?;
         }
-        self.reserve_pio(
-            "PCI I/O window",
-            layout::PCI_IO_START,
-            layout::PCI_IO_SIZE.into(),
-        )?;
+        self.reserve_pio("PCI I/O window", map.pci_io.0, map.pci_io.1.into())?;
         self.reserve_pio("PCI config ports", layout::PCI_CONFIG_PORT, 8)?;
         // PCI INTx lines are shared (the _PRT swizzle), so they are claimed as one block.
         self.reserve_irqs(
@@ -203,25 +191,55 @@ mod tests {
 
     fn with_map() -> Resources {
         let mut r = Resources::new().unwrap();
-        r.reserve_address_map(&[(0, 512 << 20)]).unwrap();
+        r.reserve_address_map(&[(0, 512 << 20)], &layout::AddressMap::direct())
+            .unwrap();
         r
     }
 
     #[test]
     fn resources_address_map_has_no_overlaps() {
         let mut r = Resources::new().unwrap();
-        r.reserve_address_map(&[
-            (0, layout::LOW_RAM_END_MAX),
-            (layout::RAM_HIGH_START, 8 << 30),
-        ])
+        r.reserve_address_map(
+            &[
+                (0, layout::LOW_RAM_END_MAX),
+                (layout::RAM_HIGH_START, 8 << 30),
+            ],
+            &layout::AddressMap::direct(),
+        )
         .unwrap();
+    }
+
+    #[test]
+    fn resources_firmware_address_map_has_no_overlaps() {
+        let ram = [
+            (0, layout::FW_LOW_RAM_END_MAX),
+            (layout::RAM_HIGH_START, 8 << 30),
+        ];
+        let mut r = Resources::new().unwrap();
+        r.reserve_address_map(&ram, &layout::AddressMap::firmware((12 << 30) + 1))
+            .unwrap();
+        // RAM up to 0xc0000000 would run into OVMF's ECAM.
+        let mut r = Resources::new().unwrap();
+        assert!(matches!(
+            r.reserve_address_map(
+                &[(0, layout::LOW_RAM_END_MAX)],
+                &layout::AddressMap::firmware(layout::LOW_RAM_END_MAX)
+            ),
+            Err(ResourceError::Overlap {
+                what: "PCIe ECAM",
+                ..
+            })
+        ));
     }
 
     #[test]
     fn resources_ram_into_the_mmio32_window_is_refused() {
         let mut r = Resources::new().unwrap();
         assert!(matches!(
-            r.reserve_address_map(&[(0, layout::MMIO32_START + 0x1000)]),
+            r.reserve_address_map(
+                &[(0, layout::MMIO32_START + 0x1000)],
+                &layout::AddressMap::direct()
+            ),
             Err(ResourceError::Overlap {
                 what: "PCI 32-bit window",
                 other: "RAM",

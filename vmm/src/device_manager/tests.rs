@@ -19,15 +19,17 @@ fn build(cfg: &VmConfig) -> Result<(DeviceManager, Vec<PrtRoute>), DeviceManager
 
 fn config() -> VmConfig {
     VmConfig {
-        boot: crate::config::BootSource {
+        boot: crate::config::BootSource::Kernel(crate::config::KernelBoot {
             kernel: "k".into(),
             initramfs: None,
             cmdline: String::new(),
-        },
+        }),
         memory: crate::config::memory_from_options("64M").unwrap(),
         cpus: 1,
         serial: SerialConfig::Off,
         debug_exit: None,
+        debugcon: None,
+        no_reboot: false,
         iommu: None,
         devices: Vec::new(),
         passthrough: Vec::new(),
@@ -175,4 +177,86 @@ fn device_manager_kvm_ioeventfds_register_at_any_length_and_unregister() {
     events.unregister(true, pio, &fd).unwrap();
     let gone = events.unregister(false, mmio, &fd).unwrap_err();
     assert_eq!(gone.raw_os_error(), Some(libc::ENOENT));
+}
+
+#[test]
+fn device_manager_firmware_boot_has_the_q35_look_alike() {
+    let mut cfg = config();
+    cfg.boot = crate::config::BootSource::Firmware(crate::config::FirmwareBoot {
+        image: "OVMF.fd".into(),
+    });
+    let (dm, _) = build(&cfg).unwrap();
+    assert_eq!(vendor_device(&dm, 0), 0x29c0_8086, "Q35 MCH at 00:00.0");
+    assert_eq!(vendor_device(&dm, 0x1f), 0x2918_8086, "ICH9 LPC at 00:1f.0");
+    // ECAM at OVMF's base reaches the same functions; nothing at the direct-boot base.
+    let mut d = [0u8; 4];
+    assert!(dm.mmio().read(FW_ECAM_START + (0x1f << 15), &mut d));
+    assert_eq!(u32::from_le_bytes(d), 0x2918_8086);
+    assert!(!dm.mmio().read(ECAM_START, &mut d));
+    // RTC/CMOS, and fw_cfg's DMA register reads its signature.
+    assert!(dm.pio().write(0x70, &[0x0d]));
+    let mut b = [0u8; 1];
+    assert!(dm.pio().read(0x71, &mut b));
+    assert_eq!(b[0], 0x80);
+    assert!(dm.pio().read(u64::from(FW_CFG_PORT) + 4, &mut d));
+    assert_eq!(&d, b"QEMU");
+    // The PM block is not decoded until the guest enables it; the HW-reduced block moved.
+    assert!(!dm.pio().read(0x608, &mut d));
+    assert!(dm.pio().read(u64::from(FW_ACPI_PM_PORT), &mut b));
+}
+
+#[test]
+fn device_manager_bootorder_names_virtio_disks() {
+    assert_eq!(
+        legacy::bootorder(&[1, 0x1a]),
+        b"/pci@i0cf8/scsi@1/disk@0,0\n/pci@i0cf8/scsi@1a/disk@0,0\0".to_vec()
+    );
+}
+
+#[test]
+fn device_manager_e820_lists_ram_entries_only() {
+    let e = legacy::e820(&[(0, 0xb000_0000), (RAM_HIGH_START, 1 << 30)]);
+    assert_eq!(e.len(), 40, "two 20-byte entries");
+    assert_eq!(&e[0..8], &0u64.to_le_bytes());
+    assert_eq!(&e[8..16], &0xb000_0000u64.to_le_bytes());
+    assert_eq!(&e[16..20], &1u32.to_le_bytes(), "E820_RAM");
+    assert_eq!(&e[20..28], &RAM_HIGH_START.to_le_bytes());
+    assert_eq!(&e[28..36], &(1u64 << 30).to_le_bytes());
+}
+
+#[test]
+fn device_manager_vm_reset_turns_vtd_translation_off_and_the_pm_block_off() {
+    let mut cfg = config();
+    cfg.boot = crate::config::BootSource::Firmware(crate::config::FirmwareBoot {
+        image: "OVMF.fd".into(),
+    });
+    cfg.iommu = Some(iommu::IommuConfig::default());
+    let (dm, _) = build(&cfg).unwrap();
+    let gsts = |dm: &DeviceManager| {
+        let mut d = [0u8; 4];
+        assert!(dm
+            .mmio()
+            .read(DRHD_START + iommu::registers::GSTS_REG, &mut d));
+        u32::from_le_bytes(d)
+    };
+    let te = iommu::registers::GCMD_TE;
+    assert!(dm
+        .mmio()
+        .write(DRHD_START + iommu::registers::GCMD_REG, &te.to_le_bytes()));
+    assert_ne!(gsts(&dm) & iommu::registers::GSTS_TES, 0, "translating");
+    // The guest enables the PM block at 0x600 (00:1f.0 PMBASE, ACPI_EN).
+    for (reg, v) in [(0x40u32, 0x601u32), (0x44, 0x80)] {
+        let address = 0x8000_0000u32 | (0x1f << 11) | reg;
+        assert!(dm
+            .pio()
+            .write(PCI_CONFIG_PORT.into(), &address.to_le_bytes()));
+        assert!(dm
+            .pio()
+            .write(u64::from(PCI_CONFIG_PORT) + 4, &v.to_le_bytes()));
+    }
+    let mut d = [0u8; 4];
+    assert!(dm.pio().read(0x608, &mut d), "PM timer decodes");
+    dm.reset_handle().reset();
+    assert_eq!(gsts(&dm) & iommu::registers::GSTS_TES, 0, "translation off");
+    assert!(!dm.pio().read(0x608, &mut d), "PM block off the bus");
 }

@@ -62,6 +62,13 @@ pub const KVM_IOEVENTFD: u64 = iow::<kvm_bindings::kvm_ioeventfd>(KVMIO, 0x79);
 pub const KVM_SET_USER_MEMORY_REGION: u64 =
     iow::<kvm_bindings::kvm_userspace_memory_region>(KVMIO, 0x46);
 pub const KVM_SET_DEVICE_ATTR: u64 = iow::<kvm_bindings::kvm_device_attr>(KVMIO, 0xe1);
+/// A VM reset (firmware boot) puts each vCPU back into its reset state from its own thread.
+pub const KVM_SET_REGS: u64 = iow::<kvm_bindings::kvm_regs>(KVMIO, 0x82);
+pub const KVM_SET_SREGS: u64 = iow::<kvm_bindings::kvm_sregs>(KVMIO, 0x84);
+pub const KVM_SET_MSRS: u64 = iow::<kvm_bindings::kvm_msrs>(KVMIO, 0x89);
+pub const KVM_SET_FPU: u64 = iow::<kvm_bindings::kvm_fpu>(KVMIO, 0x8d);
+pub const KVM_SET_LAPIC: u64 = iow::<kvm_bindings::kvm_lapic_state>(KVMIO, 0x8f);
+pub const KVM_SET_MP_STATE: u64 = iow::<kvm_bindings::kvm_mp_state>(KVMIO, 0x99);
 
 /// VFIO_TYPE ';' and VFIO_BASE 100 (include/uapi/linux/vfio.h): every VFIO request is
 /// _IO(VFIO_TYPE, VFIO_BASE + n).
@@ -148,6 +155,13 @@ pub const VCPU: &[Rule] = &[
             KVM_GET_REGS,
             KVM_GET_SREGS,
             KVM_GET_LAPIC,
+            // A VM reset (firmware boot): the vCPU's reset state put back.
+            KVM_SET_REGS,
+            KVM_SET_SREGS,
+            KVM_SET_MSRS,
+            KVM_SET_FPU,
+            KVM_SET_LAPIC,
+            KVM_SET_MP_STATE,
             // Interrupts: MSIs the VMM sends, IOAPIC and irqfd routes, irqfds of vectors a
             // guest enables on a passed-through function.
             KVM_SIGNAL_MSI,

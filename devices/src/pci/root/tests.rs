@@ -443,3 +443,36 @@ fn cf8_and_ecam_read_the_same_bytes_at_every_offset_and_size() {
 }
 
 mod runtime;
+
+/// A byte register, for the 0xCF9 slot.
+struct ByteReg(u8);
+impl BusDevice for ByteReg {
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+        data[0] = self.0;
+    }
+    fn write(&mut self, _offset: u64, data: &[u8]) {
+        self.0 = data[0];
+    }
+}
+
+#[test]
+fn cf9_byte_accesses_reach_the_reset_register_and_leave_config_address() {
+    let (root, _) = setup();
+    let reg = Arc::new(Mutex::new(ByteReg(0)));
+    let mut io = PciConfigIo::with_cf9(root, reg.clone());
+    cf8(&mut io, 0, 0);
+    io.write(1, &[0x06]);
+    assert_eq!(reg.lock().unwrap().0, 0x06);
+    let mut b = [0u8; 1];
+    io.read(1, &mut b);
+    assert_eq!(b[0], 0x06);
+    let mut d = [0u8; 4];
+    io.read(4, &mut d);
+    assert_eq!(u32::from_le_bytes(d), 0x0008_1b36, "CONFIG_ADDRESS kept");
+    // Without the register, a byte at 0xCF9 reads all-ones and writes are dropped.
+    let (root, _) = setup();
+    let mut plain = PciConfigIo::new(root);
+    plain.write(1, &[0x06]);
+    plain.read(1, &mut b);
+    assert_eq!(b[0], 0xff);
+}
