@@ -4,6 +4,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
+use std::time::Instant;
 
 use devices::bus::Bus;
 use firmware::{BootCpuState, CpuMode, Segment};
@@ -14,6 +15,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use crate::cpuid;
 use crate::exit::{handle_exit, Action, EoiHandler, Exit, StopReason};
+use crate::exit_costs::{ExitCosts, ExitKind};
 use crate::state::{ApicState, VcpuState};
 
 #[derive(Debug, thiserror::Error)]
@@ -170,6 +172,10 @@ pub struct VcpuContext {
     /// Raised (then each vCPU kicked) when the state dump is asked for: each vCPU prints its
     /// registers once per increment.
     pub dump: Arc<AtomicU64>,
+    /// Where each exit's time goes, by kind.
+    pub exits: Arc<ExitCosts>,
+    /// The VT-d unit's registers (start, size): their exits are counted apart.
+    pub drhd: Option<(u64, u64)>,
 }
 
 /// Local APIC register offsets in kvm_lapic_state: TPR, ISR and IRR (8 dwords each, 16 bytes
@@ -246,7 +252,10 @@ pub fn run(mut vcpu: VcpuFd, id: u32, ctx: &VcpuContext) {
             dumped = want;
             eprint!("{}", crate::state::render_vcpu(&describe(&vcpu, id)));
         }
-        let exit = match vcpu.run() {
+        let entered = Instant::now();
+        let run = vcpu.run();
+        let exited = Instant::now();
+        let exit = match run {
             Ok(VcpuExit::IoIn(port, data)) => Exit::IoIn(port, data),
             Ok(VcpuExit::IoOut(port, data)) => Exit::IoOut(port, data),
             Ok(VcpuExit::MmioRead(addr, data)) => Exit::MmioRead(addr, data),
@@ -285,7 +294,10 @@ pub fn run(mut vcpu: VcpuFd, id: u32, ctx: &VcpuContext) {
                 return;
             }
         };
-        if let Action::Stop(reason) = handle_exit(exit, &ctx.pio, &ctx.mmio, ctx.eoi.as_ref()) {
+        let kind = ExitKind::of(&exit, ctx.drhd);
+        let action = handle_exit(exit, &ctx.pio, &ctx.mmio, ctx.eoi.as_ref());
+        ctx.exits.record(kind, exited - entered, exited.elapsed());
+        if let Action::Stop(reason) = action {
             let _ = ctx.stopped.send(reason);
             return;
         }

@@ -36,6 +36,7 @@ use resources::Resources;
 use crate::config::VmConfig;
 use crate::console::ConsoleOut;
 use crate::control::VmControl;
+use crate::exit_costs::ExitCosts;
 use crate::iommu::IommuTranslator;
 use crate::layout::pci_windows;
 use crate::memory::{KvmMmioMapper, MemSlots};
@@ -91,6 +92,8 @@ pub struct DeviceManager {
     /// What the emulated devices' DMA goes through: the IOMMU, or identity.
     dma: DmaTranslation,
     mapper: Arc<KvmMmioMapper>,
+    /// What the vCPUs' exits cost, by kind (the vCPU threads count, the state view shows).
+    exits: Arc<ExitCosts>,
 }
 
 impl DeviceManager {
@@ -139,6 +142,7 @@ impl DeviceManager {
             emulated: Vec::new(),
             serial: None,
             console: None,
+            exits: Arc::default(),
         };
         dm.add_interrupt_controllers()?;
         dm.add_legacy_devices(cfg)?;
@@ -192,6 +196,20 @@ impl DeviceManager {
         self.console.as_ref()
     }
 
+    /// The counters the vCPU threads keep of their exits.
+    pub fn exit_costs(&self) -> &Arc<ExitCosts> {
+        &self.exits
+    }
+
+    /// The VT-d unit's register range (start, size), if the VM has one: its exits are
+    /// counted apart.
+    pub fn drhd_range(&self) -> Option<(u64, u64)> {
+        self.irq
+            .iommu
+            .as_ref()
+            .map(|_| (crate::layout::DRHD_START, crate::layout::DRHD_SIZE))
+    }
+
     /// The interrupt, IOMMU and passthrough state (SIGUSR1, and at exit with RUST_LOG=info).
     /// `state::render` gives its text.
     pub fn state(&self) -> VmState {
@@ -207,6 +225,7 @@ impl DeviceManager {
                 .into_iter()
                 .map(|(gsi, address, data)| IrqfdRoute { gsi, address, data })
                 .collect(),
+            exits: self.exits.state(),
         }
     }
 }
