@@ -141,6 +141,16 @@ fn measure(tracked: bool, rounds: usize, pairs: u32) -> f64 {
 }
 
 fn main() {
+    // `inval_cost tracked|untracked PAIRS`: one mode alone, for an instruction profiler
+    // (valgrind --tool=callgrind) to count what one invalidation executes.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [mode, pairs] = args.as_slice() {
+        let pairs: u32 = pairs.parse().expect("PAIRS: a number");
+        let mut g = Guest::new(mode == "tracked");
+        let t: Duration = (0..pairs).map(|_| g.pair()).sum();
+        println!("{mode}: {pairs} pairs in {t:?}");
+        return;
+    }
     let rounds = 9;
     let pairs = 20_000;
     let untracked = measure(false, rounds, pairs);

@@ -137,7 +137,7 @@ for n in minivmm emulated emulatedcm; do
         for what in "tail writes handled" "invalidation breakdown" VFIO_IOMMU_MAP_DMA; do
             grep -h -m1 "$what" "$tmp/$n-$i.log" 2>/dev/null | sed "s/^ */$n cost (run $i): /" || true
         done
-        grep -h "^vCPU exits vtd-" "$tmp/$n-$i.log" 2>/dev/null | sed "s/^/$n cost (run $i): /" || true
+        grep -h "^ *vCPU exits vtd-" "$tmp/$n-$i.log" 2>/dev/null | sed "s/^ */$n cost (run $i): /" || true
     done
 done
 cp "$tmp"/*.log "$NESTED_WORKDIR/logs/" 2>/dev/null || true

@@ -238,8 +238,8 @@ fn rendered_state_matches_the_lab_patterns() {
         first("VFIO_IOMMU_MAP_DMA"),
         Some(&*format!("vfio {EDU_BDF}: 3 host mappings (largest 0x200000); 12 VFIO_IOMMU_MAP_DMA (0 failed, avg 7 us), 9 VFIO_IOMMU_UNMAP_DMA (avg 5 us)"))
     );
-    // bench-inner.sh: grep -m1 "invalidation breakdown" and grep "^vCPU exits vtd-", with the
-    // leading blanks replaced.
+    // bench-inner.sh: grep -m1 "invalidation breakdown" and grep "^ *vCPU exits vtd-" (the
+    // log indents the dump), with the leading blanks replaced.
     assert_eq!(
         first("invalidation breakdown"),
         Some("invalidation breakdown per IQT write (us): total 12.0, locks 1.0, unit (decode/walk/diff) 3.0, host effects 7.0, acknowledge 1.0; 21 of 40 with host effects; 100 register reads, 2.5 us each")
