@@ -9,10 +9,8 @@
 
 use std::time::{Duration, Instant};
 
-use iommu::registers::{
-    GCMD_QIE, GCMD_REG, GCMD_SRTP, GCMD_TE, IQA_REG, IQT_REG, RTADDR_REG,
-};
-use iommu::{Bdf, IommuConfig, InterruptSink, RemappingUnit};
+use iommu::registers::{GCMD_QIE, GCMD_REG, GCMD_SRTP, GCMD_TE, IQA_REG, IQT_REG, RTADDR_REG};
+use iommu::{Bdf, InterruptSink, IommuConfig, RemappingUnit};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 const DEV: Bdf = Bdf::new(0, 3, 0);
@@ -158,5 +156,8 @@ fn main() {
     println!("queued invalidation (IOTLB PSI + wait), ns per IQT write, median of {rounds} rounds of {pairs} map+unmap pairs:");
     println!("  untracked device (emulated: caches dropped)      {untracked:8.0}");
     println!("  tracked device (VFIO: walk, diff, effects, ack)  {tracked:8.0}");
-    println!("  tracking's share                                 {:8.0}", tracked - untracked);
+    println!(
+        "  tracking's share                                 {:8.0}",
+        tracked - untracked
+    );
 }
