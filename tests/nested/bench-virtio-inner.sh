@@ -84,7 +84,9 @@ for n in "${names[@]}"; do
     for col in 1 2; do cut -d' ' -f$col "$tmp/$n.txt" | median > "$tmp/$n.$col"; done
 done
 row() { printf '%-44s %10s %10s\n' "$@"; }
-ratio() { echo "scale=2; $1 / $2" | bc 2>/dev/null || echo "?"; }
+ratio() { # A / B, or - when a configuration was not run
+    case "$1 $2" in *-*) echo - ;; *) echo "scale=2; $1 / $2" | bc 2>/dev/null || echo "?" ;; esac
+}
 for n in minivmm_on minivmm_auto qemu_on minivmm_off qemu_off; do
     for col in 1 2; do [ -s "$tmp/$n.$col" ] || echo - > "$tmp/$n.$col"; done
     [ -e "$tmp/$n.txt" ] || : > "$tmp/$n.txt"
