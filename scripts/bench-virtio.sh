@@ -3,7 +3,9 @@
 # virtio-blk-pci,disable-legacy=on[,iommu_platform=on] behind -device intel-iommu,...,
 # caching-mode=on), each with the vIOMMU on and off, in one L0, medians side by side: O_DIRECT
 # sequential read MB/s and 4 KiB random read IOPS (tests/blk-bench, run in L1).
-# BENCH_RUNS (default 3) runs per configuration, BENCH_SECONDS (default 5) per measurement.
+# BENCH_RUNS (default 3) runs per configuration, BENCH_SECONDS (default 5) per measurement,
+# BENCH_CONFIGS the configurations (default "minivmm_on minivmm_auto qemu_on minivmm_off
+# qemu_off"; minivmm_auto is the vIOMMU with the default caching-mode=auto, off here).
 set -euo pipefail
 # shellcheck source=tests/nested/common.sh
 . "$(dirname "$0")/../tests/nested/common.sh"

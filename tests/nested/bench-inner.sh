@@ -2,9 +2,13 @@
 # Runs inside L0 (see scripts/bench.sh): boots L1 with the passed-through edu behind a vIOMMU,
 # under minivmm and under QEMU, alternately, after one unmeasured warm-up; prints per-run
 # figures and the medians side by side: time to L1's init, L1's VFIO map+unmap rate of 4 KiB
-# pages through the vIOMMU, and the VMM's peak resident memory. A third column, for reference:
+# pages through the vIOMMU, and the VMM's peak resident memory. Two more columns, for reference:
 # minivmm with its emulated edu instead of the physical one, whose map+unmap rate is what L1
-# reaches when no host VFIO call is made at all (the floor the guest side sets).
+# reaches when no host VFIO call is made at all (the floor the guest side sets), with the
+# default caching-mode=auto (off without --vfio: L1 invalidates on unmap only) and with
+# caching-mode=on (an invalidation on map too, as with VFIO). Then where minivmm's time per
+# invalidation goes (its state dump at exit: the IQT write's phases and the vCPU exits on the
+# VT-d registers).
 set -euo pipefail
 # shellcheck source=tests/nested/common.sh
 . "$NESTED_DIR/common.sh"
@@ -30,8 +34,11 @@ qemu_cmd=(qemu-system-x86_64 -machine q35,accel=kvm,kernel_irqchip=split -cpu ho
     -kernel "$BZIMAGE" -initrd "$img" -append "$cmdline" -display none -serial stdio
     -no-reboot -nodefaults)
 # shellcheck disable=SC2034
-emulated_cmd=("$MINIVMM" --kernel "$BZIMAGE" --initramfs "$img" --cpus 2 --memory 512M
+emulated_cmd=(env RUST_LOG=info "$MINIVMM" --kernel "$BZIMAGE" --initramfs "$img" --cpus 2 --memory 512M
     --iommu --device edu --cmdline "$cmdline" "${extra[@]}")
+# shellcheck disable=SC2034
+emulatedcm_cmd=(env RUST_LOG=info "$MINIVMM" --kernel "$BZIMAGE" --initramfs "$img" --cpus 2 --memory 512M
+    --iommu caching-mode=on --device edu --cmdline "$cmdline" "${extra[@]}")
 
 # one NAME LOG CMD...: runs CMD; prints "seconds-to-init pairs-per-second peak-rss-MiB".
 # Measuring must not load the lab (L0 emulates every instruction): the console is read by a
@@ -80,7 +87,7 @@ median() { sort -n | awk '{a[NR]=$1} END {if (NR==0) print 0; else if (NR%2) pri
 start_idle_vm
 echo "bench: warm-up L1 under minivmm (not measured)"
 one minivmm "$tmp/warmup.log" "${minivmm_cmd[@]}" > /dev/null
-names=(minivmm qemu emulated)
+names=(minivmm qemu emulated emulatedcm)
 for n in "${names[@]}"; do : > "$tmp/$n.txt"; : > "$tmp/$n.failed"; done
 for i in $(seq "$runs"); do
     for n in "${names[@]}"; do
@@ -107,18 +114,30 @@ done
 for n in "${names[@]}"; do
     for col in 1 2 3; do cut -d' ' -f$col "$tmp/$n.txt" | median > "$tmp/$n.$col"; done
 done
-row() { printf '%-36s %10s %10s %16s\n' "$@"; }
+row() { printf '%-36s %10s %10s %16s %16s\n' "$@"; }
+cell() { # COL: the medians of every column
+    local n out=()
+    for n in "${names[@]}"; do out+=("$(cat "$tmp/$n.$1")"); done
+    printf '%s\n' "${out[@]}"
+}
+counted() {
+    local n
+    for n in "${names[@]}"; do echo "$(wc -l < "$tmp/$n.txt") / $(wc -l < "$tmp/$n.failed")"; done
+}
 echo
-row "median of the runs (same L0)" minivmm qemu "(emulated edu)"
-row "L1 boot to init (s)" "$(cat "$tmp/minivmm.1")" "$(cat "$tmp/qemu.1")" "$(cat "$tmp/emulated.1")"
-row "L1 VFIO map+unmap 4 KiB (pairs/s)" "$(cat "$tmp/minivmm.2")" "$(cat "$tmp/qemu.2")" "$(cat "$tmp/emulated.2")"
-row "VMM peak RSS (MiB)" "$(cat "$tmp/minivmm.3")" "$(cat "$tmp/qemu.3")" "$(cat "$tmp/emulated.3")"
-row "runs counted / failed (lab)" "$(wc -l < "$tmp/minivmm.txt") / $(wc -l < "$tmp/minivmm.failed")" \
-    "$(wc -l < "$tmp/qemu.txt") / $(wc -l < "$tmp/qemu.failed")" \
-    "$(wc -l < "$tmp/emulated.txt") / $(wc -l < "$tmp/emulated.failed")"
-for i in $(seq "$runs"); do
-    for what in "tail writes handled" VFIO_IOMMU_MAP_DMA; do
-        grep -h -m1 "$what" "$tmp/minivmm-$i.log" 2>/dev/null | sed "s/^ */minivmm cost (run $i): /" || true
+row "median of the runs (same L0)" minivmm qemu "(emulated edu)" "(edu, CM on)"
+mapfile -t c < <(cell 1); row "L1 boot to init (s)" "${c[@]}"
+mapfile -t c < <(cell 2); row "L1 VFIO map+unmap 4 KiB (pairs/s)" "${c[@]}"
+mapfile -t c < <(cell 3); row "VMM peak RSS (MiB)" "${c[@]}"
+mapfile -t c < <(counted); row "runs counted / failed (lab)" "${c[@]}"
+# Where one invalidation's time goes: the IQT write's phases in minivmm, the host ioctls, and
+# the exits on the VT-d registers (time in KVM_RUN before each, in minivmm after each).
+for n in minivmm emulated emulatedcm; do
+    for i in $(seq "$runs"); do
+        for what in "tail writes handled" "invalidation breakdown" VFIO_IOMMU_MAP_DMA; do
+            grep -h -m1 "$what" "$tmp/$n-$i.log" 2>/dev/null | sed "s/^ */$n cost (run $i): /" || true
+        done
+        grep -h "^ *vCPU exits vtd-" "$tmp/$n-$i.log" 2>/dev/null | sed "s/^ */$n cost (run $i): /" || true
     done
 done
 cp "$tmp"/*.log "$NESTED_WORKDIR/logs/" 2>/dev/null || true

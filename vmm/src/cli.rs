@@ -73,7 +73,8 @@ pub struct Cli {
 
     /// Put every PCI device behind an emulated Intel VT-d IOMMU (DMAR table, DRHD registers at
     /// 0xfed90000). Options, comma-separated: intremap=on|off (interrupt remapping, default
-    /// on), caching-mode=on|off (default on), aw-bits=39|48 (default 48), device-iotlb=on|off
+    /// on), caching-mode=auto|on|off (default auto: on with --vfio, off otherwise), aw-bits=39|48
+    /// (default 48), device-iotlb=on|off
     /// (default off), x2apic=on|off (extended interrupt mode, also spelled eim=, default on).
     #[arg(long, value_name = "OPTIONS", num_args = 0..=1, default_missing_value = "", )]
     pub iommu: Option<String>,
@@ -159,7 +160,7 @@ impl Cli {
             iommu: self
                 .iommu
                 .as_deref()
-                .map(config::iommu_from_options)
+                .map(|s| config::iommu_from_options(s, !self.vfio.is_empty()))
                 .transpose()?,
             devices: self
                 .devices

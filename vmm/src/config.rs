@@ -397,8 +397,31 @@ pub fn debugcon_from_options(s: &str) -> Result<DebugconConfig, OptionError> {
     Ok(DebugconConfig { file, iobase })
 }
 
-/// `--iommu [intremap=on|off,caching-mode=on|off,aw-bits=39|48,device-iotlb=on|off,x2apic=on|off]`.
-pub fn iommu_from_options(s: &str) -> Result<IommuConfig, OptionError> {
+/// `--iommu caching-mode=`: CAP.CM (VT-d spec 6.1) forced on or off, or (`auto`, the
+/// default) on exactly when a `--vfio` device needs the guest's mappings shadowed. Off, a
+/// guest does not invalidate when it maps (not-present to present), which halves the
+/// invalidations emulated devices cost it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CachingMode {
+    Auto,
+    On,
+    Off,
+}
+
+impl CachingMode {
+    /// CAP.CM for a VM with (`vfio`) or without passed-through devices.
+    pub fn resolve(self, vfio: bool) -> bool {
+        match self {
+            CachingMode::Auto => vfio,
+            CachingMode::On => true,
+            CachingMode::Off => false,
+        }
+    }
+}
+
+/// `--iommu [intremap=on|off,caching-mode=auto|on|off,aw-bits=39|48,device-iotlb=on|off,x2apic=on|off]`,
+/// for a VM with (`vfio`) or without `--vfio` devices (which `caching-mode=auto` follows).
+pub fn iommu_from_options(s: &str, vfio: bool) -> Result<IommuConfig, OptionError> {
     let o = Options::parse(
         "iommu",
         s,
@@ -423,7 +446,17 @@ pub fn iommu_from_options(s: &str) -> Result<IommuConfig, OptionError> {
     Ok(IommuConfig {
         aw_bits: o.choice("aw-bits", d.aw_bits, &[("39", 39), ("48", 48)])?,
         interrupt_remapping: o.on_off("intremap", d.interrupt_remapping)?,
-        caching_mode: o.on_off("caching-mode", d.caching_mode)?,
+        caching_mode: o
+            .choice(
+                "caching-mode",
+                CachingMode::Auto,
+                &[
+                    ("auto", CachingMode::Auto),
+                    ("on", CachingMode::On),
+                    ("off", CachingMode::Off),
+                ],
+            )?
+            .resolve(vfio),
         device_iotlb: o.on_off("device-iotlb", d.device_iotlb)?,
         x2apic,
     })

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use devices::bus::{lock, BusDevice};
 use devices::dma::{Access, DmaError, IotlbSet, PageTranslation, Translate};
@@ -13,7 +14,10 @@ use iommu::{
 };
 use log::{debug, warn};
 
-use crate::state::{IommuState, RegisterWriteCosts, VfioDmaState};
+use crate::state::{IommuState, VfioDmaState};
+use costs::{RegisterStats, WriteTiming};
+
+mod costs;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -37,13 +41,6 @@ pub trait MapListener: Send + Sync {
     }
 }
 
-/// Counts and total nanoseconds of register writes, by kind.
-#[derive(Default)]
-struct WriteStats {
-    iqt: (u64, u64),
-    other: (u64, u64),
-}
-
 /// The remapping unit and the guest memory its tables live in.
 pub struct Iommu {
     unit: Mutex<RemappingUnit>,
@@ -57,10 +54,11 @@ pub struct Iommu {
     /// acknowledged: events reach the listeners in the order the unit produced them. Taken
     /// before `unit`.
     host_sync: Mutex<()>,
-    /// Register writes the guest made and the time spent handling them, with the map/unmap
-    /// work they trigger: IQT writes (queued invalidations) and the others (among them the
-    /// enabling of translation, which removes the identity mapping) apart.
-    writes: Mutex<WriteStats>,
+    /// Register accesses the guest made and the time spent handling them, with the map/unmap
+    /// work they trigger: IQT writes (queued invalidations, split by phase) and the other
+    /// writes (among them the enabling of translation, which removes the identity mapping)
+    /// apart.
+    stats: Mutex<RegisterStats>,
     /// The translation caches of emulated devices, invalidated by the unit as it carries out
     /// the guest's invalidations.
     caches: Arc<IotlbSet>,
@@ -79,7 +77,7 @@ impl Iommu {
             routes: Mutex::new(Vec::new()),
             listeners: Mutex::new(HashMap::new()),
             host_sync: Mutex::new(()),
-            writes: Mutex::new(WriteStats::default()),
+            stats: Mutex::new(RegisterStats::default()),
             caches,
         })
     }
@@ -94,7 +92,7 @@ impl Iommu {
         let _sync = lock(&self.host_sync);
         lock(&self.listeners).insert(device, listener);
         lock(&self.unit).track(&self.mem, device);
-        self.apply_host_effects();
+        self.apply_host_effects(&mut WriteTiming::default());
     }
 
     /// Carries out the unit's host effects (map events to the listeners, then the interrupt
@@ -102,18 +100,24 @@ impl Iommu {
     /// contract of `iommu::unit::tracking`): an acknowledgement can let the queue run on to
     /// its next wait descriptor, which may have produced more. Call with `host_sync` held and
     /// the unit unlocked; the loop ends because each round completes at least one wait of a
-    /// queue whose tail cannot move meanwhile.
-    fn apply_host_effects(&self) {
+    /// queue whose tail cannot move meanwhile. The time of carrying out and acknowledging
+    /// is added to `t`.
+    fn apply_host_effects(&self, t: &mut WriteTiming) {
         loop {
             let effects = lock(&self.unit).take_host_effects();
             if effects.is_empty() {
                 return;
             }
+            t.had_effects = true;
+            let start = Instant::now();
             let failures = self.dispatch(effects.map_events);
             if effects.interrupt_routes {
                 self.refresh_interrupt_routes();
             }
+            let applied = Instant::now();
+            t.effects += applied - start;
             lock(&self.unit).host_effects_applied(&self.mem, &failures);
+            t.ack += applied.elapsed();
         }
     }
 
@@ -160,15 +164,9 @@ impl Iommu {
     /// The unit's state, the cost of its register writes and its listeners' state.
     pub fn state(&self) -> IommuState {
         let unit = lock(&self.unit).state();
-        let w = lock(&self.writes);
-        let avg = |(n, ns): (u64, u64)| ns.checked_div(n).unwrap_or(0) / 1000;
-        let writes = RegisterWriteCosts {
-            iqt_writes: w.iqt.0,
-            iqt_avg_us: avg(w.iqt),
-            other_writes: w.other.0,
-            other_avg_us: avg(w.other),
-        };
-        drop(w);
+        let stats = lock(&self.stats);
+        let (writes, invalidation) = (stats.writes(), stats.invalidation());
+        drop(stats);
         let listeners = lock(&self.listeners);
         let mut devices: Vec<_> = listeners.keys().copied().collect();
         devices.sort();
@@ -179,6 +177,7 @@ impl Iommu {
         IommuState {
             unit,
             writes,
+            invalidation,
             listeners,
         }
     }
@@ -189,25 +188,27 @@ pub struct DrhdRegisters(pub Arc<Iommu>);
 
 impl BusDevice for DrhdRegisters {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
+        let start = Instant::now();
         lock(&self.0.unit).read(offset, data);
+        lock(&self.0.stats).read(start);
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        let start = std::time::Instant::now();
+        let start = Instant::now();
+        let mut t = WriteTiming::default();
         let sync = lock(&self.0.host_sync);
-        lock(&self.0.unit).write(&self.0.mem, offset, data);
+        let mut unit = lock(&self.0.unit);
+        let locked = Instant::now();
+        t.lock = locked - start;
+        unit.write(&self.0.mem, offset, data);
+        drop(unit);
+        t.unit = locked.elapsed();
         // Mappings and interrupt routes are in place before the vCPU that wrote resumes, and
         // before any invalidation or command behind them reports completion to the guest.
-        self.0.apply_host_effects();
+        self.0.apply_host_effects(&mut t);
         drop(sync);
-        let mut w = lock(&self.0.writes);
-        let kind = if offset == iommu::registers::IQT_REG {
-            &mut w.iqt
-        } else {
-            &mut w.other
-        };
-        kind.0 += 1;
-        kind.1 += start.elapsed().as_nanos() as u64;
+        let iqt = offset == iommu::registers::IQT_REG;
+        lock(&self.0.stats).write(iqt, start.elapsed(), &t);
     }
 }
 

@@ -8,6 +8,7 @@ mod cpuid;
 mod device_manager;
 mod event_loop;
 mod exit;
+mod exit_costs;
 mod interrupts;
 mod iommu;
 mod layout;

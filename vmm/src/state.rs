@@ -23,6 +23,18 @@ pub struct VmState {
     /// Emulated devices whose DMA goes through a translation cache (edu, virtio).
     pub emulated: Vec<EmulatedDmaState>,
     pub irqfd_routes: Vec<IrqfdRoute>,
+    /// vCPU exits by kind and where their time went (`crate::exit_costs`).
+    pub exits: Vec<ExitCost>,
+}
+
+/// The vCPU exits of one kind: how many, the time in KVM_RUN before them and in minivmm's
+/// handling after them (all vCPUs, nanoseconds).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ExitCost {
+    pub kind: String,
+    pub count: u64,
+    pub in_kvm_ns: u64,
+    pub handler_ns: u64,
 }
 
 /// An emulated device's translation cache (its IOTLB) and, for a virtio function with the
@@ -41,6 +53,8 @@ pub struct EmulatedDmaState {
 pub struct IommuState {
     pub unit: UnitState,
     pub writes: RegisterWriteCosts,
+    /// Where the time of IQT writes went.
+    pub invalidation: InvalidationCosts,
     /// The map listeners (VFIO containers), by device.
     pub listeners: Vec<VfioDmaState>,
 }
@@ -53,6 +67,26 @@ pub struct RegisterWriteCosts {
     pub iqt_avg_us: u64,
     pub other_writes: u64,
     pub other_avg_us: u64,
+}
+
+/// IQT writes (each carries out the guest's queued invalidations) split by phase, totals in
+/// nanoseconds: waiting for the unit's locks, the unit's own work (decoding descriptors,
+/// walking the guest's tables and diffing them against what the host holds), carrying out
+/// the host effects (the listeners: VFIO ioctls and what surrounds them; interrupt routes),
+/// and acknowledging them (the queue runs on to its wait descriptor and completes it).
+/// Register reads (FSTS polling among them) are counted too.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct InvalidationCosts {
+    pub iqt_writes: u64,
+    pub total_ns: u64,
+    pub lock_ns: u64,
+    pub unit_ns: u64,
+    pub effects_ns: u64,
+    pub ack_ns: u64,
+    /// IQT writes that produced host effects (map events or route changes).
+    pub with_effects: u64,
+    pub reads: u64,
+    pub read_ns: u64,
 }
 
 /// What a VFIO container holds for one device and what keeping it in step cost.
@@ -127,6 +161,7 @@ pub fn render(vm: &VmState) -> String {
             "  {} invalidation queue tail writes handled, {} us on average; {} other register writes, {} us on average",
             w.iqt_writes, w.iqt_avg_us, w.other_writes, w.other_avg_us
         );
+        render_invalidation(&mut s, &i.invalidation);
         for l in &i.listeners {
             render_dma(&mut s, l);
         }
@@ -140,6 +175,9 @@ pub fn render(vm: &VmState) -> String {
     for e in &vm.emulated {
         render_emulated(&mut s, e);
     }
+    for e in &vm.exits {
+        render_exit(&mut s, e);
+    }
     for r in &vm.irqfd_routes {
         let _ = writeln!(
             s,
@@ -148,6 +186,39 @@ pub fn render(vm: &VmState) -> String {
         );
     }
     s
+}
+
+/// Nanoseconds per item as microseconds with one decimal.
+fn avg_us(ns: u64, n: u64) -> String {
+    format!("{:.1}", ns.checked_div(n).unwrap_or(0) as f64 / 1000.0)
+}
+
+fn render_invalidation(s: &mut String, c: &InvalidationCosts) {
+    let n = c.iqt_writes;
+    let _ = writeln!(
+        s,
+        "  invalidation breakdown per IQT write (us): total {}, locks {}, unit (decode/walk/diff) {}, host effects {}, acknowledge {}; {} of {} with host effects; {} register reads, {} us each",
+        avg_us(c.total_ns, n),
+        avg_us(c.lock_ns, n),
+        avg_us(c.unit_ns, n),
+        avg_us(c.effects_ns, n),
+        avg_us(c.ack_ns, n),
+        c.with_effects,
+        n,
+        c.reads,
+        avg_us(c.read_ns, c.reads),
+    );
+}
+
+fn render_exit(s: &mut String, e: &ExitCost) {
+    let _ = writeln!(
+        s,
+        "vCPU exits {}: {}, {} us in KVM_RUN before each, {} us in minivmm after each",
+        e.kind,
+        e.count,
+        avg_us(e.in_kvm_ns, e.count),
+        avg_us(e.handler_ns, e.count),
+    );
 }
 
 /// A vCPU's line.

@@ -4,6 +4,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
+use std::time::Instant;
 
 use devices::bus::Bus;
 use firmware::{BootCpuState, CpuMode, Segment};
@@ -16,6 +17,7 @@ pub mod reset;
 
 use crate::cpuid;
 use crate::exit::{handle_exit, Action, EoiHandler, Exit, LastAccess, StopReason};
+use crate::exit_costs::{ExitCosts, ExitKind};
 use crate::state::{ApicState, VcpuState};
 
 #[derive(Debug, thiserror::Error)]
@@ -193,6 +195,10 @@ pub struct VcpuContext {
     pub reset: Option<Arc<reset::ResetSync>>,
     /// What vCPU 0 resets at a VM reset.
     pub device_reset: Option<Arc<crate::device_manager::DeviceReset>>,
+    /// Where each exit's time goes, by kind.
+    pub exits: Arc<ExitCosts>,
+    /// The VT-d unit's registers (start, size): their exits are counted apart.
+    pub drhd: Option<(u64, u64)>,
 }
 
 /// Local APIC register offsets in kvm_lapic_state: TPR, ISR and IRR (8 dwords each, 16 bytes
@@ -295,7 +301,10 @@ pub fn run(mut vcpu: VcpuFd, id: u32, ctx: &VcpuContext, snapshot: Option<reset:
             dumped = want;
             eprint!("{}", crate::state::render_vcpu(&describe(&vcpu, id)));
         }
-        let exit = match vcpu.run() {
+        let entered = Instant::now();
+        let run = vcpu.run();
+        let exited = Instant::now();
+        let exit = match run {
             Ok(VcpuExit::IoIn(port, data)) => Exit::IoIn(port, data),
             Ok(VcpuExit::IoOut(port, data)) => Exit::IoOut(port, data),
             Ok(VcpuExit::MmioRead(addr, data)) => Exit::MmioRead(addr, data),
@@ -342,7 +351,10 @@ pub fn run(mut vcpu: VcpuFd, id: u32, ctx: &VcpuContext, snapshot: Option<reset:
         if let Some(a) = LastAccess::of(&exit) {
             last = Some(a);
         }
-        if let Action::Stop(reason) = handle_exit(exit, &ctx.pio, &ctx.mmio, ctx.eoi.as_ref()) {
+        let kind = ExitKind::of(&exit, ctx.drhd);
+        let action = handle_exit(exit, &ctx.pio, &ctx.mmio, ctx.eoi.as_ref());
+        ctx.exits.record(kind, exited - entered, exited.elapsed());
+        if let Action::Stop(reason) = action {
             let reason = match reason {
                 StopReason::TripleFault(_) => StopReason::TripleFault(last),
                 r => r,

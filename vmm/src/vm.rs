@@ -335,6 +335,8 @@ impl Vm {
             stop: stop.clone(),
             stopped: self.control.sender(),
             dump: dump.clone(),
+            exits: self.devices.exit_costs().clone(),
+            drhd: self.devices.drhd_range(),
         });
         let threads = self.spawn_vcpus(&ctx)?;
 

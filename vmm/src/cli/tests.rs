@@ -45,12 +45,42 @@ fn cli_seccomp_modes() {
 }
 
 #[test]
+fn cli_iommu_caching_mode_auto_is_on_with_vfio() {
+    let c = parse(&["--kernel", "k", "--iommu", "--vfio", "00:04.0"]).unwrap();
+    assert!(c.iommu.unwrap().caching_mode);
+    assert_eq!(c.validate(), Ok(()));
+    let c = parse(&["--kernel", "k", "--iommu", "caching-mode=on"]).unwrap();
+    assert!(c.iommu.unwrap().caching_mode);
+    let c = parse(&[
+        "--kernel",
+        "k",
+        "--iommu",
+        "caching-mode=off",
+        "--vfio",
+        "00:04.0",
+    ])
+    .unwrap();
+    assert_eq!(
+        c.validate(),
+        Err(crate::config::ConfigError::VfioNeedsCachingMode)
+    );
+}
+
+#[test]
 fn cli_iommu_and_devices() {
     let c = parse(&[
         "--iommu", "--kernel", "k", "--device", "edu", "--device", "edu",
     ])
     .unwrap();
-    assert_eq!(c.iommu, Some(IommuConfig::default()));
+    let no_cm = IommuConfig {
+        caching_mode: false,
+        ..IommuConfig::default()
+    };
+    assert_eq!(
+        c.iommu,
+        Some(no_cm),
+        "caching-mode=auto: off without --vfio"
+    );
     assert_eq!(c.devices, vec![DeviceConfig::Edu, DeviceConfig::Edu]);
     let c = parse(&["--kernel", "k", "--iommu", "aw-bits=39,intremap=off"]).unwrap();
     let i = c.iommu.unwrap();
@@ -90,7 +120,7 @@ fn cli_option_error_names_flag_and_option() {
     let e = parse(&["--kernel", "k", "--iommu", "caching-mode=x"]).unwrap_err();
     assert_eq!(
         e,
-        "invalid value 'x' for '--iommu caching-mode': expected on or off"
+        "invalid value 'x' for '--iommu caching-mode': expected auto or on or off"
     );
 }
 

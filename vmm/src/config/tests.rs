@@ -124,9 +124,12 @@ fn debug_exit_bad_options_are_refused() {
 
 #[test]
 fn iommu_defaults_and_options() {
-    assert_eq!(iommu_from_options(""), Ok(IommuConfig::default()));
-    let c = iommu_from_options("intremap=off,aw-bits=39,caching-mode=off,device-iotlb=on,eim=off")
-        .unwrap();
+    assert_eq!(iommu_from_options("", true), Ok(IommuConfig::default()));
+    let c = iommu_from_options(
+        "intremap=off,aw-bits=39,caching-mode=off,device-iotlb=on,eim=off",
+        false,
+    )
+    .unwrap();
     assert_eq!(
         c,
         IommuConfig {
@@ -142,18 +145,20 @@ fn iommu_defaults_and_options() {
 #[test]
 fn iommu_bad_value_names_flag_and_option() {
     assert_eq!(
-        iommu_from_options("caching-mode=x")
+        iommu_from_options("caching-mode=x", false)
             .unwrap_err()
             .to_string(),
-        "invalid value 'x' for '--iommu caching-mode': expected on or off"
+        "invalid value 'x' for '--iommu caching-mode': expected auto or on or off"
     );
     assert_eq!(
-        iommu_from_options("aw-bits=40").unwrap_err().to_string(),
+        iommu_from_options("aw-bits=40", false)
+            .unwrap_err()
+            .to_string(),
         "invalid value '40' for '--iommu aw-bits': expected 39 or 48"
     );
-    assert!(iommu_from_options("frobnicate=on").is_err());
-    assert!(iommu_from_options("intremap").is_err());
-    assert!(iommu_from_options("x2apic=on,eim=on").is_err());
+    assert!(iommu_from_options("frobnicate=on", false).is_err());
+    assert!(iommu_from_options("intremap", false).is_err());
+    assert!(iommu_from_options("x2apic=on,eim=on", false).is_err());
 }
 
 #[test]
@@ -187,11 +192,33 @@ fn rng_defaults_to_iommu_platform_on() {
 }
 
 #[test]
+fn iommu_caching_mode_auto_follows_vfio() {
+    let cm = |s: &str, vfio: bool| iommu_from_options(s, vfio).unwrap().caching_mode;
+    assert!(cm("", true), "auto with --vfio: on");
+    assert!(!cm("", false), "auto without --vfio: off");
+    assert!(cm("caching-mode=auto", true));
+    assert!(!cm("caching-mode=auto", false));
+    assert!(cm("caching-mode=on", false), "on is forced");
+    assert!(
+        !cm("caching-mode=off", true),
+        "off is forced (and refused by validate)"
+    );
+}
+
+#[test]
+fn validate_vfio_with_caching_mode_auto_is_accepted() {
+    let mut c = config();
+    c.passthrough.push("00:04.0".into());
+    c.iommu = Some(iommu_from_options("intremap=on", true).unwrap());
+    assert_eq!(c.validate(), Ok(()));
+}
+
+#[test]
 fn validate_vfio_without_caching_mode_is_refused() {
     let mut c = config();
     c.passthrough.push("00:04.0".into());
     assert_eq!(c.validate(), Ok(()));
-    c.iommu = Some(iommu_from_options("caching-mode=off").unwrap());
+    c.iommu = Some(iommu_from_options("caching-mode=off", true).unwrap());
     assert_eq!(c.validate(), Err(ConfigError::VfioNeedsCachingMode));
 }
 
@@ -360,7 +387,7 @@ fn ats_option_is_none_unless_given() {
 #[test]
 fn validate_ats_on_without_device_iotlb_is_refused_naming_the_flag() {
     let mut c = config();
-    c.iommu = Some(iommu_from_options("").unwrap());
+    c.iommu = Some(iommu_from_options("", false).unwrap());
     c.devices = vec![DeviceConfig::Disk(
         disk_from_options("path=a.img,ats=on").unwrap(),
     )];
@@ -371,14 +398,14 @@ fn validate_ats_on_without_device_iotlb_is_refused_naming_the_flag() {
         .starts_with("--disk ats=on needs --iommu device-iotlb=on"));
     c.iommu = None;
     assert_eq!(c.validate(), Err(ConfigError::AtsNeedsDeviceIotlb("disk")));
-    c.iommu = Some(iommu_from_options("device-iotlb=on").unwrap());
+    c.iommu = Some(iommu_from_options("device-iotlb=on", false).unwrap());
     assert_eq!(c.validate(), Ok(()));
 }
 
 #[test]
 fn validate_ats_on_with_iommu_platform_off_is_refused() {
     let mut c = config();
-    c.iommu = Some(iommu_from_options("device-iotlb=on").unwrap());
+    c.iommu = Some(iommu_from_options("device-iotlb=on", false).unwrap());
     c.devices = vec![DeviceConfig::Rng(
         rng_from_options("iommu_platform=off,ats=on").unwrap(),
     )];
@@ -387,8 +414,8 @@ fn validate_ats_on_with_iommu_platform_off_is_refused() {
 
 #[test]
 fn resolve_ats_defaults_to_device_iotlb_and_follows_the_option() {
-    let dt = iommu_from_options("device-iotlb=on").unwrap();
-    let no_dt = iommu_from_options("").unwrap();
+    let dt = iommu_from_options("device-iotlb=on", false).unwrap();
+    let no_dt = iommu_from_options("", false).unwrap();
     assert!(resolve_ats(None, true, Some(&dt)));
     assert!(!resolve_ats(Some(false), true, Some(&dt)));
     assert!(!resolve_ats(None, true, Some(&no_dt)));

@@ -36,6 +36,7 @@ use resources::Resources;
 use crate::config::VmConfig;
 use crate::console::ConsoleOut;
 use crate::control::VmControl;
+use crate::exit_costs::ExitCosts;
 use crate::iommu::IommuTranslator;
 use crate::memory::{KvmMmioMapper, MemSlots};
 use crate::state::{IrqfdRoute, VmState};
@@ -108,6 +109,8 @@ pub struct DeviceManager {
     lpc: Option<Arc<Mutex<devices::lpc::Ich9Lpc>>>,
     /// Every virtio function, reset with the VM.
     virtio: Vec<Arc<Mutex<devices::virtio::pci::VirtioPciDevice>>>,
+    /// What the vCPUs' exits cost, by kind (the vCPU threads count, the state view shows).
+    exits: Arc<ExitCosts>,
 }
 
 impl DeviceManager {
@@ -169,6 +172,7 @@ impl DeviceManager {
             disk_slots: Vec::new(),
             lpc: None,
             virtio: Vec::new(),
+            exits: Arc::default(),
         };
         dm.add_interrupt_controllers()?;
         dm.add_legacy_devices(cfg)?;
@@ -248,6 +252,20 @@ impl DeviceManager {
         Ok(())
     }
 
+    /// The counters the vCPU threads keep of their exits.
+    pub fn exit_costs(&self) -> &Arc<ExitCosts> {
+        &self.exits
+    }
+
+    /// The VT-d unit's register range (start, size), if the VM has one: its exits are
+    /// counted apart.
+    pub fn drhd_range(&self) -> Option<(u64, u64)> {
+        self.irq
+            .iommu
+            .as_ref()
+            .map(|_| (crate::layout::DRHD_START, crate::layout::DRHD_SIZE))
+    }
+
     /// The interrupt, IOMMU and passthrough state (SIGUSR1, and at exit with RUST_LOG=info).
     /// `state::render` gives its text.
     pub fn state(&self) -> VmState {
@@ -263,6 +281,7 @@ impl DeviceManager {
                 .into_iter()
                 .map(|(gsi, address, data)| IrqfdRoute { gsi, address, data })
                 .collect(),
+            exits: self.exits.state(),
         }
     }
 }
