@@ -2,6 +2,7 @@
 //! [`bus::BusDevice`] trait; side effects leave through small injected traits
 //! ([`interrupt::MsiTrigger`], [`interrupt::IrqLine`]) so tests can watch them.
 
+pub mod acpi_ged;
 pub mod acpi_pm;
 pub mod bus;
 pub mod debug_exit;
@@ -15,6 +16,7 @@ pub mod interrupt;
 pub mod ioapic;
 pub mod pci;
 pub mod pvpanic;
+pub mod quiesce;
 pub mod serial;
 pub mod vfio;
 pub mod virtio;

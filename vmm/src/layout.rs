@@ -80,6 +80,10 @@ pub const DEBUG_EXIT_PORT: u16 = 0xf4;
 pub const DEBUG_EXIT_SIZE: u16 = 4;
 /// ACPI hardware-reduced sleep control/status and reset registers (ACPI 6.5 sections 4.8.3.7, 4.8.3.6).
 pub const ACPI_PM_PORT: u16 = 0x600;
+/// The power button's Generic Event Device register (ACPI 6.5 section 5.6.9), after the PM
+/// block, and its IOAPIC pin (the ISA SCI's, unused on a hardware-reduced platform).
+pub const GED_PORT: u16 = 0x608;
+pub const GED_IRQ: u32 = 9;
 /// PCI I/O BAR window.
 pub const PCI_IO_START: u16 = 0xc000;
 pub const PCI_IO_SIZE: u16 = 0x4000;

@@ -241,6 +241,12 @@ fn unhandled(exit: &VcpuExit) -> Unhandled {
 pub fn run(mut vcpu: VcpuFd, id: u32, ctx: &VcpuContext) {
     let mut dumped = ctx.dump.load(Ordering::Acquire);
     while !ctx.stop.load(Ordering::Acquire) {
+        // Guest-visible progress holds a pass of the VM's gate: a pause (the monitor's
+        // `stop`) kicks the vCPU out of KVM_RUN and parks it here until `cont`.
+        let _busy = devices::quiesce::vm_gate().enter();
+        if ctx.stop.load(Ordering::Acquire) {
+            break;
+        }
         let want = ctx.dump.load(Ordering::Acquire);
         if want != dumped {
             dumped = want;

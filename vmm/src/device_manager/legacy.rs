@@ -5,6 +5,7 @@ use std::fs::File;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
+use devices::acpi_ged::GED_SIZE;
 use devices::acpi_pm::{AcpiPm, ACPI_PM_SIZE};
 use devices::debug_exit::DebugExit;
 use devices::fw_cfg::{FwCfg, FW_CFG_PORT_SIZE};
@@ -46,6 +47,7 @@ impl DeviceManager {
             ACPI_PM_SIZE,
             Arc::new(Mutex::new(AcpiPm::new(control.clone()))),
         )?;
+        self.add_power_button()?;
         self.add_pio(
             "fw_cfg",
             FW_CFG_PORT,
@@ -72,6 +74,24 @@ impl DeviceManager {
                 Arc::new(Mutex::new(DebugExit::new(control))),
             )?;
         }
+        Ok(())
+    }
+
+    /// The power button's Generic Event Device, its interrupt on an IOAPIC pin.
+    fn add_power_button(&mut self) -> Result<(), DeviceManagerError> {
+        self.resources.reserve_irqs("power button", GED_IRQ, 1)?;
+        let irq = Arc::new(IoapicPin {
+            ioapic: self.irq.ioapic.clone(),
+            pin: GED_IRQ as usize,
+        });
+        let (ged, button) = devices::acpi_ged::power_button(irq);
+        self.add_pio(
+            "power button",
+            GED_PORT,
+            GED_SIZE,
+            Arc::new(Mutex::new(ged)),
+        )?;
+        self.power_button = Some(button);
         Ok(())
     }
 

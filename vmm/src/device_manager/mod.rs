@@ -91,6 +91,8 @@ pub struct DeviceManager {
     /// What the emulated devices' DMA goes through: the IOMMU, or identity.
     dma: DmaTranslation,
     mapper: Arc<KvmMmioMapper>,
+    /// The ACPI power button (system_powerdown presses it).
+    power_button: Option<devices::acpi_ged::PowerButton>,
 }
 
 impl DeviceManager {
@@ -139,6 +141,7 @@ impl DeviceManager {
             emulated: Vec::new(),
             serial: None,
             console: None,
+            power_button: None,
         };
         dm.add_interrupt_controllers()?;
         dm.add_legacy_devices(cfg)?;
@@ -190,6 +193,28 @@ impl DeviceManager {
 
     pub fn console(&self) -> Option<&ConsoleOut> {
         self.console.as_ref()
+    }
+
+    /// The ACPI power button.
+    pub fn power_button(&self) -> Option<&devices::acpi_ged::PowerButton> {
+        self.power_button.as_ref()
+    }
+
+    /// The PCI functions on bus 0: (device, function, configuration dwords 0..16).
+    pub fn pci_functions(&self) -> Vec<(u8, u8, [u32; 16])> {
+        let root = lock(&self.pci);
+        (0..32u8)
+            .filter_map(|d| {
+                let id = root.config_read(0, d, 0, 0);
+                (id & 0xffff != 0xffff).then(|| {
+                    let mut regs = [0u32; 16];
+                    for (i, r) in regs.iter_mut().enumerate() {
+                        *r = root.config_read(0, d, 0, i);
+                    }
+                    (d, 0, regs)
+                })
+            })
+            .collect()
     }
 
     /// The interrupt, IOMMU and passthrough state (SIGUSR1, and at exit with RUST_LOG=info).
