@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests need, once. Idempotent and quiet.
 set -euo pipefail
-pkgs=(qemu-system-x86 busybox-static cpio xz-utils zstd acpica-tools binutils bc shellcheck iproute2)
+pkgs=(qemu-system-x86 busybox-static cpio xz-utils zstd acpica-tools binutils bc shellcheck iproute2 socat python3-pip)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -13,4 +13,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-echo "prerequisites present: ${pkgs[*]}"
+# The QMP tests drive minivmm with QEMU's own Python client (PyPI: qemu.qmp).
+if ! python3 -c "import qemu.qmp" 2>/dev/null; then
+    echo "installing: qemu.qmp (pip)"
+    python3 -m pip install --quiet qemu.qmp 2>/dev/null \
+        || python3 -m pip install --quiet --break-system-packages qemu.qmp
+fi
+echo "prerequisites present: ${pkgs[*]} qemu.qmp"

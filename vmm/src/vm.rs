@@ -311,7 +311,12 @@ impl Vm {
             }
             self.serve_control(&threads);
             if DUMP_REQUESTED.swap(false, Ordering::AcqRel) {
-                eprint!("{}", crate::state::render(&self.devices.state()));
+                let state = self.devices.state();
+                eprint!("{}", crate::state::render(&state));
+                // The same view as x-query-vtd and `info iommu`.
+                if let Some(v) = crate::qmp::vtd::view(&state) {
+                    eprint!("{}", crate::qmp::vtd::render(&v));
+                }
                 // Each vCPU prints where it is once it leaves KVM_RUN.
                 dump.fetch_add(1, Ordering::AcqRel);
                 for t in &threads {

@@ -327,6 +327,20 @@ impl Client<'_> {
         }
     }
 
+    /// Before closing on bad input: ends our side and drops what the client still sends
+    /// (briefly), so that the close does not reset the connection and lose the error reply.
+    fn linger(&mut self) {
+        // SAFETY: shutdown on the client's live socket descriptor; no memory is involved.
+        unsafe { libc::shutdown(self.stream.as_raw_fd(), libc::SHUT_WR) };
+        let end = Instant::now() + Duration::from_millis(200);
+        let mut buf = [0u8; 4096];
+        while Instant::now() < end {
+            if !matches!(self.read_some(&mut buf), Ok(Some(_))) {
+                return;
+            }
+        }
+    }
+
     fn serve(&mut self) -> Result<(), String> {
         match self.ctx.kind {
             Kind::Qmp => self.serve_qmp(),
@@ -360,6 +374,7 @@ impl Client<'_> {
                             None,
                             &CommandError::generic(e.to_string()),
                         )));
+                        self.linger();
                         return Err(e.to_string());
                     }
                 };
@@ -410,6 +425,7 @@ impl Client<'_> {
                     line.push(b);
                     if line.len() > MAX_LINE {
                         let _ = self.send(b"Error: line too long\r\n");
+                        self.linger();
                         return Err("line too long".into());
                     }
                     continue;
