@@ -2,7 +2,7 @@
 # Installs the Debian packages the tests need, once. Idempotent and quiet.
 set -euo pipefail
 pkgs=(qemu-system-x86 busybox-static cpio xz-utils zstd acpica-tools binutils bc shellcheck iproute2
-      ovmf systemd-boot-efi dosfstools mtools fdisk)
+      socat python3-pip ovmf systemd-boot-efi dosfstools mtools fdisk)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -14,4 +14,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-echo "prerequisites present: ${pkgs[*]}"
+# The QMP tests drive minivmm with QEMU's own Python client (PyPI: qemu.qmp).
+if ! python3 -c "import qemu.qmp" 2>/dev/null; then
+    echo "installing: qemu.qmp (pip)"
+    python3 -m pip install --quiet qemu.qmp 2>/dev/null \
+        || python3 -m pip install --quiet --break-system-packages qemu.qmp
+fi
+echo "prerequisites present: ${pkgs[*]} qemu.qmp"

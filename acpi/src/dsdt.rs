@@ -1,10 +1,12 @@
 //! DSDT (ACPI 6.5 section 5.2.11.1) in AML built with acpi_tables::aml: the PCIe host bridge
 //! with its windows and INTx routing, COM1, pvpanic, the motherboard resources that reserve
-//! ECAM and the PM ports, and the \_S5 sleep package.
+//! ECAM and the PM ports, the power button (a Generic Event Device and a PNP0C0C button), and
+//! the \_S5 sleep package.
 
 use acpi_tables::aml::{
-    AddressSpace, AddressSpaceCacheable, Device, EISAName, Interrupt, Memory32Fixed, Method, Name,
-    Package, Path, ResourceTemplate, Return, Scope, IO,
+    AddressSpace, AddressSpaceCacheable, And, Device, EISAName, Equal, Field, FieldAccessType,
+    FieldEntry, FieldLockRule, FieldUpdateRule, If, Interrupt, Local, Memory32Fixed, Method, Name,
+    Notify, OpRegion, OpRegionSpace, Package, Path, ResourceTemplate, Return, Scope, Store, IO,
 };
 use acpi_tables::Aml;
 
@@ -45,7 +47,22 @@ pub struct DsdtConfig {
     pub pm_ports: (u16, u8),
     /// SLP_TYPx for S5.
     pub s5_sleep_type: u8,
+    /// The power button's Generic Event Device, if there is one.
+    pub power_button: Option<PowerButtonInfo>,
 }
+
+/// A Generic Event Device (ACPI 6.5 section 5.6.9) for the power button: its one-byte event
+/// register (read to clear) on port `port`, its edge-triggered interrupt on `gsi`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PowerButtonInfo {
+    pub port: u16,
+    pub gsi: u32,
+    /// The register bit that means "pressed".
+    pub event_bit: u8,
+}
+
+/// Notify value for a power button press (ACPI 6.5 section 5.6.6, table 5.186).
+const NOTIFY_BUTTON_PRESSED: u8 = 0x80;
 
 /// PCI configuration mechanism #1 ports (PCI local bus spec 3.2.2.3.2).
 const PCI_CONFIG_PORT: u16 = 0xcf8;
@@ -143,6 +160,68 @@ fn pvpanic(port: u16) -> Vec<u8> {
     b
 }
 
+/// The power button: PWRB (PNP0C0C, a control-method button, ACPI 6.5 section 4.8.2.2.1.2),
+/// and GED0 (ACPI0013): its interrupt runs _EVT, which reads the event register and notifies
+/// PWRB when the button bit is set.
+fn power_button(p: &PowerButtonInfo) -> Vec<u8> {
+    let mut b = Vec::new();
+    let pwrb_hid = EISAName::new("PNP0C0C");
+    Device::new(
+        "PWRB".into(),
+        vec![
+            &Name::new("_HID".into(), &pwrb_hid),
+            &Name::new("_UID".into(), &0u8),
+        ],
+    )
+    .to_aml_bytes(&mut b);
+    let int = Interrupt::new(true, true, false, false, p.gsi);
+    let io = IO::new(p.port, p.port, 1, 1);
+    let crs = ResourceTemplate::new(vec![&int]);
+    let region = OpRegion::new("GDST".into(), OpRegionSpace::SystemIO, &p.port, &1u8);
+    let field = Field::new(
+        "GDST".into(),
+        FieldAccessType::Byte,
+        FieldLockRule::NoLock,
+        FieldUpdateRule::Preserve,
+        vec![FieldEntry::Named(*b"GDAT", 8)],
+    );
+    let gdat = Path::new("GDAT");
+    let events = Store::new(&Local(0), &gdat);
+    let masked = And::new(&Local(1), &Local(0), &p.event_bit);
+    let pressed = Equal::new(&Local(1), &p.event_bit);
+    let pwrb = Path::new("\\_SB_.PWRB");
+    let notify = Notify::new(&pwrb, &NOTIFY_BUTTON_PRESSED);
+    let on_press = If::new(&pressed, vec![&notify]);
+    let evt = Method::new("_EVT".into(), 1, true, vec![&events, &masked, &on_press]);
+    // The register's port is reserved with the other motherboard resources' kind of claim.
+    let res = ResourceTemplate::new(vec![&io]);
+    let mut ged = Vec::new();
+    Device::new(
+        "GED0".into(),
+        vec![
+            &Name::new("_HID".into(), &"ACPI0013"),
+            &Name::new("_UID".into(), &0u8),
+            &Name::new("_CRS".into(), &crs),
+            &region,
+            &field,
+            &evt,
+        ],
+    )
+    .to_aml_bytes(&mut ged);
+    b.extend(ged);
+    let hid = EISAName::new("PNP0C02");
+    Device::new(
+        "GEDR".into(),
+        vec![
+            &Name::new("_HID".into(), &hid),
+            &Name::new("_UID".into(), &2u8),
+            &Name::new("_CRS".into(), &res),
+        ],
+    )
+    .to_aml_bytes(&mut b);
+    b
+}
+
 /// Motherboard resources (PNP0C02): ECAM must be reserved here for Linux to trust MCFG
 /// (arch/x86/pci/mmconfig-shared.c), and the PM ports are claimed too.
 fn motherboard(cfg: &DsdtConfig) -> Vec<u8> {
@@ -172,6 +251,9 @@ pub fn build(cfg: &DsdtConfig) -> Vec<u8> {
         sb.extend(pvpanic(port));
     }
     sb.extend(motherboard(cfg));
+    if let Some(p) = &cfg.power_button {
+        sb.extend(power_button(p));
+    }
     let mut t = Table::new(*b"DSDT", 2);
     t.push(&Scope::raw(Path::new("\\_SB_"), sb));
     let s5 = Package::new(vec![&cfg.s5_sleep_type, &cfg.s5_sleep_type, &0u8, &0u8]);

@@ -16,7 +16,7 @@ use acpi_tables::Aml;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 pub use dmar::DmarConfig;
-pub use dsdt::{DsdtConfig, PciHostInfo, PrtEntry};
+pub use dsdt::{DsdtConfig, PciHostInfo, PowerButtonInfo, PrtEntry};
 pub use fadt::PmRegisters;
 pub use madt::IoApicInfo;
 use table::{OEM_ID, OEM_REVISION, OEM_TABLE_ID};

@@ -47,6 +47,11 @@ pub(crate) fn config(cpus: u32, dmar: bool) -> AcpiConfig {
             pvpanic: Some(0x505),
             pm_ports: (0x600, 8),
             s5_sleep_type: 5,
+            power_button: Some(PowerButtonInfo {
+                port: 0x608,
+                gsi: 9,
+                event_bit: 1,
+            }),
         },
         dmar: dmar.then_some(DmarConfig {
             address_width: 48,
@@ -182,4 +187,27 @@ fn dmar_disassembles_with_iasl() {
     ] {
         assert!(text.contains(needle), "DMAR lacks {needle}:\n{text}");
     }
+}
+
+#[test]
+fn dsdt_power_button_ged_notifies_pwrb_from_evt() {
+    let t = build_tables(GuestAddress(0xe0000), &config(1, false));
+    let dsdt = &t.iter().find(|(_, b)| sig(b) == b"DSDT").unwrap().1;
+    let text = iasl_disassemble("dsdt-ged", dsdt);
+    for needle in [
+        "\"ACPI0013\"",
+        "PNP0C0C",
+        "Method (_EVT, 1, Serialized)",
+        "OperationRegion (GDST, SystemIO, 0x0608, One)",
+        "Notify (\\_SB.PWRB, 0x80)",
+        "Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, )",
+        "0x00000009,",
+    ] {
+        assert!(text.contains(needle), "DSDT lacks {needle}:\n{text}");
+    }
+    let mut cfg = config(1, false);
+    cfg.dsdt.power_button = None;
+    let t = build_tables(GuestAddress(0xe0000), &cfg);
+    let dsdt = &t.iter().find(|(_, b)| sig(b) == b"DSDT").unwrap().1;
+    assert!(!iasl_disassemble("dsdt-noged", dsdt).contains("ACPI0013"));
 }

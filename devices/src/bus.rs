@@ -85,6 +85,11 @@ impl Bus {
         drop(removed);
     }
 
+    /// Every range on the bus, as (base, length), lowest first (the monitor's address map).
+    pub fn ranges(&self) -> Vec<(u64, u64)> {
+        self.map().iter().map(|(b, e)| (*b, e.len)).collect()
+    }
+
     /// The device claiming `addr` and the offset into its range, with the map unlocked again.
     fn find(&self, addr: u64) -> Option<(u64, SharedDevice)> {
         let map = self.map();

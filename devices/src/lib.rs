@@ -2,6 +2,7 @@
 //! [`bus::BusDevice`] trait; side effects leave through small injected traits
 //! ([`interrupt::MsiTrigger`], [`interrupt::IrqLine`]) so tests can watch them.
 
+pub mod acpi_ged;
 pub mod acpi_pm;
 pub mod bus;
 pub mod cmos;
@@ -18,6 +19,7 @@ pub mod ioapic;
 pub mod lpc;
 pub mod pci;
 pub mod pvpanic;
+pub mod quiesce;
 pub mod serial;
 pub mod vfio;
 pub mod virtio;

@@ -107,6 +107,8 @@ pub struct RemappingUnit {
     sink: Box<dyn InterruptSink>,
     /// Translation caches outside the unit, told of every invalidation (`caches`).
     caches: Option<Arc<dyn TranslationCaches>>,
+    /// Queued invalidations carried out, by descriptor type: count and total nanoseconds.
+    invalidations: [(u64, u64); state::INVALIDATION_KINDS.len()],
 }
 
 fn merge32(old: u64, offset_in_qword: u64, v: u32) -> u64 {
@@ -158,6 +160,7 @@ impl RemappingUnit {
             interrupt_entries_changed: false,
             tracker: MapTracker::default(),
             map_events: Vec::new(),
+            invalidations: Default::default(),
             host: tracking::HostSync::default(),
             sink,
             caches: None,
@@ -497,7 +500,13 @@ impl RemappingUnit {
                     if self.waits_for_host(&d) {
                         return Ok(false);
                     }
-                    self.execute(mem, d).map(|()| true)
+                    let kind = state::invalidation_kind(&d);
+                    let started = std::time::Instant::now();
+                    let done = self.execute(mem, d).map(|()| true);
+                    let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                    let slot = &mut self.invalidations[kind];
+                    *slot = (slot.0.saturating_add(1), slot.1.saturating_add(ns));
+                    done
                 });
             match step {
                 Ok(true) => head = (head + 1) % entries,
@@ -661,7 +670,10 @@ impl RemappingUnit {
 mod caches;
 mod state;
 pub use self::caches::{CacheInvalidation, TranslationCaches};
-pub use self::state::{ContextState, FaultState, LimitsState, TrackedState, UnitState};
+pub use self::state::{
+    coalesce, ContextState, FaultState, InvalidationStats, IrteState, LimitsState, MappedRange,
+    TrackedState, UnitState,
+};
 mod interrupts;
 pub use interrupts::InterruptOutcome;
 mod tracking;

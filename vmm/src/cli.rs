@@ -121,6 +121,19 @@ pub struct Cli {
     /// logs it (audit log / dmesg); off: no filter.
     #[arg(long, value_name = "MODE", default_value = "on")]
     pub seccomp: crate::seccomp::SeccompMode,
+
+    /// A QMP control socket (QEMU's machine protocol, for qemu.qmp, qmp-shell, libvirt):
+    /// unix:PATH,server[,wait=off] or tcp:HOST:PORT,server[,wait=off] (an empty HOST is
+    /// 127.0.0.1). Without wait=off the guest starts once the first client connected. Clients
+    /// are served one after another.
+    #[arg(long, value_name = "SOCKET")]
+    pub qmp: Option<String>,
+
+    /// A human monitor (QEMU's HMP: info status|pci|iommu|mtree, stop, cont,
+    /// system_powerdown, system_reset, quit, help) on a socket: telnet:HOST:PORT,server,nowait,
+    /// tcp:... or unix:..., as for --qmp.
+    #[arg(long, value_name = "SOCKET")]
+    pub monitor: Option<String>,
 }
 
 impl Cli {
@@ -184,8 +197,29 @@ impl Cli {
                 .collect::<Result<_, _>>()?,
             passthrough: self.vfio,
             seccomp: self.seccomp,
+            control: crate::qmp::ControlConfig {
+                qmp: self
+                    .qmp
+                    .as_deref()
+                    .map(|s| socket_option("qmp", s))
+                    .transpose()?,
+                monitor: self
+                    .monitor
+                    .as_deref()
+                    .map(|s| socket_option("monitor", s))
+                    .transpose()?,
+            },
         })
     }
+}
+
+/// A `--qmp` or `--monitor` socket.
+fn socket_option(flag: &'static str, s: &str) -> Result<crate::qmp::SocketSpec, OptionError> {
+    crate::qmp::parse_socket(s).map_err(|expected| OptionError::InvalidKind {
+        flag,
+        value: s.into(),
+        expected,
+    })
 }
 
 /// Parses the process's command line; a bad flag or option ends minivmm as clap does (the

@@ -33,6 +33,8 @@ pub struct VmConfig {
     /// after the emulated devices in slot order.
     pub passthrough: Vec<String>,
     pub seccomp: SeccompMode,
+    /// The QMP and monitor sockets (`--qmp`, `--monitor`).
+    pub control: crate::qmp::ControlConfig,
 }
 
 /// What the vCPUs boot.

@@ -42,13 +42,19 @@ pub enum StopReason {
     Signal(i32),
     /// A vCPU failed in a way the guest cannot continue from.
     Error(String),
+    /// The monitor's `quit`.
+    Quit,
+    /// The monitor's `system_reset`: minivmm resets by ending, as for a guest reboot.
+    HostReset,
 }
 
 impl StopReason {
     /// The process exit status minivmm ends with.
     pub fn exit_status(&self) -> i32 {
         match self {
-            StopReason::PowerOff | StopReason::Reset => 0,
+            StopReason::PowerOff | StopReason::Reset | StopReason::Quit | StopReason::HostReset => {
+                0
+            }
             StopReason::GuestPanic | StopReason::TripleFault(_) | StopReason::Error(_) => 1,
             StopReason::DebugExit(code) => *code as i32,
             StopReason::Signal(sig) => 128 + sig,
@@ -58,7 +64,11 @@ impl StopReason {
     /// The line printed on stderr when the VM ends, if any.
     pub fn message(&self) -> Option<String> {
         match self {
-            StopReason::PowerOff | StopReason::Reset | StopReason::DebugExit(_) => None,
+            StopReason::PowerOff
+            | StopReason::Reset
+            | StopReason::DebugExit(_)
+            | StopReason::Quit
+            | StopReason::HostReset => None,
             StopReason::GuestPanic => Some("the guest kernel panicked".into()),
             StopReason::TripleFault(last) => Some(format!(
                 "the guest triple-faulted (CPU shutdown); last device access: {}",

@@ -94,6 +94,10 @@ pub const DEBUG_EXIT_PORT: u16 = 0xf4;
 pub const DEBUG_EXIT_SIZE: u16 = 4;
 /// ACPI hardware-reduced sleep control/status and reset registers (ACPI 6.5 sections 4.8.3.7, 4.8.3.6).
 pub const ACPI_PM_PORT: u16 = 0x600;
+/// The power button's Generic Event Device register (ACPI 6.5 section 5.6.9), after the PM
+/// block, and its IOAPIC pin (the ISA SCI's, unused on a hardware-reduced platform).
+pub const GED_PORT: u16 = 0x608;
+pub const GED_IRQ: u32 = 9;
 /// PCI I/O BAR window.
 pub const PCI_IO_START: u16 = 0xc000;
 pub const PCI_IO_SIZE: u16 = 0x4000;
@@ -154,6 +158,8 @@ pub const FW_IMAGE_MAX: u64 = RAM_HIGH_START - (KVM_TSS_START + KVM_TSS_SIZE);
 /// Firmware boot: the hardware-reduced sleep and reset registers move out of the ICH9 PM
 /// block's 128 ports at OVMF's PMBASE 0x600 (ICH9_PMBASE_VALUE).
 pub const FW_ACPI_PM_PORT: u16 = 0x680;
+/// Firmware boot: the power button's register, after the moved sleep/reset registers.
+pub const FW_GED_PORT: u16 = FW_ACPI_PM_PORT + devices::acpi_pm::ACPI_PM_SIZE as u16;
 /// The ICH9 PM block's base as OVMF programs it (QEMU's FADT points there too).
 pub const FW_PMBASE: u16 = 0x600;
 const _: () = assert!(FW_ACPI_PM_PORT as u64 >= FW_PMBASE as u64 + devices::lpc::pmio::PMIO_SIZE);
@@ -168,6 +174,8 @@ pub struct AddressMap {
     pub pci_io: (u16, u16),
     /// The hardware-reduced ACPI sleep/reset registers.
     pub acpi_pm_port: u16,
+    /// The power button's Generic Event Device register, after them.
+    pub ged_port: u16,
     /// Kept for a firmware image (flash below 4 GiB): 2 MiB, or with firmware boot all from
     /// the end of KVM's pages to 4 GiB (the image ends at 4 GiB, at most [`FW_IMAGE_MAX`]).
     pub firmware_area: (u64, u64),
@@ -182,6 +190,7 @@ impl AddressMap {
             mmio64: (MMIO64_START, MMIO64_SIZE),
             pci_io: (PCI_IO_START, PCI_IO_SIZE),
             acpi_pm_port: ACPI_PM_PORT,
+            ged_port: GED_PORT,
             firmware_area: (FIRMWARE_START, FIRMWARE_SIZE),
         }
     }
@@ -199,6 +208,7 @@ impl AddressMap {
             mmio64: (mmio64_start, mmio64_end.saturating_sub(mmio64_start)),
             pci_io: (FW_PCI_IO_START, FW_PCI_IO_SIZE),
             acpi_pm_port: FW_ACPI_PM_PORT,
+            ged_port: FW_GED_PORT,
             firmware_area: (RAM_HIGH_START - FW_IMAGE_MAX, FW_IMAGE_MAX),
         }
     }

@@ -15,6 +15,7 @@ mod layout;
 mod lifecycle;
 mod memory;
 mod options;
+mod qmp;
 mod seccomp;
 mod state;
 mod terminal;

@@ -46,6 +46,8 @@ pub enum ThreadClass {
     /// The event loop and the orderly stop.
     Main,
     Watchdog,
+    /// The QMP and monitor socket threads ("qmp", "monitor").
+    Control,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +69,7 @@ impl ThreadClass {
             ThreadClass::DmaMap => allowlist::DMA_MAP,
             ThreadClass::Main => allowlist::MAIN,
             ThreadClass::Watchdog => allowlist::WATCHDOG,
+            ThreadClass::Control => allowlist::CONTROL,
         }
     }
 
@@ -194,6 +197,7 @@ fn syscall_name(nr: libc::c_long) -> &'static str {
         allowlist::VIRTIO,
         allowlist::DMA_MAP,
         allowlist::MAIN,
+        allowlist::CONTROL,
     ];
     lists
         .iter()

@@ -425,4 +425,4 @@ fn render_vector(s: &mut String, v: &VectorState) {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

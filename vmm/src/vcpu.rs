@@ -296,6 +296,12 @@ pub fn run(mut vcpu: VcpuFd, id: u32, ctx: &VcpuContext, snapshot: Option<reset:
                 log::debug!("vCPU {id}: back in its reset state");
             }
         }
+        // Guest-visible progress holds a pass of the VM's gate: a pause (the monitor's
+        // `stop`) kicks the vCPU out of KVM_RUN and parks it here until `cont`.
+        let _busy = devices::quiesce::vm_gate().enter();
+        if ctx.stop.load(Ordering::Acquire) {
+            break;
+        }
         let want = ctx.dump.load(Ordering::Acquire);
         if want != dumped {
             dumped = want;

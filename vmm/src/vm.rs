@@ -24,6 +24,9 @@ use crate::event_loop::{StdinHandler, StopHandler};
 use crate::exit::StopReason;
 use crate::layout::*;
 use crate::memory::{self, MemSlots, MemoryError};
+use crate::qmp::commands::CpuInfo;
+use crate::qmp::machine::{MachineState, VmMachine};
+use crate::qmp::server::{ControlServer, RequestKind, WakeHandler};
 use crate::seccomp::ThreadClass;
 use crate::terminal::RawTerminal;
 use crate::vcpu::{self, VcpuContext, VcpuError};
@@ -61,6 +64,8 @@ pub enum VmError {
         path: std::path::PathBuf,
         reason: String,
     },
+    #[error(transparent)]
+    Control(#[from] crate::qmp::server::ServerError),
 }
 
 /// KVM_X2APIC_API flags (Documentation/virt/kvm/api.rst 7.13).
@@ -83,6 +88,11 @@ pub struct Vm {
     stdin: bool,
     control: Arc<VmControl>,
     stopped: Receiver<StopReason>,
+    /// The QMP and monitor sockets, and the eventfd their requests wake the loop with.
+    server: Option<(ControlServer, vmm_sys_util::eventfd::EventFd)>,
+    /// What the monitor shows and keeps (run state, vCPU threads, RAM).
+    machine: MachineState,
+    vcpu_threads: Arc<Mutex<Vec<CpuInfo>>>,
 }
 
 /// Opens KVM and creates a VM with a split irqchip, x2APIC IDs, and KVM's TSS and identity
@@ -228,7 +238,15 @@ impl Vm {
         } else {
             Vec::new()
         };
+        let server =
+            crate::qmp::server::start(cfg.control.qmp.as_ref(), cfg.control.monitor.as_ref())?;
         Ok(Vm {
+            server,
+            machine: MachineState {
+                ram: cfg.memory.ram_ranges(),
+                ..Default::default()
+            },
+            vcpu_threads: Arc::default(),
             vm,
             vcpus,
             _mem: mem,
@@ -260,10 +278,17 @@ impl Vm {
             let ctx = Arc::clone(ctx);
             let snapshot = snapshots.next();
             let control = self.control.clone();
+            let tids = self.vcpu_threads.clone();
             let t = std::thread::Builder::new()
                 .name(format!("vcpu{id}"))
                 .spawn(move || {
                     let name = format!("vcpu{id}");
+                    // SAFETY: gettid has no arguments and cannot fail.
+                    let thread_id = unsafe { libc::gettid() };
+                    lock(&tids).push(CpuInfo {
+                        index: id as u32,
+                        thread_id,
+                    });
                     crate::lifecycle::test_fault_point(&name);
                     match crate::seccomp::sandbox(ThreadClass::Vcpu) {
                         Ok(()) => {
@@ -338,6 +363,10 @@ impl Vm {
             exits: self.devices.exit_costs().clone(),
             drhd: self.devices.drhd_range(),
         });
+        if let Some((server, _)) = &self.server {
+            // Without wait=off the guest starts once the first client is there.
+            server.wait_for_client(|| crate::lifecycle::stop_signal().is_some());
+        }
         let threads = self.spawn_vcpus(&ctx)?;
 
         let stopping = Arc::new(AtomicBool::new(false));
@@ -352,6 +381,12 @@ impl Vm {
             fd: wake,
             stopping: stopping.clone(),
         })));
+        if let Some((_, wake)) = &self.server {
+            let wake = wake
+                .try_clone()
+                .map_err(|e| VmError::EventLoop(e.to_string()))?;
+            em.add_subscriber(Arc::new(Mutex::new(WakeHandler(wake))));
+        }
         let _raw = self.stdin.then(RawTerminal::enable);
         let stdin = match (self.devices.serial(), self.stdin) {
             (Some(s), true) => {
@@ -399,8 +434,14 @@ impl Vm {
             if let Some(h) = &stdin {
                 lock(h).flush_pending();
             }
+            self.serve_control(&threads);
             if DUMP_REQUESTED.swap(false, Ordering::AcqRel) {
-                eprint!("{}", crate::state::render(&self.devices.state()));
+                let state = self.devices.state();
+                eprint!("{}", crate::state::render(&state));
+                // The same view as x-query-vtd and `info iommu`.
+                if let Some(v) = crate::qmp::vtd::view(&state) {
+                    eprint!("{}", crate::qmp::vtd::render(&v));
+                }
                 // Each vCPU prints where it is once it leaves KVM_RUN.
                 dump.fetch_add(1, Ordering::AcqRel);
                 for t in &threads {
@@ -416,6 +457,13 @@ impl Vm {
         // From here on the stop is bounded: a vCPU held inside a device handler, or a device
         // that hangs while released, does not keep minivmm up past the deadline.
         crate::lifecycle::arm_stop_deadline(&reason);
+        if let Some((server, _)) = &self.server {
+            for (name, data) in crate::qmp::final_events(&reason) {
+                server.events.emit(name, Some(data));
+            }
+            // The clients get the events before the process ends (bounded).
+            server.events.flush(Duration::from_millis(500));
+        }
         self.flush_console();
         log::info!(
             "state at exit:\n{}",
@@ -446,6 +494,35 @@ fn read_firmware(path: &std::path::Path) -> Result<Vec<u8>, VmError> {
     Ok(image)
 }
 
+impl Vm {
+    /// Answers the monitor's requests that came in since the last loop turn.
+    fn serve_control(&mut self, vcpus: &[JoinHandle<()>]) {
+        let Some((server, _)) = &self.server else {
+            return;
+        };
+        while let Ok(req) = server.requests.try_recv() {
+            self.machine.cpus = lock(&self.vcpu_threads).clone();
+            self.machine.cpus.sort_by_key(|c| c.index);
+            let mut m = VmMachine {
+                state: &mut self.machine,
+                devices: &self.devices,
+                vcpus,
+                control: &self.control,
+                events: &server.events,
+            };
+            let answer = match req.kind {
+                RequestKind::Qmp { name, args } => {
+                    crate::qmp::commands::execute(&mut m, &name, &args)
+                }
+                RequestKind::Hmp(line) => Ok(serde_json::Value::String(crate::qmp::hmp::run(
+                    &mut m, &line,
+                ))),
+            };
+            let _ = req.reply.send(answer);
+        }
+    }
+}
+
 /// SIGRTMIN kicks a vCPU out of KVM_RUN; SIGUSR1 asks for the state dump.
 fn install_signal_handlers() -> Result<(), VmError> {
     extern "C" fn kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
@@ -461,6 +538,8 @@ fn install_signal_handlers() -> Result<(), VmError> {
 /// Sets the stop flag and kicks every vCPU thread out of KVM_RUN until it has ended.
 fn stop_vcpus(stop: &AtomicBool, threads: Vec<JoinHandle<()>>) {
     stop.store(true, Ordering::Release);
+    // A paused VM's threads wait at the gate: let them through to see the stop.
+    devices::quiesce::vm_gate().release();
     for t in &threads {
         while !t.is_finished() {
             let _ = t.kill(SIGRTMIN());

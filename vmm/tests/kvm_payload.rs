@@ -270,6 +270,8 @@ fn help_documents_every_flag() {
         "--disk",
         "--net",
         "--seccomp",
+        "--qmp",
+        "--monitor",
     ] {
         assert!(text.contains(flag), "--help lacks {flag}");
     }

@@ -117,6 +117,7 @@ fn run<J: WorkerJob>(name: &str, wake: &EventFd, commands: &Receiver<Command<J>>
             while let Ok(c) = commands.try_recv() {
                 match c {
                     Command::Start(mut j) => {
+                        let _busy = crate::quiesce::vm_gate().enter();
                         j.start();
                         job = Some(j);
                     }
@@ -130,6 +131,8 @@ fn run<J: WorkerJob>(name: &str, wake: &EventFd, commands: &Receiver<Command<J>>
             continue;
         }
         if let Some(j) = job.as_mut() {
+            // Queue processing is guest-visible progress: not while the VM is paused.
+            let _busy = crate::quiesce::vm_gate().enter();
             for (i, p) in fds[1..].iter().enumerate() {
                 if p.revents != 0 {
                     j.ready(i);

@@ -45,6 +45,88 @@ pub struct UnitState {
     pub host_effects_outstanding: bool,
     pub limits: LimitsState,
     pub faults: Vec<FaultState>,
+    /// Queued invalidations carried out, by descriptor type.
+    pub invalidations: Vec<InvalidationStats>,
+    /// The interrupt remapping entries in use (cached in the interrupt entry cache), by index.
+    pub interrupt_entries: Vec<IrteState>,
+}
+
+/// The descriptor types of the invalidation queue (VT-d 6.5.2), as the state names them.
+pub const INVALIDATION_KINDS: [&str; 5] = [
+    "context-cache",
+    "iotlb",
+    "device-iotlb",
+    "interrupt-entry-cache",
+    "wait",
+];
+
+/// The index of `d`'s type in [`INVALIDATION_KINDS`].
+pub(super) fn invalidation_kind(d: &crate::invalidation_queue::Descriptor) -> usize {
+    use crate::invalidation_queue::Descriptor;
+    match d {
+        Descriptor::ContextCache { .. } => 0,
+        Descriptor::Iotlb { .. } => 1,
+        Descriptor::DeviceIotlb { .. } => 2,
+        Descriptor::InterruptEntryCache { .. } => 3,
+        Descriptor::Wait { .. } => 4,
+    }
+}
+
+/// How many descriptors of one type the unit carried out and what each cost on average
+/// (handling included: table walks, host map/unmap events queued, cache invalidations).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct InvalidationStats {
+    pub kind: &'static str,
+    pub count: u64,
+    pub avg_ns: u64,
+}
+
+/// One interrupt remapping table entry in use (VT-d 9.10).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct IrteState {
+    pub index: u32,
+    pub vector: u8,
+    /// Destination APIC ID (8 bits in xAPIC mode, 32 in x2APIC mode).
+    pub destination: u32,
+    pub logical: bool,
+    pub level_triggered: bool,
+    pub delivery_mode: u8,
+}
+
+/// A run of a device's mappings contiguous in IOVA and guest-physical space with the same
+/// permissions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct MappedRange {
+    pub iova: u64,
+    pub gpa: u64,
+    pub size: u64,
+    pub read: bool,
+    pub write: bool,
+}
+
+/// Coalesces `maps` (sorted by IOVA) into runs contiguous in both spaces with equal
+/// permissions.
+pub fn coalesce(maps: &[crate::caching_mode::Mapping]) -> Vec<MappedRange> {
+    let mut out: Vec<MappedRange> = Vec::new();
+    for m in maps {
+        if let Some(last) = out.last_mut() {
+            if last.iova.checked_add(last.size) == Some(m.iova)
+                && last.gpa.checked_add(last.size) == Some(m.gpa)
+                && (last.read, last.write) == (m.read, m.write)
+            {
+                last.size = last.size.saturating_add(m.size);
+                continue;
+            }
+        }
+        out.push(MappedRange {
+            iova: m.iova,
+            gpa: m.gpa,
+            size: m.size,
+            read: m.read,
+            write: m.write,
+        });
+    }
+    out
 }
 
 /// One cached context entry.
@@ -66,6 +148,8 @@ pub struct TrackedState {
     /// The most ranges it held at once, and the ranges refused at the cap.
     pub peak_ranges: Option<usize>,
     pub refused_ranges: Option<u64>,
+    /// The mappings, coalesced (see [`coalesce`]).
+    pub mapped: Vec<MappedRange>,
 }
 
 /// The largest table-walk work seen, against the budgets (see `crate::limits`).
@@ -115,6 +199,7 @@ impl RemappingUnit {
                     bytes: maps.iter().map(|m| m.size).sum(),
                     peak_ranges: stats.as_ref().map(|r| r.peak),
                     refused_ranges: stats.as_ref().map(|r| r.refused),
+                    mapped: coalesce(&maps),
                 }
             })
             .collect();
@@ -155,6 +240,64 @@ impl RemappingUnit {
                     info: r.info,
                 })
                 .collect(),
+            invalidations: INVALIDATION_KINDS
+                .iter()
+                .zip(self.invalidations.iter())
+                .map(|(kind, (count, ns))| InvalidationStats {
+                    kind,
+                    count: *count,
+                    avg_ns: ns.checked_div(*count).unwrap_or(0),
+                })
+                .collect(),
+            interrupt_entries: {
+                let mut e: Vec<_> = self
+                    .iec
+                    .iter()
+                    .map(|(i, e)| IrteState {
+                        index: *i,
+                        vector: e.vector,
+                        destination: e.destination,
+                        logical: e.logical,
+                        level_triggered: e.level_triggered,
+                        delivery_mode: e.delivery_mode,
+                    })
+                    .collect();
+                e.sort_by_key(|e| e.index);
+                e
+            },
         }
+    }
+}
+
+#[cfg(test)]
+mod coalesce_tests {
+    use super::*;
+    use crate::caching_mode::Mapping;
+
+    fn m(iova: u64, gpa: u64, size: u64, write: bool) -> Mapping {
+        Mapping {
+            iova,
+            gpa,
+            size,
+            read: true,
+            write,
+        }
+    }
+
+    #[test]
+    fn coalesce_contiguous_same_permissions_merge_others_split() {
+        let maps = [
+            m(0x1000, 0x5000, 0x1000, true),
+            m(0x2000, 0x6000, 0x1000, true),
+            // Contiguous IOVA, not GPA.
+            m(0x3000, 0x9000, 0x1000, true),
+            // Contiguous both, other permissions.
+            m(0x4000, 0xa000, 0x1000, false),
+        ];
+        let r = coalesce(&maps);
+        assert_eq!(r.len(), 3);
+        assert_eq!((r[0].iova, r[0].gpa, r[0].size), (0x1000, 0x5000, 0x2000));
+        assert_eq!((r[1].iova, r[1].size), (0x3000, 0x1000));
+        assert!(!r[2].write);
     }
 }

@@ -51,13 +51,34 @@ error caching-mode "needs caching-mode=on" "$MINIVMM" "${k[@]}" --iommu caching-
 # Behind the vIOMMU (with minivmm's info log, to see the BAR and RAM mappings).
 check_vfio_iommu() { check_vtd_l1 48 x2apic "$1" && check_nvme "$1"; }
 export RUST_LOG=info,vfio_ioctls=error
+# x-query-vtd over QMP while L1 runs: a poller keeps the answer in which the edu had the most
+# mappings (tests/nested/qmp-vtd-poll.py); checked as JSON below.
+qmp_sock="$NESTED_WORKDIR/60-vfio-qmp.sock"
+vtd_json="$LOGDIR/60-vfio-vtd.json"
+rm -f "$qmp_sock" "$vtd_json"
+python3 "$NESTED_DIR/qmp-vtd-poll.py" "$qmp_sock" "$vtd_json" "$EDU_BDF" > "$LOGDIR/60-vfio-vtd-poll.log" 2>&1 &
+poller=$!
 line=$(l1_variant "$LOGDIR/60-vfio-iommu.log" "vfio+iommu" check_vfio_iommu \
     --kernel "$BZIMAGE" --initramfs "$img" --cpus 2 --memory 512M --iommu \
-    --vfio "$EDU_BDF" --vfio "$NVME_BDF" \
-    --cmdline "console=ttyS0 panic=-1 intel_iommu=on") || { echo "$line"; exit 1; }
+    --vfio "$EDU_BDF" --vfio "$NVME_BDF" --qmp "unix:$qmp_sock,server,wait=off" \
+    --cmdline "console=ttyS0 panic=-1 intel_iommu=on") || { echo "$line"; kill "$poller" 2>/dev/null; exit 1; }
 echo "$line"
 iommu_line="$line"
 unset RUST_LOG
+wait "$poller" || true
+[ -s "$vtd_json" ] || { echo "x-query-vtd: no answer showed $EDU_BDF ($(cat "$LOGDIR/60-vfio-vtd-poll.log"))"; exit 1; }
+vtd_line=$(python3 - "$vtd_json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))["device"]
+assert isinstance(d["domain"], int) and d["domain"] > 0, d
+assert d["mode"] == "translated", d
+assert len(d["mappings"]) >= 1 and all(m["size"] > 0 for m in d["mappings"]), d
+assert d["mapped_bytes"] > 0 and d["vfio"]["maps"] >= 1, d
+print(f"x-query-vtd: {d['bdf']} domain {d['domain']} {d['mode']}, {len(d['mappings'])} ranges "
+      f"({d['mapped_bytes']:#x} bytes), {d['vfio']['maps']} MAP_DMA")
+PY
+) || { echo "x-query-vtd: unexpected view: $(head -c 2000 "$vtd_json")"; exit 1; }
+echo "$vtd_line"
 expect "$LOGDIR/60-vfio-iommu.log" "^MINIVMM-GROUP 0000:00:01.0 0x1234:0x11e8 group=" "1234:11e8 at 00:01.0"
 expect "$LOGDIR/60-vfio-iommu.log" "vfio $EDU_BDF: BAR 0 mapped into the guest at 0x" "edu's BAR 0 as a KVM memory slot"
 expect "$LOGDIR/60-vfio-iommu.log" "vfio $NVME_BDF: MSI absent, MSI-X at 0x[0-9a-f]+ \([0-9]+ vectors, table in BAR 0\)" "the NVMe MSI-X capability"
@@ -103,4 +124,4 @@ line=$(l1_variant "$LOGDIR/60-vfio-noiommu.log" "vfio-noiommu" check_noiommu \
     --kernel "$BZIMAGE" --initramfs "$img_noiommu" --memory 200M --vfio "$EDU_BDF" --vfio "$NVME_BDF" \
     --cmdline "console=ttyS0 panic=-1") || { echo "$line"; exit 1; }
 echo "$line"
-echo "$((errors + 1)) error cases; $iommu_line; sigterm ok; $line"
+echo "$((errors + 1)) error cases; $iommu_line; $vtd_line; sigterm ok; $line"

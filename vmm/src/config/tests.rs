@@ -17,6 +17,7 @@ fn config() -> VmConfig {
         devices: Vec::new(),
         passthrough: Vec::new(),
         seccomp: SeccompMode::On,
+        control: Default::default(),
     }
 }
 

@@ -52,6 +52,11 @@ pub fn acpi_config(cfg: &VmConfig, prt: &[PrtRoute]) -> acpi::AcpiConfig {
             pvpanic: Some(PVPANIC_PORT),
             pm_ports: (map.acpi_pm_port, ACPI_PM_SIZE as u8),
             s5_sleep_type: S5_SLEEP_TYPE,
+            power_button: Some(acpi::PowerButtonInfo {
+                port: map.ged_port,
+                gsi: GED_IRQ,
+                event_bit: devices::acpi_ged::GED_EVENT_POWER_BUTTON,
+            }),
         },
         dmar: cfg.iommu.map(|c| acpi::DmarConfig {
             address_width: c.aw_bits,

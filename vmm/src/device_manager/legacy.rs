@@ -7,6 +7,7 @@ use std::fs::File;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
+use devices::acpi_ged::GED_SIZE;
 use devices::acpi_pm::{AcpiPm, ACPI_PM_SIZE};
 use devices::bus::lock;
 use devices::cmos::{Cmos, CMOS_PORT, CMOS_PORT_SIZE};
@@ -53,6 +54,7 @@ impl DeviceManager {
             ACPI_PM_SIZE,
             Arc::new(Mutex::new(AcpiPm::new(control.clone()))),
         )?;
+        self.add_power_button()?;
         let (fw_cfg, fw_cfg_ports) = if firmware {
             let mut f = FwCfg::with_dma(cfg.memory.size, cfg.cpus as u16, self.mem.clone());
             f.add_file("etc/e820", e820(&cfg.memory.ram_ranges()))?;
@@ -138,6 +140,24 @@ impl DeviceManager {
             Arc::new(Mutex::new(DebugCon::new(Box::new(out.clone())))),
         )?;
         self.debugcon = Some(out);
+        Ok(())
+    }
+
+    /// The power button's Generic Event Device, its interrupt on an IOAPIC pin.
+    fn add_power_button(&mut self) -> Result<(), DeviceManagerError> {
+        self.resources.reserve_irqs("power button", GED_IRQ, 1)?;
+        let irq = Arc::new(IoapicPin {
+            ioapic: self.irq.ioapic.clone(),
+            pin: GED_IRQ as usize,
+        });
+        let (ged, button) = devices::acpi_ged::power_button(irq);
+        self.add_pio(
+            "power button",
+            self.map.ged_port,
+            GED_SIZE,
+            Arc::new(Mutex::new(ged)),
+        )?;
+        self.power_button = Some(button);
         Ok(())
     }
 

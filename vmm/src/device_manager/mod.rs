@@ -111,6 +111,8 @@ pub struct DeviceManager {
     virtio: Vec<Arc<Mutex<devices::virtio::pci::VirtioPciDevice>>>,
     /// What the vCPUs' exits cost, by kind (the vCPU threads count, the state view shows).
     exits: Arc<ExitCosts>,
+    /// The ACPI power button (system_powerdown presses it).
+    power_button: Option<devices::acpi_ged::PowerButton>,
 }
 
 impl DeviceManager {
@@ -173,6 +175,7 @@ impl DeviceManager {
             lpc: None,
             virtio: Vec::new(),
             exits: Arc::default(),
+            power_button: None,
         };
         dm.add_interrupt_controllers()?;
         dm.add_legacy_devices(cfg)?;
@@ -264,6 +267,28 @@ impl DeviceManager {
             .iommu
             .as_ref()
             .map(|_| (crate::layout::DRHD_START, crate::layout::DRHD_SIZE))
+    }
+
+    /// The ACPI power button.
+    pub fn power_button(&self) -> Option<&devices::acpi_ged::PowerButton> {
+        self.power_button.as_ref()
+    }
+
+    /// The PCI functions on bus 0: (device, function, configuration dwords 0..16).
+    pub fn pci_functions(&self) -> Vec<(u8, u8, [u32; 16])> {
+        let root = lock(&self.pci);
+        (0..32u8)
+            .filter_map(|d| {
+                let id = root.config_read(0, d, 0, 0);
+                (id & 0xffff != 0xffff).then(|| {
+                    let mut regs = [0u32; 16];
+                    for (i, r) in regs.iter_mut().enumerate() {
+                        *r = root.config_read(0, d, 0, i);
+                    }
+                    (d, 0, regs)
+                })
+            })
+            .collect()
     }
 
     /// The interrupt, IOMMU and passthrough state (SIGUSR1, and at exit with RUST_LOG=info).

@@ -34,6 +34,7 @@ fn config() -> VmConfig {
         devices: Vec::new(),
         passthrough: Vec::new(),
         seccomp: crate::seccomp::SeccompMode::Off,
+        control: Default::default(),
     }
 }
 

@@ -298,6 +298,20 @@ pub const MAIN: &[Rule] = &[
     any("pwrite64", libc::SYS_pwrite64),
 ];
 
+/// The QMP and monitor threads: accept clients on the socket bound during setup, wait for
+/// their input (poll), read it, write replies and events (write is in COMMON), close them,
+/// and wake the main thread through an eventfd (write).
+pub const CONTROL: &[Rule] = &[
+    any("accept4", libc::SYS_accept4),
+    any("accept", libc::SYS_accept),
+    any("poll", libc::SYS_poll),
+    any("ppoll", libc::SYS_ppoll),
+    any("read", libc::SYS_read),
+    any("recvfrom", libc::SYS_recvfrom),
+    any("sendto", libc::SYS_sendto),
+    any("shutdown", libc::SYS_shutdown),
+];
+
 /// The stop watchdog: sleeps, writes one line, exits (COMMON has all of it).
 pub const WATCHDOG: &[Rule] = &[];
 

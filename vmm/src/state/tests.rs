@@ -2,7 +2,9 @@ use devices::ioapic::PinState;
 use devices::pci::vectors::VectorMessage;
 use devices::vfio::{IntxState, Mode};
 use iommu::translation::TranslationType;
-use iommu::unit::{ContextState, FaultState, LimitsState, TrackedState};
+use iommu::unit::{
+    ContextState, FaultState, InvalidationStats, IrteState, LimitsState, MappedRange, TrackedState,
+};
 use iommu::FaultReason;
 use regex::Regex;
 
@@ -39,7 +41,7 @@ fn interrupts(mode: Mode, intx: Option<IntxState>, vectors: Vec<VectorState>) ->
 
 /// A VM like the lab's 60-vfio run: edu and an NVMe controller passed through behind the
 /// vIOMMU in caching mode.
-fn sample() -> VmState {
+pub(crate) fn sample() -> VmState {
     let edu_guest = Bdf::new(0, 1, 0);
     let nvme_guest = Bdf::new(0, 2, 0);
     VmState {
@@ -86,6 +88,13 @@ fn sample() -> VmState {
                     bytes: 0x20_2000,
                     peak_ranges: Some(5),
                     refused_ranges: Some(0),
+                    mapped: vec![MappedRange {
+                        iova: 0x1000,
+                        gpa: 0x20_0000,
+                        size: 0x20_2000,
+                        read: true,
+                        write: true,
+                    }],
                 }],
                 host_mapping_failures: 1,
                 host_effects_outstanding: false,
@@ -100,6 +109,19 @@ fn sample() -> VmState {
                     source: edu_guest,
                     reason: FaultReason::WriteDenied,
                     info: 0x7000,
+                }],
+                invalidations: vec![InvalidationStats {
+                    kind: "iotlb",
+                    count: 9,
+                    avg_ns: 1200,
+                }],
+                interrupt_entries: vec![IrteState {
+                    index: 3,
+                    vector: 0x41,
+                    destination: 1,
+                    logical: false,
+                    level_triggered: false,
+                    delivery_mode: 0,
                 }],
             },
             writes: RegisterWriteCosts {

@@ -203,7 +203,11 @@ fn io_thread(rx: &Mutex<mpsc::Receiver<Task>>) {
     loop {
         let task = rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
         match task {
-            Ok(task) => task(),
+            Ok(task) => {
+                // A request writes guest memory: not while the VM is paused.
+                let _busy = crate::quiesce::vm_gate().enter();
+                task()
+            }
             Err(_) => return,
         }
     }
