@@ -1,5 +1,5 @@
-//! virtio-net (virtio 1.2 section 5.1) over a tap device: one receive and one transmit queue,
-//! no control queue, no offloads. The 12-byte `virtio_net_hdr_v1` (5.1.6) is the tap's own
+//! virtio-net (virtio 1.2 section 5.1) over a tap device or a stream socket to passt
+//! ([`stream`]): one receive and one transmit queue, no control queue. Over a tap, the 12-byte `virtio_net_hdr_v1` (5.1.6) is the tap's own
 //! vnet header (`IFF_VNET_HDR`, `TUNSETVNETHDRSZ` 12), so frames pass between the rings and
 //! the tap with no translation of the header.
 //!
@@ -8,13 +8,18 @@
 //! the host stack finishes) and GUEST_CSUM and GUEST_TSO4/6 (the tap may hand the guest the
 //! same). What the tap may send is set from what the driver accepted (`TUNSETOFFLOAD`, as
 //! QEMU's `virtio_net_apply_guest_offloads`) when the worker starts the job: nothing until
-//! then, so a guest is never handed what it did not negotiate.
+//! then, so a guest is never handed what it did not negotiate. Over a stream socket no header
+//! travels, so none of these is offered.
+//!
+//! Link status (5.1.4): LINK_UP while the backend's peer is there; when a stream peer goes
+//! away the bit clears and a configuration change interrupt tells the driver.
 //!
 //! The work runs on the device's thread ("virtio-net", [`super::thread`]), started with the
 //! device and parked until activation: it polls the queues' notification eventfds and, while
 //! the receive queue has buffers, the tap ([`worker`]).
 
 mod backend;
+pub mod stream;
 pub mod tap;
 mod worker;
 
@@ -27,6 +32,7 @@ use std::sync::Arc;
 use virtio_queue::QueueT;
 
 pub use backend::NetBackend;
+pub use stream::{Stream, StreamError};
 pub use tap::{Tap, TapError};
 use worker::NetJob;
 
@@ -151,7 +157,7 @@ impl NetStats {
     }
 }
 
-/// A virtio-net device over one backend (a tap).
+/// A virtio-net device over one backend (a tap, a stream socket).
 pub struct Net {
     mac: [u8; 6],
     backend: Arc<dyn NetBackend>,
@@ -189,7 +195,12 @@ impl Net {
     fn config_space(&self) -> [u8; config::LEN] {
         let mut c = [0u8; config::LEN];
         c[config::MAC..config::MAC + 6].copy_from_slice(&self.mac);
-        c[config::STATUS..config::STATUS + 2].copy_from_slice(&VIRTIO_NET_S_LINK_UP.to_le_bytes());
+        let status = if self.backend.link_up() {
+            VIRTIO_NET_S_LINK_UP
+        } else {
+            0
+        };
+        c[config::STATUS..config::STATUS + 2].copy_from_slice(&status.to_le_bytes());
         c
     }
 
@@ -211,12 +222,17 @@ impl VirtioDevice for Net {
     }
 
     fn features(&self) -> u64 {
-        VIRTIO_NET_F_CSUM
-            | VIRTIO_NET_F_GUEST_CSUM
-            | VIRTIO_NET_F_GUEST_TSO4
-            | VIRTIO_NET_F_GUEST_TSO6
-            | VIRTIO_NET_F_HOST_TSO4
-            | VIRTIO_NET_F_HOST_TSO6
+        let offloads = if self.backend.has_vnet_hdr() {
+            VIRTIO_NET_F_CSUM
+                | VIRTIO_NET_F_GUEST_CSUM
+                | VIRTIO_NET_F_GUEST_TSO4
+                | VIRTIO_NET_F_GUEST_TSO6
+                | VIRTIO_NET_F_HOST_TSO4
+                | VIRTIO_NET_F_HOST_TSO6
+        } else {
+            0
+        };
+        offloads
             | VIRTIO_NET_F_MAC
             | VIRTIO_NET_F_STATUS
             | VIRTIO_RING_F_EVENT_IDX
