@@ -14,6 +14,7 @@ mod layout;
 mod lifecycle;
 mod memory;
 mod options;
+mod passt;
 mod seccomp;
 mod state;
 mod terminal;

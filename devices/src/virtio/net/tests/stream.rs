@@ -123,20 +123,11 @@ fn stream_read_partial_frame_would_block_then_the_rest_gives_it_with_a_zero_head
     let (s, mut peer) = pair();
     let p = payload(1000, 5);
     let w = wire(&p);
-    assert_eq!(
-        read_one(&s).unwrap_err().kind(),
-        io::ErrorKind::WouldBlock
-    );
+    assert_eq!(read_one(&s).unwrap_err().kind(), io::ErrorKind::WouldBlock);
     peer.write_all(&w[..3]).unwrap();
-    assert_eq!(
-        read_one(&s).unwrap_err().kind(),
-        io::ErrorKind::WouldBlock
-    );
+    assert_eq!(read_one(&s).unwrap_err().kind(), io::ErrorKind::WouldBlock);
     peer.write_all(&w[3..500]).unwrap();
-    assert_eq!(
-        read_one(&s).unwrap_err().kind(),
-        io::ErrorKind::WouldBlock
-    );
+    assert_eq!(read_one(&s).unwrap_err().kind(), io::ErrorKind::WouldBlock);
     peer.write_all(&w[500..]).unwrap();
     assert_eq!(read_one(&s).unwrap(), with_zero_header(&p));
     assert!(s.link_up());
@@ -151,10 +142,7 @@ fn stream_read_many_frames_in_one_write_each_come_once() {
     for f in &frames {
         assert_eq!(read_one(&s).unwrap(), with_zero_header(f));
     }
-    assert_eq!(
-        read_one(&s).unwrap_err().kind(),
-        io::ErrorKind::WouldBlock
-    );
+    assert_eq!(read_one(&s).unwrap_err().kind(), io::ErrorKind::WouldBlock);
 }
 
 #[test]
@@ -281,7 +269,10 @@ fn stream_write_to_a_full_socket_keeps_every_frame_whole_and_in_order() {
     }
     let (got, sent) = reader.join().unwrap();
     assert_eq!(got.len(), sent.len());
-    assert!(got == sent, "the bytes on the wire differ from the frames sent");
+    assert!(
+        got == sent,
+        "the bytes on the wire differ from the frames sent"
+    );
     assert!(!s.tx_pending());
 }
 
@@ -398,7 +389,10 @@ fn stream_job_full_socket_leaves_chains_in_the_ring_until_writable() {
     let mut job = stream_job(&rig, s.clone());
     job.process_tx();
     let first = used(&rig.tx).len();
-    assert!(first < usize::from(CHAINS), "every chain taken by a full socket");
+    assert!(
+        first < usize::from(CHAINS),
+        "every chain taken by a full socket"
+    );
     assert!(s.tx_pending());
     assert_eq!(job.write_fds(), vec![s.rx_fd()]);
     // A guest kick while blocked takes nothing more.
