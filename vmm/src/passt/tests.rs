@@ -1,6 +1,7 @@
 //! passt's arguments, the port probe and (when passt is installed) a real passt: a DHCP
-//! discover through the socket gets an offer back, the forwarded host port listens, and
-//! passt exits (the forward gone) when the socket closes.
+//! discover through the socket gets an offer back, a connection to the forwarded host port
+//! reaches the guest side as a SYN to the guest port, and passt exits (the forward gone)
+//! when the socket closes.
 
 use std::io::{Read, Write};
 
@@ -109,8 +110,10 @@ fn ipv4_header(proto: u8, payload_len: usize, src: [u8; 4], dst: [u8; 4]) -> Vec
 }
 
 fn send(sock: &mut UnixStream, frame: &[u8]) {
-    sock.write_all(&(frame.len() as u32).to_be_bytes()).unwrap();
-    sock.write_all(frame).unwrap();
+    // One write, as the device's backend does.
+    let mut w = (frame.len() as u32).to_be_bytes().to_vec();
+    w.extend_from_slice(frame);
+    sock.write_all(&w).unwrap();
 }
 
 fn recv(sock: &mut UnixStream) -> Vec<u8> {
@@ -132,7 +135,7 @@ fn ipv4_dst(f: &[u8]) -> Option<(u8, u16)> {
 }
 
 #[test]
-fn passt_real_answers_dhcp_listens_on_the_forward_and_exits_with_the_socket() {
+fn passt_real_answers_dhcp_forwards_a_host_port_and_exits_with_the_socket() {
     let Ok(exe) = find_passt(None) else {
         eprintln!("SKIP: passt is not installed (apt-get install passt)");
         return;
@@ -147,12 +150,10 @@ fn passt_real_answers_dhcp_listens_on_the_forward_and_exits_with_the_socket() {
         eprintln!("SKIP: no default route for passt to copy");
         return;
     }
-    // A free host port, for this test alone.
-    let port = TcpListener::bind("0.0.0.0:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // A free host port below the ephemeral range (passt does not forward those).
+    let port = (20_000..30_000)
+        .find(|&p| TcpListener::bind(("0.0.0.0", p)).is_ok())
+        .unwrap();
     let mut p = start(Some(&exe), &[fwd(Proto::Tcp, port, 22)]).unwrap();
     assert!(tcp_listening(port), "passt does not listen on {port}");
     let mut sock = p.sock.try_clone().unwrap();
@@ -172,6 +173,15 @@ fn passt_real_answers_dhcp_listens_on_the_forward_and_exits_with_the_socket() {
         &offer[14 + 20 + 8 + 4..14 + 20 + 8 + 8],
         &0x1234_5678u32.to_be_bytes()
     );
+    // A host connection to the forwarded port arrives as a SYN to guest port 22.
+    let _client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let syn = loop {
+        let f = recv(&mut sock);
+        if ipv4_dst(&f) == Some((6, 22)) {
+            break f;
+        }
+    };
+    assert_eq!(syn[14 + 20 + 13] & 0x02, 0x02, "not a SYN");
     // Closing the VM's end ends passt (one-off), and the forward with it.
     drop(sock);
     drop(p.sock);

@@ -217,12 +217,12 @@ fn stream_write_header_only_is_refused() {
 }
 
 /// Shrinks a socket's send buffer to the kernel's minimum.
-fn small_sndbuf(s: &UnixStream) {
+fn small_sndbuf(fd: RawFd) {
     let size: libc::c_int = 1;
     // SAFETY: SO_SNDBUF reads one int through the pointer, which lives for the call.
     let r = unsafe {
         libc::setsockopt(
-            s.as_raw_fd(),
+            fd,
             libc::SOL_SOCKET,
             libc::SO_SNDBUF,
             &size as *const libc::c_int as *const libc::c_void,
@@ -236,9 +236,9 @@ fn small_sndbuf(s: &UnixStream) {
 fn stream_write_to_a_full_socket_keeps_every_frame_whole_and_in_order() {
     let mem = guest_memory();
     let (a, mut peer) = UnixStream::pair().unwrap();
-    small_sndbuf(&a);
     peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let s = Stream::new(a, "test peer").unwrap();
+    small_sndbuf(s.rx_fd());
     let mut sent = Vec::new();
     let mut i = 0u8;
     // Fill the socket until a frame goes out only in part.
@@ -369,9 +369,9 @@ fn stream_job_full_socket_leaves_chains_in_the_ring_until_writable() {
     let mem = guest_memory();
     let rig = Rig::new(&mem);
     let (a, mut peer) = UnixStream::pair().unwrap();
-    small_sndbuf(&a);
     peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let s = Arc::new(Stream::new(a, "test peer").unwrap());
+    small_sndbuf(s.rx_fd());
     // CHAINS chains of 9000-byte frames: more than the socket holds. (At most half the ring:
     // the mock's used ring overlaps the end of its avail ring.)
     const CHAINS: u16 = QSIZE / 2;
