@@ -1,0 +1,106 @@
+# shellcheck shell=bash
+# User-mode networking through passt (--net user,hostfwd=...): minivmm starts passt itself.
+#  - a network namespace made here holds everything: its loopback (the forwarded host ports)
+#    and a tap with 10.0.2.15/24 and a default route via 10.0.2.2, which passt copies for the
+#    guest (passt needs a routable interface; nothing is sent on it);
+#  - errors: a forwarded host port another process holds is refused in one line naming it;
+#  - behind the vIOMMU: virtio_net bound with ACCESS_PLATFORM, L1 takes 10.0.2.15 and router
+#    10.0.2.2 by DHCP, L0 reads 4 MiB from L1's port 22 through 127.0.0.1:10022 and sends 4 MiB
+#    to L1's port 80 through 127.0.0.1:10080, both with matching sha256s;
+#  - passt stopped under the running VM: the guest's carrier goes down and L1 powers off in
+#    order (the VM keeps running); after minivmm exits the forward is gone.
+img="$NESTED_WORKDIR/l1-user-net.img"
+l1_initramfs "$img" "$NESTED_DIR/guest/init-user-net" \
+    --module failover --module net_failover --module virtio_net
+command -v passt > /dev/null || { echo "passt is not installed in L0 (scripts/install-deps.sh)"; exit 1; }
+ns="minivmm-usernet-$$"
+tpl=mvtpl0
+client="$NESTED_DIR/user-net-client.py"
+holder=""
+vm=""
+
+cleanup() {
+    if [ -n "$holder" ]; then kill "$holder" 2>/dev/null || true; fi
+    if [ -n "$vm" ]; then kill "$vm" 2>/dev/null || true; fi
+    ip netns del "$ns" 2>/dev/null || true
+}
+trap cleanup EXIT
+
+[ -c /dev/net/tun ] || { echo "/dev/net/tun missing in L0 (the tun module did not load)"; exit 1; }
+ip netns add "$ns"
+ip -n "$ns" link set lo up
+ip netns exec "$ns" ip tuntap add dev "$tpl" mode tap
+ip -n "$ns" addr add 10.0.2.15/24 dev "$tpl"
+ip -n "$ns" link set "$tpl" up
+ip -n "$ns" route add default via 10.0.2.2 dev "$tpl" onlink
+in_ns() { ip netns exec "$ns" "$@"; }
+
+# A host port already taken: refused before the guest starts, naming the port.
+in_ns python3 -c 'import socket,time; s=socket.socket(); s.bind(("0.0.0.0",10022)); s.listen(); time.sleep(120)' &
+holder=$!
+for _ in $(seq 1 50); do in_ns ss -ltn | grep -q ':10022 ' && break; sleep 0.2; done
+log="$LOGDIR/85-user-net-error-port.log"
+rc=0
+in_ns timeout 60 "$MINIVMM" --kernel "$BZIMAGE" --initramfs "$img" \
+    --net "user,hostfwd=tcp::10022-:22" > "$log" 2>&1 < /dev/null || rc=$?
+kill "$holder" 2>/dev/null || true
+wait "$holder" 2>/dev/null || true
+holder=""
+if [ $rc -eq 0 ] || [ $rc -eq 124 ]; then echo "port taken: exit status $rc"; exit 1; fi
+grep -q "host tcp port 10022 is already in use" "$log" || { echo "port taken: unexpected message: $(cat "$log")"; exit 1; }
+echo "error port-taken: $(head -n1 "$log")"
+
+# The VM, in the background: L0 talks to it while it runs.
+log="$LOGDIR/85-user-net.log"
+in_ns timeout -k 5 480 "$MINIVMM" --kernel "$BZIMAGE" --initramfs "$img" --cpus 2 --memory 512M \
+    --iommu --net "user,hostfwd=tcp::10022-:22,hostfwd=tcp::10080-:80" \
+    --cmdline "console=ttyS0 panic=-1 intel_iommu=on" > "$log" 2> "$log.stderr" < /dev/null &
+vm=$!
+# wait_for PATTERN SECS: until the console shows PATTERN (fails if minivmm ended first).
+wait_for() {
+    for _ in $(seq 1 "$2"); do
+        grep -qE "$1" "$log" && return 0
+        kill -0 "$vm" 2>/dev/null || { echo "minivmm ended before '$1'"; return 1; }
+        sleep 1
+    done
+    echo "no '$1' after $2 s"
+    return 1
+}
+finish() {
+    wait "$vm" || true
+    vm=""
+    { echo "--- minivmm stderr"; cat "$log.stderr"; } >> "$log"
+    rm -f "$log.stderr"
+}
+if ! wait_for "^MINIVMM-USERNET-READY" 400; then finish; tail -n 30 "$log"; exit 1; fi
+got=$(in_ns timeout 120 python3 "$client" get 10022) || { finish; echo "get through 10022 failed"; exit 1; }
+put=$(in_ns timeout 120 python3 "$client" put 10080 4194304) || { finish; echo "put through 10080 failed"; exit 1; }
+if ! wait_for "^MINIVMM-USERNET-DONE" 120; then finish; exit 1; fi
+# Stop passt under the running VM, by the pid that holds the forward (ss -p).
+passt_pid=$(in_ns ss -ltnpH 'sport = :10022' | sed -n 's/.*pid=\([0-9]*\).*/\1/p' | head -n1)
+[ -n "$passt_pid" ] || { finish; echo "no process listens on 10022"; exit 1; }
+kill "$passt_pid"
+finish
+# The forward is gone with minivmm.
+if in_ns python3 -c 'import socket; socket.create_connection(("127.0.0.1", 10022), timeout=5)' 2>/dev/null; then
+    echo "127.0.0.1:10022 still accepts after minivmm exited"; exit 1
+fi
+
+expect "$log" "^MINIVMM-L1-UP" "the init marker" || exit 1
+reject "$log" "MINIVMM-INSMOD-FAILED" "a module load failure" || exit 1
+expect "$log" "^MINIVMM-VIRTIO .* device=0x0001 .*driver=virtio_net" "virtio_net bound" || exit 1
+features=$(grep -m1 "^MINIVMM-VIRTIO .* device=0x0001 " "$log" | sed 's/.*features=\([01]*\).*/\1/')
+[ "$(echo "$features" | cut -c34)" = 1 ] || { echo "ACCESS_PLATFORM (bit 33) not negotiated: $features"; exit 1; }
+[ "$(echo "$features" | cut -c1)" = 0 ] || { echo "CSUM (bit 0) negotiated over passt: $features"; exit 1; }
+expect "$log" "^MINIVMM-NET-LINK up 52:54:00:12:34:56" "eth0 up with the default MAC" || exit 1
+expect "$log" "^MINIVMM-DHCP ip=10.0.2.15 .*router=10.0.2.2" "the DHCP lease 10.0.2.15 via 10.0.2.2" || exit 1
+out=$(sed -n 's/^MINIVMM-USERNET-OUT \([0-9a-f]*\).*/\1/p' "$log" | tr -d '\r')
+[ "$got" = "4194304 $out" ] || { echo "L0 read '$got' from L1's port 22; L1 sent sha256 $out"; exit 1; }
+in=$(sed -n 's/^MINIVMM-USERNET-IN \([0-9]* [0-9a-f]*\).*/\1/p' "$log" | tr -d '\r')
+[ "$in" = "$put" ] || { echo "L1 received '$in' on port 80; L0 sent '$put'"; exit 1; }
+expect "$log" "^MINIVMM-USERNET-CARRIER 0 down" "the carrier lost when passt stopped" || exit 1
+expect "$log" "virtio-net: passt: .*: link down" "minivmm's link-down line" || exit 1
+reject "$log" "^MINIVMM-FAULT" "a DMAR fault" || exit 1
+expect "$log" "reboot: Power down" "an ACPI poweroff after the link went down" || exit 1
+reject "$log" "minivmm: error" "a minivmm error" || exit 1
+echo "user-net+iommu: DHCP 10.0.2.15, 4 MiB each way through hostfwd (sha256 match), link down when passt stopped, forward gone after exit"
