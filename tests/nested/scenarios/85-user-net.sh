@@ -16,6 +16,8 @@ command -v passt > /dev/null || { echo "passt is not installed in L0 (scripts/in
 ns="minivmm-usernet-$$"
 tpl=mvtpl0
 client="$NESTED_DIR/user-net-client.py"
+# Debian's python3 (the host root L0 runs in may put another first on PATH).
+py=/usr/bin/python3
 holder=""
 vm=""
 
@@ -36,7 +38,7 @@ ip -n "$ns" route add default via 10.0.2.2 dev "$tpl" onlink
 in_ns() { ip netns exec "$ns" "$@"; }
 
 # A host port already taken: refused before the guest starts, naming the port.
-in_ns python3 -c 'import socket,time; s=socket.socket(); s.bind(("0.0.0.0",10022)); s.listen(); time.sleep(120)' &
+in_ns "$py" -c 'import socket,time; s=socket.socket(); s.bind(("0.0.0.0",10022)); s.listen(); time.sleep(120)' &
 holder=$!
 for _ in $(seq 1 50); do in_ns ss -ltn | grep -q ':10022 ' && break; sleep 0.2; done
 log="$LOGDIR/85-user-net-error-port.log"
@@ -73,8 +75,8 @@ finish() {
     rm -f "$log.stderr"
 }
 if ! wait_for "^MINIVMM-USERNET-READY" 400; then finish; tail -n 30 "$log"; exit 1; fi
-got=$(in_ns timeout 120 python3 "$client" get 10022) || { finish; echo "get through 10022 failed"; exit 1; }
-put=$(in_ns timeout 120 python3 "$client" put 10080 4194304) || { finish; echo "put through 10080 failed"; exit 1; }
+got=$(in_ns timeout 120 "$py" "$client" get 10022) || { finish; echo "get through 10022 failed"; exit 1; }
+put=$(in_ns timeout 120 "$py" "$client" put 10080 4194304) || { finish; echo "put through 10080 failed"; exit 1; }
 if ! wait_for "^MINIVMM-USERNET-DONE" 120; then finish; exit 1; fi
 # Stop passt under the running VM, by the pid that holds the forward (ss -p).
 passt_pid=$(in_ns ss -ltnpH 'sport = :10022' | sed -n 's/.*pid=\([0-9]*\).*/\1/p' | head -n1)
@@ -82,7 +84,7 @@ passt_pid=$(in_ns ss -ltnpH 'sport = :10022' | sed -n 's/.*pid=\([0-9]*\).*/\1/p
 kill "$passt_pid"
 finish
 # The forward is gone with minivmm.
-if in_ns python3 -c 'import socket; socket.create_connection(("127.0.0.1", 10022), timeout=5)' 2>/dev/null; then
+if in_ns "$py" -c 'import socket; socket.create_connection(("127.0.0.1", 10022), timeout=5)' 2>/dev/null; then
     echo "127.0.0.1:10022 still accepts after minivmm exited"; exit 1
 fi
 
