@@ -15,7 +15,7 @@
 //! Plain `read`/`sendmsg` on a `UnixStream`: the protocol is a page of code and no maintained
 //! crate speaks it (libkrun's `unixstream.rs` is in-tree code).
 
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -52,6 +52,18 @@ fn set_sndbuf(sock: &UnixStream, size: libc::c_int) {
     };
     if r < 0 {
         log::debug!("SO_SNDBUF: {}", io::Error::last_os_error());
+    }
+}
+
+/// One `read(2)` (std's socket reads are `recvfrom`, which the worker's sandbox does not
+/// need otherwise).
+fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the call.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
     }
 }
 
@@ -282,7 +294,7 @@ impl NetBackend for Stream {
             if !self.link_up() {
                 return Err(io::ErrorKind::NotConnected.into());
             }
-            match (&self.sock).read(st.rx.space()) {
+            match read(self.sock.as_raw_fd(), st.rx.space()) {
                 Ok(0) => return Err(self.go_down(&"the peer closed the connection")),
                 Ok(n) => st.rx.filled(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(e),
