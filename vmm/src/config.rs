@@ -175,6 +175,9 @@ pub enum NetBackendConfig {
     User {
         hostfwd: Vec<crate::passt::HostFwd>,
         passt: Option<PathBuf>,
+        /// `mtu=`: given to passt (DHCP option 26) and offered by the card
+        /// (VIRTIO_NET_F_MTU); None: neither, the guest's 1500.
+        mtu: Option<u16>,
     },
     /// `socket=PATH`: a passt (or any peer of its stream protocol) already listening there.
     Socket(PathBuf),
@@ -203,6 +206,7 @@ impl NetConfig {
     /// virtio-net device over it.
     pub fn build(&self) -> Result<devices::virtio::net::Net, NetError> {
         use devices::virtio::net::{NetBackend, Stream, Tap};
+        let mut mtu = None;
         let backend: std::sync::Arc<dyn NetBackend> = match &self.backend {
             NetBackendConfig::Tap(name) => {
                 std::sync::Arc::new(Tap::open(name).map_err(|source| NetError::Tap {
@@ -210,8 +214,13 @@ impl NetConfig {
                     source,
                 })?)
             }
-            NetBackendConfig::User { hostfwd, passt } => {
-                let p = crate::passt::start(passt.as_deref(), hostfwd)?;
+            NetBackendConfig::User {
+                hostfwd,
+                passt,
+                mtu: m,
+            } => {
+                mtu = *m;
+                let p = crate::passt::start(passt.as_deref(), hostfwd, *m)?;
                 // Dropping the handle neither kills nor reaps: passt exits when the socket
                 // closes (with the device, or with minivmm).
                 drop(p.child);
@@ -219,7 +228,11 @@ impl NetConfig {
             }
             NetBackendConfig::Socket(path) => std::sync::Arc::new(Stream::connect(path)?),
         };
-        devices::virtio::net::Net::new(backend, self.mac).map_err(NetError::Thread)
+        let net = devices::virtio::net::Net::new(backend, self.mac).map_err(NetError::Thread)?;
+        Ok(match mtu {
+            Some(m) => net.with_mtu(m),
+            None => net,
+        })
     }
 }
 
@@ -478,7 +491,7 @@ pub fn net_from_options(s: &str, index: usize) -> Result<NetConfig, OptionError>
     let o = Options::parse(
         "net",
         &rest,
-        &["tap", "socket", "passt", "mac", "iommu_platform"],
+        &["tap", "socket", "passt", "mtu", "mac", "iommu_platform"],
         true,
     )?;
     let user = match o.kind() {
@@ -499,10 +512,17 @@ pub fn net_from_options(s: &str, index: usize) -> Result<NetConfig, OptionError>
     };
     user_only("hostfwd", !hostfwd.is_empty())?;
     user_only("passt", o.get("passt").is_some())?;
+    user_only("mtu", o.get("mtu").is_some())?;
+    let max = u64::from(devices::virtio::net::MAX_MTU);
+    let mtu = match o.get("mtu") {
+        Some(_) => Some(o.number("mtu", 1500, 68..=max)? as u16),
+        None => None,
+    };
     let backend = match (user, o.get("tap"), o.get("socket")) {
         (true, None, None) => NetBackendConfig::User {
             hostfwd,
             passt: o.get("passt").map(PathBuf::from),
+            mtu,
         },
         (false, Some(t), None) => {
             if t.is_empty() || t.len() >= devices::virtio::net::tap::IFNAMSIZ {

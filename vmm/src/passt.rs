@@ -106,8 +106,9 @@ pub enum PasstError {
 }
 
 /// passt's arguments: foreground, quiet, the socket as fd `fd`, the forwards (`none` for a
-/// protocol without any, or passt would forward UDP on every forwarded TCP port).
-pub fn passt_args(fd: i32, fwds: &[HostFwd]) -> Vec<String> {
+/// protocol without any, or passt would forward UDP on every forwarded TCP port), the MTU
+/// for its DHCP answer if one is given.
+pub fn passt_args(fd: i32, fwds: &[HostFwd], mtu: Option<u16>) -> Vec<String> {
     let spec = |proto| {
         let s: Vec<_> = fwds
             .iter()
@@ -120,7 +121,7 @@ pub fn passt_args(fd: i32, fwds: &[HostFwd]) -> Vec<String> {
             s.join(",")
         }
     };
-    vec![
+    let mut args: Vec<String> = vec![
         "--foreground".into(),
         "--quiet".into(),
         "--fd".into(),
@@ -129,7 +130,11 @@ pub fn passt_args(fd: i32, fwds: &[HostFwd]) -> Vec<String> {
         spec(Proto::Tcp),
         "--udp-ports".into(),
         spec(Proto::Udp),
-    ]
+    ];
+    if let Some(m) = mtu {
+        args.extend(["--mtu".into(), m.to_string()]);
+    }
+    args
 }
 
 /// `passt=PATH`, else `passt` on PATH.
@@ -190,8 +195,13 @@ pub struct Passt {
 /// How long passt gets to bind its forwards before the VM starts anyway.
 const START_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Starts passt (`passt=PATH` or from PATH) with `fwds`, after checking the host ports.
-pub fn start(given: Option<&Path>, fwds: &[HostFwd]) -> Result<Passt, PasstError> {
+/// Starts passt (`passt=PATH` or from PATH) with `fwds` (and `mtu`), after checking the host
+/// ports.
+pub fn start(
+    given: Option<&Path>,
+    fwds: &[HostFwd],
+    mtu: Option<u16>,
+) -> Result<Passt, PasstError> {
     let exe = find_passt(given)?;
     probe_ports(fwds)?;
     let (sock, theirs) = UnixStream::pair().map_err(PasstError::Setup)?;
@@ -199,7 +209,7 @@ pub fn start(given: Option<&Path>, fwds: &[HostFwd]) -> Result<Passt, PasstError
     let stderr = log.try_clone().map_err(PasstError::Setup)?;
     let fd = theirs.as_raw_fd();
     let mut cmd = Command::new(&exe);
-    cmd.args(passt_args(fd, fwds))
+    cmd.args(passt_args(fd, fwds, mtu))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(stderr);

@@ -55,6 +55,8 @@ pub const VIRTIO_NET_F_GUEST_TSO6: u64 = 1 << 8;
 pub const VIRTIO_NET_F_HOST_TSO4: u64 = 1 << 11;
 /// VIRTIO_NET_F_HOST_TSO6: the device takes TCPv6 segments to split (5.1.3).
 pub const VIRTIO_NET_F_HOST_TSO6: u64 = 1 << 12;
+/// VIRTIO_NET_F_MTU: the configuration `mtu` field is valid (virtio 1.2 section 5.1.3).
+pub const VIRTIO_NET_F_MTU: u64 = 1 << 3;
 /// VIRTIO_NET_F_MAC: the device has a given MAC address (virtio 1.2 section 5.1.3).
 pub const VIRTIO_NET_F_MAC: u64 = 1 << 5;
 /// VIRTIO_NET_F_STATUS: the configuration `status` field is valid (section 5.1.3).
@@ -125,9 +127,16 @@ pub const THREAD_NAME: &str = "virtio-net";
 mod config {
     pub const MAC: usize = 0;
     pub const STATUS: usize = 6;
-    /// Up to and including `status`: `max_virtqueue_pairs`, `mtu` and the rest are not offered.
+    pub const MAX_VIRTQUEUE_PAIRS: usize = 8;
+    pub const MTU: usize = 10;
+    /// Up to and including `status` without an MTU; up to and including `mtu` with one.
     pub const LEN: usize = 8;
+    pub const LEN_WITH_MTU: usize = 12;
 }
+
+/// The largest MTU the device may offer: an Ethernet frame of it (with a VLAN tag) and the
+/// header fit [`MAX_FRAME`]. passt's own limit, 65520, is below it.
+pub const MAX_MTU: u16 = 65_520;
 
 /// Frames and packets the device dropped, by cause.
 #[derive(Debug, Default)]
@@ -165,6 +174,8 @@ pub struct Net {
     stats: Arc<NetStats>,
     worker: WorkerThread<NetJob>,
     active: bool,
+    /// The MTU offered (VIRTIO_NET_F_MTU), if any.
+    mtu: Option<u16>,
 }
 
 impl Net {
@@ -179,7 +190,16 @@ impl Net {
             stats: Arc::new(NetStats::default()),
             worker: WorkerThread::spawn(THREAD_NAME)?,
             active: false,
+            mtu: None,
         })
+    }
+
+    /// Offers `mtu` (VIRTIO_NET_F_MTU, section 5.1.4; at most [`MAX_MTU`]): the driver sizes
+    /// its interface and, above 1500, posts receive chains for 64 KiB frames. For a backend
+    /// whose peer takes frames that large (passt with `--mtu`).
+    pub fn with_mtu(mut self, mtu: u16) -> Self {
+        self.mtu = Some(mtu.clamp(68, MAX_MTU));
+        self
     }
 
     /// The drop and frame counters.
@@ -192,8 +212,16 @@ impl Net {
         self.active
     }
 
-    fn config_space(&self) -> [u8; config::LEN] {
-        let mut c = [0u8; config::LEN];
+    /// The configuration space: up to `status`, or up to `mtu` when one is offered.
+    fn config_space(&self) -> Vec<u8> {
+        let mut c = vec![0u8; config::LEN];
+        if let Some(mtu) = self.mtu {
+            c.resize(config::LEN_WITH_MTU, 0);
+            // One queue pair (section 5.1.4: valid with MQ or RSS, neither offered; 1 anyway).
+            c[config::MAX_VIRTQUEUE_PAIRS..config::MAX_VIRTQUEUE_PAIRS + 2]
+                .copy_from_slice(&1u16.to_le_bytes());
+            c[config::MTU..config::MTU + 2].copy_from_slice(&mtu.to_le_bytes());
+        }
         c[config::MAC..config::MAC + 6].copy_from_slice(&self.mac);
         let status = if self.backend.link_up() {
             VIRTIO_NET_S_LINK_UP
@@ -232,7 +260,13 @@ impl VirtioDevice for Net {
         } else {
             0
         };
+        let mtu = if self.mtu.is_some() {
+            VIRTIO_NET_F_MTU
+        } else {
+            0
+        };
         offloads
+            | mtu
             | VIRTIO_NET_F_MAC
             | VIRTIO_NET_F_STATUS
             | VIRTIO_RING_F_EVENT_IDX

@@ -424,11 +424,12 @@ fn net_user_takes_repeated_hostfwd_and_passt() {
                 },
             ],
             passt: Some("/opt/passt".into()),
+            mtu: None,
         }
     );
     assert!(matches!(
         net_from_options("user", 0).unwrap().backend,
-        NetBackendConfig::User { ref hostfwd, passt: None } if hostfwd.is_empty()
+        NetBackendConfig::User { ref hostfwd, passt: None, mtu: None } if hostfwd.is_empty()
     ));
 }
 
@@ -490,4 +491,18 @@ fn net_socket_build_to_a_missing_path_names_the_flag() {
         e.starts_with("--net socket: Cannot connect to /nonexistent/passt.sock: "),
         "{e}"
     );
+}
+
+#[test]
+fn net_user_mtu_is_bounded_and_user_only() {
+    assert!(matches!(
+        net_from_options("user,mtu=65520", 0).unwrap().backend,
+        NetBackendConfig::User {
+            mtu: Some(65520),
+            ..
+        }
+    ));
+    assert!(net_from_options("user,mtu=65521", 0).is_err());
+    assert!(net_from_options("user,mtu=67", 0).is_err());
+    assert!(net_from_options("tap=t,mtu=9000", 0).is_err());
 }

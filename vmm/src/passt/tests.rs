@@ -1,5 +1,5 @@
 //! passt's arguments, the port probe and (when passt is installed) a real passt: a DHCP
-//! discover through the socket gets an offer back, a connection to the forwarded host port
+//! discover through the socket gets an offer back (with the MTU given), a connection to the forwarded host port
 //! reaches the guest side as a SYN to the guest port, and passt exits (the forward gone)
 //! when the socket closes.
 
@@ -27,6 +27,7 @@ fn passt_args_map_hostfwd_to_tcp_and_udp_ports_and_none() {
                 ..fwd(Proto::Tcp, 8080, 80)
             },
         ],
+        None,
     );
     assert_eq!(
         a,
@@ -41,8 +42,18 @@ fn passt_args_map_hostfwd_to_tcp_and_udp_ports_and_none() {
             "none"
         ]
     );
-    let a = passt_args(3, &[fwd(Proto::Udp, 5353, 53)]);
-    assert_eq!(&a[4..], ["--tcp-ports", "none", "--udp-ports", "5353:53"]);
+    let a = passt_args(3, &[fwd(Proto::Udp, 5353, 53)], Some(65520));
+    assert_eq!(
+        &a[4..],
+        [
+            "--tcp-ports",
+            "none",
+            "--udp-ports",
+            "5353:53",
+            "--mtu",
+            "65520"
+        ]
+    );
 }
 
 #[test]
@@ -154,7 +165,7 @@ fn passt_real_answers_dhcp_forwards_a_host_port_and_exits_with_the_socket() {
     let port = (20_000..30_000)
         .find(|&p| TcpListener::bind(("0.0.0.0", p)).is_ok())
         .unwrap();
-    let mut p = start(Some(&exe), &[fwd(Proto::Tcp, port, 22)]).unwrap();
+    let mut p = start(Some(&exe), &[fwd(Proto::Tcp, port, 22)], Some(65520)).unwrap();
     assert!(tcp_listening(port), "passt does not listen on {port}");
     let mut sock = p.sock.try_clone().unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(10)))
@@ -172,6 +183,11 @@ fn passt_real_answers_dhcp_forwards_a_host_port_and_exits_with_the_socket() {
     assert_eq!(
         &offer[14 + 20 + 8 + 4..14 + 20 + 8 + 8],
         &0x1234_5678u32.to_be_bytes()
+    );
+    // The MTU given to passt comes back as DHCP option 26 (RFC 2132 section 5.1).
+    assert!(
+        offer.windows(4).any(|w| w == [26, 2, 0xff, 0xf0]),
+        "no MTU 65520 option in the offer"
     );
     // A host connection to the forwarded port arrives as a SYN to guest port 22.
     let _client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();

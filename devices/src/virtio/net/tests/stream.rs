@@ -442,3 +442,32 @@ fn stream_job_receives_a_frame_into_the_chain() {
     want[10] = 1;
     assert_eq!(bytes(&mem, BUF, n), want);
 }
+
+#[test]
+fn device_with_mtu_offers_f_mtu_and_reads_it_after_max_virtqueue_pairs() {
+    let (s, _peer) = pair();
+    let n = Net::new(s, [0x52, 0x54, 0, 0x12, 0x34, 0x56])
+        .unwrap()
+        .with_mtu(65_520);
+    assert_ne!(n.features() & VIRTIO_NET_F_MTU, 0);
+    let mut c = [0xffu8; 14];
+    n.read_config(0, &mut c);
+    // max_virtqueue_pairs 1 at 8, mtu at 10, nothing past 12 (5.1.4).
+    assert_eq!(&c[8..14], &[1, 0, 0xf0, 0xff, 0, 0]);
+    // Above what a receive chain takes, clamped.
+    let (s2, _peer2) = pair();
+    let n = Net::new(s2, [2, 0, 0, 0, 0, 1]).unwrap().with_mtu(u16::MAX);
+    let mut m = [0u8; 2];
+    n.read_config(10, &mut m);
+    assert_eq!(u16::from_le_bytes(m), MAX_MTU);
+}
+
+#[test]
+fn device_without_mtu_offers_no_f_mtu() {
+    let (s, _peer) = pair();
+    let n = Net::new(s, [0x52, 0x54, 0, 0x12, 0x34, 0x56]).unwrap();
+    assert_eq!(n.features() & VIRTIO_NET_F_MTU, 0);
+    let mut c = [0xffu8; 4];
+    n.read_config(8, &mut c);
+    assert_eq!(c, [0; 4]);
+}
