@@ -4,6 +4,7 @@
 #    and a tap with 10.0.2.15/24 and a default route via 10.0.2.2, which passt copies for the
 #    guest (passt needs a routable interface; nothing is sent on it);
 #  - errors: a forwarded host port another process holds is refused in one line naming it;
+#  - minivmm killed with SIGKILL: passt exits with it (one-off on its socket), the forward goes;
 #  - behind the vIOMMU: virtio_net bound with ACCESS_PLATFORM, L1 takes 10.0.2.15 and router
 #    10.0.2.2 by DHCP, L0 reads 4 MiB from L1's port 22 through 127.0.0.1:10022 and sends 4 MiB
 #    to L1's port 80 through 127.0.0.1:10080, both with matching sha256s;
@@ -51,6 +52,20 @@ holder=""
 if [ $rc -eq 0 ] || [ $rc -eq 124 ]; then echo "port taken: exit status $rc"; exit 1; fi
 grep -q "host tcp port 10022 is already in use" "$log" || { echo "port taken: unexpected message: $(cat "$log")"; exit 1; }
 echo "error port-taken: $(head -n1 "$log")"
+
+# minivmm killed (SIGKILL, nothing of it runs on): passt goes with it, and so does the
+# forward. ip netns exec runs minivmm in its own process, so $! is minivmm.
+in_ns "$MINIVMM" --kernel "$BZIMAGE" --initramfs "$img" --net "user,hostfwd=tcp::10022-:22" \
+    > "$LOGDIR/85-user-net-killed.log" 2>&1 < /dev/null &
+vm=$!
+for _ in $(seq 1 100); do in_ns ss -ltn | grep -q ':10022 ' && break; sleep 0.2; done
+in_ns ss -ltn | grep -q ':10022 ' || { echo "minivmm's passt never listened on 10022"; exit 1; }
+kill -KILL "$vm"
+wait "$vm" 2>/dev/null || true
+vm=""
+for _ in $(seq 1 50); do in_ns ss -ltn | grep -q ':10022 ' || break; sleep 0.2; done
+if in_ns ss -ltn | grep -q ':10022 '; then echo "10022 still forwarded after minivmm was killed"; exit 1; fi
+echo "minivmm killed: passt and its forward gone"
 
 # The VM, in the background: L0 talks to it while it runs.
 log="$LOGDIR/85-user-net.log"
