@@ -8,6 +8,7 @@
 #  - behind the vIOMMU: virtio_net bound with ACCESS_PLATFORM, L1 takes 10.0.2.15 and router
 #    10.0.2.2 by DHCP, L0 reads 4 MiB from L1's port 22 through 127.0.0.1:10022 and sends 4 MiB
 #    to L1's port 80 through 127.0.0.1:10080, both with matching sha256s;
+#  - the same without --iommu and with mtu=65520: eth0's MTU 65520, 64 KiB frames both ways;
 #  - passt stopped under the running VM: the guest's carrier goes down and L1 powers off in
 #    order (the VM keeps running); after minivmm exits the forward is gone.
 img="$NESTED_WORKDIR/l1-user-net.img"
@@ -67,12 +68,54 @@ for _ in $(seq 1 50); do in_ns ss -ltn | grep -q ':10022 ' || break; sleep 0.2; 
 if in_ns ss -ltn | grep -q ':10022 '; then echo "10022 still forwarded after minivmm was killed"; exit 1; fi
 echo "minivmm killed: passt and its forward gone"
 
-# The VM, in the background: L0 talks to it while it runs.
-log="$LOGDIR/85-user-net.log"
-in_ns timeout -k 5 480 "$MINIVMM" --kernel "$BZIMAGE" --initramfs "$img" --cpus 2 --memory 512M \
-    --iommu --net "user,hostfwd=tcp::10022-:22,hostfwd=tcp::10080-:80" \
-    --cmdline "console=ttyS0 panic=-1 intel_iommu=on" > "$log" 2> "$log.stderr" < /dev/null &
-vm=$!
+# vm_run NAME MTU(none|N) IOMMU(1|0): one VM in the background, L0 talking to it while it
+# runs, then the checks; prints one summary line.
+vm_run() {
+    local name="$1" mtu="$2" iommu="$3" net args got put features out in want_mtu
+    log="$LOGDIR/85-user-net-$name.log"
+    net="user,hostfwd=tcp::10022-:22,hostfwd=tcp::10080-:80"
+    want_mtu=1500
+    if [ "$mtu" != none ]; then net="$net,mtu=$mtu"; want_mtu=$mtu; fi
+    args=(--kernel "$BZIMAGE" --initramfs "$img" --cpus 2 --memory 512M --net "$net")
+    if [ "$iommu" = 1 ]; then
+        args+=(--iommu --cmdline "console=ttyS0 panic=-1 intel_iommu=on")
+    else
+        args+=(--cmdline "console=ttyS0 panic=-1")
+    fi
+    in_ns timeout -k 5 480 "$MINIVMM" "${args[@]}" > "$log" 2> "$log.stderr" < /dev/null &
+    vm=$!
+    if ! wait_for "^MINIVMM-USERNET-READY" 400; then finish; tail -n 30 "$log"; return 1; fi
+    got=$(in_ns timeout 120 "$py" "$client" get 10022) || { finish; echo "$name: get through 10022 failed"; return 1; }
+    put=$(in_ns timeout 120 "$py" "$client" put 10080 4194304) || { finish; echo "$name: put through 10080 failed"; return 1; }
+    if ! wait_for "^MINIVMM-USERNET-DONE" 120; then finish; return 1; fi
+    # Stop passt under the running VM, by the pid that holds the forward (ss -p).
+    passt_pid=$(in_ns ss -ltnpH 'sport = :10022' | sed -n 's/.*pid=\([0-9]*\).*/\1/p' | head -n1)
+    [ -n "$passt_pid" ] || { finish; echo "$name: no process listens on 10022"; return 1; }
+    kill "$passt_pid"
+    finish
+    # The forward is gone with minivmm.
+    if in_ns "$py" -c 'import socket; socket.create_connection(("127.0.0.1", 10022), timeout=5)' 2>/dev/null; then
+        echo "$name: 127.0.0.1:10022 still accepts after minivmm exited"; return 1
+    fi
+    expect "$log" "^MINIVMM-L1-UP" "the init marker" || return 1
+    reject "$log" "MINIVMM-INSMOD-FAILED" "a module load failure" || return 1
+    expect "$log" "^MINIVMM-VIRTIO .* device=0x0001 .*driver=virtio_net" "virtio_net bound" || return 1
+    features=$(grep -m1 "^MINIVMM-VIRTIO .* device=0x0001 " "$log" | sed 's/.*features=\([01]*\).*/\1/')
+    [ "$(echo "$features" | cut -c34)" = "$iommu" ] || { echo "$name: ACCESS_PLATFORM (bit 33) is not $iommu: $features"; return 1; }
+    [ "$(echo "$features" | cut -c1)" = 0 ] || { echo "$name: CSUM (bit 0) negotiated over passt: $features"; return 1; }
+    expect "$log" "^MINIVMM-NET-LINK up 52:54:00:12:34:56 mtu=$want_mtu" "eth0 up with the default MAC and MTU $want_mtu" || return 1
+    expect "$log" "^MINIVMM-DHCP ip=10.0.2.15 .*router=10.0.2.2" "the DHCP lease 10.0.2.15 via 10.0.2.2" || return 1
+    out=$(sed -n 's/^MINIVMM-USERNET-OUT \([0-9a-f]*\).*/\1/p' "$log" | tr -d '\r')
+    [ "$got" = "4194304 $out" ] || { echo "$name: L0 read '$got' from L1's port 22; L1 sent sha256 $out"; return 1; }
+    in=$(sed -n 's/^MINIVMM-USERNET-IN \([0-9]* [0-9a-f]*\).*/\1/p' "$log" | tr -d '\r')
+    [ "$in" = "$put" ] || { echo "$name: L1 received '$in' on port 80; L0 sent '$put'"; return 1; }
+    expect "$log" "^MINIVMM-USERNET-CARRIER 0 down" "the carrier lost when passt stopped" || return 1
+    expect "$log" "virtio-net: passt: .*: link down" "minivmm's link-down line" || return 1
+    reject "$log" "^MINIVMM-FAULT" "a DMAR fault" || return 1
+    expect "$log" "reboot: Power down" "an ACPI poweroff after the link went down" || return 1
+    reject "$log" "minivmm: error" "a minivmm error" || return 1
+    echo "$name: DHCP 10.0.2.15, MTU $want_mtu, 4 MiB each way through hostfwd (sha256 match), link down when passt stopped, forward gone after exit"
+}
 # wait_for PATTERN SECS: until the console shows PATTERN (fails if minivmm ended first).
 wait_for() {
     for _ in $(seq 1 "$2"); do
@@ -89,35 +132,5 @@ finish() {
     { echo "--- minivmm stderr"; cat "$log.stderr"; } >> "$log"
     rm -f "$log.stderr"
 }
-if ! wait_for "^MINIVMM-USERNET-READY" 400; then finish; tail -n 30 "$log"; exit 1; fi
-got=$(in_ns timeout 120 "$py" "$client" get 10022) || { finish; echo "get through 10022 failed"; exit 1; }
-put=$(in_ns timeout 120 "$py" "$client" put 10080 4194304) || { finish; echo "put through 10080 failed"; exit 1; }
-if ! wait_for "^MINIVMM-USERNET-DONE" 120; then finish; exit 1; fi
-# Stop passt under the running VM, by the pid that holds the forward (ss -p).
-passt_pid=$(in_ns ss -ltnpH 'sport = :10022' | sed -n 's/.*pid=\([0-9]*\).*/\1/p' | head -n1)
-[ -n "$passt_pid" ] || { finish; echo "no process listens on 10022"; exit 1; }
-kill "$passt_pid"
-finish
-# The forward is gone with minivmm.
-if in_ns "$py" -c 'import socket; socket.create_connection(("127.0.0.1", 10022), timeout=5)' 2>/dev/null; then
-    echo "127.0.0.1:10022 still accepts after minivmm exited"; exit 1
-fi
-
-expect "$log" "^MINIVMM-L1-UP" "the init marker" || exit 1
-reject "$log" "MINIVMM-INSMOD-FAILED" "a module load failure" || exit 1
-expect "$log" "^MINIVMM-VIRTIO .* device=0x0001 .*driver=virtio_net" "virtio_net bound" || exit 1
-features=$(grep -m1 "^MINIVMM-VIRTIO .* device=0x0001 " "$log" | sed 's/.*features=\([01]*\).*/\1/')
-[ "$(echo "$features" | cut -c34)" = 1 ] || { echo "ACCESS_PLATFORM (bit 33) not negotiated: $features"; exit 1; }
-[ "$(echo "$features" | cut -c1)" = 0 ] || { echo "CSUM (bit 0) negotiated over passt: $features"; exit 1; }
-expect "$log" "^MINIVMM-NET-LINK up 52:54:00:12:34:56" "eth0 up with the default MAC" || exit 1
-expect "$log" "^MINIVMM-DHCP ip=10.0.2.15 .*router=10.0.2.2" "the DHCP lease 10.0.2.15 via 10.0.2.2" || exit 1
-out=$(sed -n 's/^MINIVMM-USERNET-OUT \([0-9a-f]*\).*/\1/p' "$log" | tr -d '\r')
-[ "$got" = "4194304 $out" ] || { echo "L0 read '$got' from L1's port 22; L1 sent sha256 $out"; exit 1; }
-in=$(sed -n 's/^MINIVMM-USERNET-IN \([0-9]* [0-9a-f]*\).*/\1/p' "$log" | tr -d '\r')
-[ "$in" = "$put" ] || { echo "L1 received '$in' on port 80; L0 sent '$put'"; exit 1; }
-expect "$log" "^MINIVMM-USERNET-CARRIER 0 down" "the carrier lost when passt stopped" || exit 1
-expect "$log" "virtio-net: passt: .*: link down" "minivmm's link-down line" || exit 1
-reject "$log" "^MINIVMM-FAULT" "a DMAR fault" || exit 1
-expect "$log" "reboot: Power down" "an ACPI poweroff after the link went down" || exit 1
-reject "$log" "minivmm: error" "a minivmm error" || exit 1
-echo "user-net+iommu: DHCP 10.0.2.15, 4 MiB each way through hostfwd (sha256 match), link down when passt stopped, forward gone after exit"
+vm_run iommu none 1 || exit 1
+vm_run mtu64k-noiommu 65520 0 || exit 1
