@@ -1,5 +1,6 @@
 # shellcheck shell=bash
 # User-mode networking through passt (--net user,hostfwd=...): minivmm starts passt itself.
+# (Named "usernet": SCENARIOS matches whole words, and "user-net" would select 80-net too.)
 #  - a network namespace made here holds everything: its loopback (the forwarded host ports)
 #    and a tap with 10.0.2.15/24 and a default route via 10.0.2.2, which passt copies for the
 #    guest (passt needs a routable interface; nothing is sent on it);
@@ -42,26 +43,33 @@ in_ns() { ip netns exec "$ns" "$@"; }
 # A host port already taken: refused before the guest starts, naming the port.
 in_ns "$py" -c 'import socket,time; s=socket.socket(); s.bind(("0.0.0.0",10022)); s.listen(); time.sleep(120)' &
 holder=$!
+# listener_pid PORT: the process listening on TCP PORT in the namespace (ip netns exec may run
+# its command as a child, so $! is not always it).
+listener_pid() { in_ns ss -ltnpH "sport = :$1" | sed -n 's/.*pid=\([0-9]*\).*/\1/p' | head -n1; }
 for _ in $(seq 1 50); do in_ns ss -ltn | grep -q ':10022 ' && break; sleep 0.2; done
 log="$LOGDIR/85-user-net-error-port.log"
 rc=0
 in_ns timeout 60 "$MINIVMM" --kernel "$BZIMAGE" --initramfs "$img" \
     --net "user,hostfwd=tcp::10022-:22" > "$log" 2>&1 < /dev/null || rc=$?
-kill "$holder" 2>/dev/null || true
+kill "$(listener_pid 10022)" "$holder" 2>/dev/null || true
 wait "$holder" 2>/dev/null || true
 holder=""
+for _ in $(seq 1 50); do in_ns ss -ltn | grep -q ':10022 ' || break; sleep 0.2; done
 if [ $rc -eq 0 ] || [ $rc -eq 124 ]; then echo "port taken: exit status $rc"; exit 1; fi
 grep -q "host tcp port 10022 is already in use" "$log" || { echo "port taken: unexpected message: $(cat "$log")"; exit 1; }
 echo "error port-taken: $(head -n1 "$log")"
 
 # minivmm killed (SIGKILL, nothing of it runs on): passt goes with it, and so does the
-# forward. ip netns exec runs minivmm in its own process, so $! is minivmm.
+# forward. minivmm is passt's parent.
 in_ns "$MINIVMM" --kernel "$BZIMAGE" --initramfs "$img" --net "user,hostfwd=tcp::10022-:22" \
     > "$LOGDIR/85-user-net-killed.log" 2>&1 < /dev/null &
 vm=$!
 for _ in $(seq 1 100); do in_ns ss -ltn | grep -q ':10022 ' && break; sleep 0.2; done
 in_ns ss -ltn | grep -q ':10022 ' || { echo "minivmm's passt never listened on 10022"; exit 1; }
-kill -KILL "$vm"
+passt_pid=$(listener_pid 10022)
+minivmm_pid=$(ps -o ppid= -p "$passt_pid" | tr -d ' ')
+[ "$(cat "/proc/$minivmm_pid/comm")" = minivmm ] || { echo "passt's parent is not minivmm"; exit 1; }
+kill -KILL "$minivmm_pid"
 wait "$vm" 2>/dev/null || true
 vm=""
 for _ in $(seq 1 50); do in_ns ss -ltn | grep -q ':10022 ' || break; sleep 0.2; done
@@ -89,7 +97,7 @@ vm_run() {
     put=$(in_ns timeout 120 "$py" "$client" put 10080 4194304) || { finish; echo "$name: put through 10080 failed"; return 1; }
     if ! wait_for "^MINIVMM-USERNET-DONE" 120; then finish; return 1; fi
     # Stop passt under the running VM, by the pid that holds the forward (ss -p).
-    passt_pid=$(in_ns ss -ltnpH 'sport = :10022' | sed -n 's/.*pid=\([0-9]*\).*/\1/p' | head -n1)
+    passt_pid=$(listener_pid 10022)
     [ -n "$passt_pid" ] || { finish; echo "$name: no process listens on 10022"; return 1; }
     kill "$passt_pid"
     finish
