@@ -107,10 +107,14 @@ pub struct Cli {
     #[arg(long = "disk", value_name = "OPTIONS")]
     pub disks: Vec<String>,
 
-    /// Add a virtio-net card (virtio-pci 1af4:1041) over a tap interface; repeatable.
-    /// tap=NAME[,mac=MAC][,iommu_platform=on|off]: the tap is created if absent (which needs
-    /// CAP_NET_ADMIN; make it beforehand with `ip tuntap add dev NAME mode tap user USER` to
-    /// run unprivileged); mac= defaults to 52:54:00:12:34:56, the last byte counting up per
+    /// Add a virtio-net card (virtio-pci 1af4:1041); repeatable. tap=NAME: over a tap
+    /// interface, created if absent (which needs CAP_NET_ADMIN; make it beforehand with
+    /// `ip tuntap add dev NAME mode tap user USER` to run unprivileged).
+    /// user[,hostfwd=tcp::HOSTPORT-:GUESTPORT]...[,hostfwd=udp::...][,passt=PATH][,mtu=N]:
+    /// user-mode networking through passt, which minivmm starts (DHCP, DNS, forwards; no root
+    /// needed; mtu= up to 65520 is given to passt and offered to the guest).
+    /// socket=PATH: a passt (or any peer of its stream protocol) listening at PATH. Also
+    /// [,mac=MAC][,iommu_platform=on|off]; mac= defaults to 52:54:00:12:34:56, the last byte counting up per
     /// card; with --iommu the card offers ACCESS_PLATFORM unless iommu_platform=off.
     #[arg(long = "net", value_name = "OPTIONS")]
     pub nets: Vec<String>,

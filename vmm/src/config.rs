@@ -121,7 +121,7 @@ pub enum DeviceConfig {
     Rng(RngConfig),
     /// virtio-blk over virtio-pci (1af4:1042), over a raw image.
     Disk(DiskConfig),
-    /// virtio-net over virtio-pci (1af4:1041), over a tap.
+    /// virtio-net over virtio-pci (1af4:1041), over a tap or passt.
     Net(NetConfig),
 }
 
@@ -188,18 +188,35 @@ impl DiskConfig {
     }
 }
 
-/// A virtio-net card over a tap (`--net`).
+/// A virtio-net card (`--net`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NetConfig {
-    /// The tap interface's name (created if absent, which needs CAP_NET_ADMIN).
-    pub tap: String,
+    pub backend: NetBackendConfig,
     pub mac: [u8; 6],
     /// Offer VIRTIO_F_ACCESS_PLATFORM when the VM has an IOMMU (as `--rng`).
     pub iommu_platform: bool,
 }
 
-/// A `--net` that cannot be made: the tap (missing and not creatable, in use, permission) or
-/// the device's thread. The message names the flag.
+/// Where a `--net` card's frames go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NetBackendConfig {
+    /// `tap=NAME`: the tap interface (created if absent, which needs CAP_NET_ADMIN).
+    Tap(String),
+    /// `user[,hostfwd=...][,passt=PATH]`: a passt minivmm starts ([`crate::passt`]).
+    User {
+        hostfwd: Vec<crate::passt::HostFwd>,
+        passt: Option<PathBuf>,
+        /// `mtu=`: given to passt (DHCP option 26) and offered by the card
+        /// (VIRTIO_NET_F_MTU); None: neither, the guest's 1500.
+        mtu: Option<u16>,
+    },
+    /// `socket=PATH`: a passt (or any peer of its stream protocol) already listening there.
+    Socket(PathBuf),
+}
+
+/// A `--net` that cannot be made: the tap (missing and not creatable, in use, permission),
+/// passt (not installed, a host port taken), the socket, or the device's thread. The
+/// message names the flag.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
     #[error("--net tap={tap}: {source}")]
@@ -207,22 +224,45 @@ pub enum NetError {
         tap: String,
         source: devices::virtio::net::TapError,
     },
-    #[error("--net tap={tap}: cannot start the device's thread: {source}")]
-    Thread { tap: String, source: std::io::Error },
+    #[error("--net user: {0}")]
+    Passt(#[from] crate::passt::PasstError),
+    #[error("--net socket: {0}")]
+    Socket(#[from] devices::virtio::net::StreamError),
+    #[error("--net: cannot start the device's thread: {0}")]
+    Thread(std::io::Error),
 }
 
 impl NetConfig {
-    /// Opens the tap and makes the virtio-net device over it.
+    /// Opens the backend (a tap; passt started, or its socket connected) and makes the
+    /// virtio-net device over it.
     pub fn build(&self) -> Result<devices::virtio::net::Net, NetError> {
-        let tap = devices::virtio::net::Tap::open(&self.tap).map_err(|source| NetError::Tap {
-            tap: self.tap.clone(),
-            source,
-        })?;
-        devices::virtio::net::Net::new(std::sync::Arc::new(tap), self.mac).map_err(|source| {
-            NetError::Thread {
-                tap: self.tap.clone(),
-                source,
+        use devices::virtio::net::{NetBackend, Stream, Tap};
+        let mut mtu = None;
+        let backend: std::sync::Arc<dyn NetBackend> = match &self.backend {
+            NetBackendConfig::Tap(name) => {
+                std::sync::Arc::new(Tap::open(name).map_err(|source| NetError::Tap {
+                    tap: name.clone(),
+                    source,
+                })?)
             }
+            NetBackendConfig::User {
+                hostfwd,
+                passt,
+                mtu: m,
+            } => {
+                mtu = *m;
+                let p = crate::passt::start(passt.as_deref(), hostfwd, *m)?;
+                // Dropping the handle neither kills nor reaps: passt exits when the socket
+                // closes (with the device, or with minivmm).
+                drop(p.child);
+                std::sync::Arc::new(Stream::new(p.sock, "passt")?)
+            }
+            NetBackendConfig::Socket(path) => std::sync::Arc::new(Stream::connect(path)?),
+        };
+        let net = devices::virtio::net::Net::new(backend, self.mac).map_err(NetError::Thread)?;
+        Ok(match mtu {
+            Some(m) => net.with_mtu(m),
+            None => net,
         })
     }
 }
@@ -544,14 +584,68 @@ fn parse_mac(s: &str) -> Option<[u8; 6]> {
     (parts.next().is_none() && unicast).then_some(mac)
 }
 
-/// `--net tap=NAME[,mac=MAC][,iommu_platform=on|off]`, the `index`th `--net` (which picks
-/// the default MAC). Whether the tap opens is checked when the device is made.
+/// `--net tap=NAME|user[,hostfwd=...]...[,passt=PATH]|socket=PATH[,mac=MAC]
+/// [,iommu_platform=on|off]`, the `index`th `--net` (which picks the default MAC). Whether
+/// the tap opens, passt starts or the socket connects is checked when the device is made.
 pub fn net_from_options(s: &str, index: usize) -> Result<NetConfig, OptionError> {
-    let o = Options::parse("net", s, &["tap", "mac", "iommu_platform"], false)?;
-    let tap = match o.get("tap") {
-        Some(t) if !t.is_empty() && t.len() < devices::virtio::net::tap::IFNAMSIZ => t.to_string(),
-        Some(t) => return Err(o.invalid("tap", t, "expected an interface name of 1 to 15 bytes")),
-        None => return Err(o.invalid("tap", "", "tap=NAME is required")),
+    // `hostfwd=` may repeat: taken out before the one-of-each grammar sees the rest.
+    let mut hostfwd = Vec::new();
+    let mut rest = Vec::new();
+    for item in s.split(',') {
+        match item.strip_prefix("hostfwd=") {
+            Some(v) => hostfwd.push(v),
+            None => rest.push(item),
+        }
+    }
+    let rest = rest.join(",");
+    let o = Options::parse(
+        "net",
+        &rest,
+        &["tap", "socket", "passt", "mtu", "mac", "iommu_platform"],
+        true,
+    )?;
+    let user = match o.kind() {
+        None => false,
+        Some("user") => true,
+        Some(k) => return Err(o.invalid_kind(k, "expected user, tap=NAME or socket=PATH")),
+    };
+    let hostfwd = hostfwd
+        .into_iter()
+        .map(|v| crate::passt::HostFwd::parse(v).map_err(|e| o.invalid("hostfwd", v, &e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let user_only = |key: &'static str, given: bool| {
+        if given && !user {
+            Err(o.invalid(key, "", "only with --net user"))
+        } else {
+            Ok(())
+        }
+    };
+    user_only("hostfwd", !hostfwd.is_empty())?;
+    user_only("passt", o.get("passt").is_some())?;
+    user_only("mtu", o.get("mtu").is_some())?;
+    let max = u64::from(devices::virtio::net::MAX_MTU);
+    let mtu = match o.get("mtu") {
+        Some(_) => Some(o.number("mtu", 1500, 68..=max)? as u16),
+        None => None,
+    };
+    let backend = match (user, o.get("tap"), o.get("socket")) {
+        (true, None, None) => NetBackendConfig::User {
+            hostfwd,
+            passt: o.get("passt").map(PathBuf::from),
+            mtu,
+        },
+        (false, Some(t), None) => {
+            if t.is_empty() || t.len() >= devices::virtio::net::tap::IFNAMSIZ {
+                return Err(o.invalid("tap", t, "expected an interface name of 1 to 15 bytes"));
+            }
+            NetBackendConfig::Tap(t.to_string())
+        }
+        (false, None, Some(p)) if !p.is_empty() => NetBackendConfig::Socket(PathBuf::from(p)),
+        (false, None, Some(p)) => return Err(o.invalid("socket", p, "expected a path")),
+        (false, None, None) => {
+            return Err(o.invalid("tap", "", "tap=NAME, user or socket=PATH is required"))
+        }
+        _ => return Err(o.invalid_kind(s, "give one of user, tap=NAME and socket=PATH")),
     };
     let mac = match o.get("mac") {
         None => default_mac(index),
@@ -564,7 +658,7 @@ pub fn net_from_options(s: &str, index: usize) -> Result<NetConfig, OptionError>
         })?,
     };
     Ok(NetConfig {
-        tap,
+        backend,
         mac,
         iommu_platform: o.on_off("iommu_platform", true)?,
     })

@@ -15,6 +15,7 @@ mod layout;
 mod lifecycle;
 mod memory;
 mod options;
+mod passt;
 mod qmp;
 mod seccomp;
 mod state;

@@ -1,5 +1,5 @@
-//! virtio-net (virtio 1.2 section 5.1) over a tap device: one receive and one transmit queue,
-//! no control queue, no offloads. The 12-byte `virtio_net_hdr_v1` (5.1.6) is the tap's own
+//! virtio-net (virtio 1.2 section 5.1) over a tap device or a stream socket to passt
+//! ([`stream`]): one receive and one transmit queue, no control queue. Over a tap, the 12-byte `virtio_net_hdr_v1` (5.1.6) is the tap's own
 //! vnet header (`IFF_VNET_HDR`, `TUNSETVNETHDRSZ` 12), so frames pass between the rings and
 //! the tap with no translation of the header.
 //!
@@ -8,13 +8,18 @@
 //! the host stack finishes) and GUEST_CSUM and GUEST_TSO4/6 (the tap may hand the guest the
 //! same). What the tap may send is set from what the driver accepted (`TUNSETOFFLOAD`, as
 //! QEMU's `virtio_net_apply_guest_offloads`) when the worker starts the job: nothing until
-//! then, so a guest is never handed what it did not negotiate.
+//! then, so a guest is never handed what it did not negotiate. Over a stream socket no header
+//! travels, so none of these is offered.
+//!
+//! Link status (5.1.4): LINK_UP while the backend's peer is there; when a stream peer goes
+//! away the bit clears and a configuration change interrupt tells the driver.
 //!
 //! The work runs on the device's thread ("virtio-net", [`super::thread`]), started with the
 //! device and parked until activation: it polls the queues' notification eventfds and, while
 //! the receive queue has buffers, the tap ([`worker`]).
 
 mod backend;
+pub mod stream;
 pub mod tap;
 mod worker;
 
@@ -27,6 +32,7 @@ use std::sync::Arc;
 use virtio_queue::QueueT;
 
 pub use backend::NetBackend;
+pub use stream::{Stream, StreamError};
 pub use tap::{Tap, TapError};
 use worker::NetJob;
 
@@ -49,6 +55,8 @@ pub const VIRTIO_NET_F_GUEST_TSO6: u64 = 1 << 8;
 pub const VIRTIO_NET_F_HOST_TSO4: u64 = 1 << 11;
 /// VIRTIO_NET_F_HOST_TSO6: the device takes TCPv6 segments to split (5.1.3).
 pub const VIRTIO_NET_F_HOST_TSO6: u64 = 1 << 12;
+/// VIRTIO_NET_F_MTU: the configuration `mtu` field is valid (virtio 1.2 section 5.1.3).
+pub const VIRTIO_NET_F_MTU: u64 = 1 << 3;
 /// VIRTIO_NET_F_MAC: the device has a given MAC address (virtio 1.2 section 5.1.3).
 pub const VIRTIO_NET_F_MAC: u64 = 1 << 5;
 /// VIRTIO_NET_F_STATUS: the configuration `status` field is valid (section 5.1.3).
@@ -119,9 +127,16 @@ pub const THREAD_NAME: &str = "virtio-net";
 mod config {
     pub const MAC: usize = 0;
     pub const STATUS: usize = 6;
-    /// Up to and including `status`: `max_virtqueue_pairs`, `mtu` and the rest are not offered.
+    pub const MAX_VIRTQUEUE_PAIRS: usize = 8;
+    pub const MTU: usize = 10;
+    /// Up to and including `status` without an MTU; up to and including `mtu` with one.
     pub const LEN: usize = 8;
+    pub const LEN_WITH_MTU: usize = 12;
 }
+
+/// The largest MTU the device may offer: an Ethernet frame of it (with a VLAN tag) and the
+/// header fit [`MAX_FRAME`]. passt's own limit, 65520, is below it.
+pub const MAX_MTU: u16 = 65_520;
 
 /// Frames and packets the device dropped, by cause.
 #[derive(Debug, Default)]
@@ -151,7 +166,7 @@ impl NetStats {
     }
 }
 
-/// A virtio-net device over one backend (a tap).
+/// A virtio-net device over one backend (a tap, a stream socket).
 pub struct Net {
     mac: [u8; 6],
     backend: Arc<dyn NetBackend>,
@@ -159,6 +174,8 @@ pub struct Net {
     stats: Arc<NetStats>,
     worker: WorkerThread<NetJob>,
     active: bool,
+    /// The MTU offered (VIRTIO_NET_F_MTU), if any.
+    mtu: Option<u16>,
 }
 
 impl Net {
@@ -173,7 +190,16 @@ impl Net {
             stats: Arc::new(NetStats::default()),
             worker: WorkerThread::spawn(THREAD_NAME)?,
             active: false,
+            mtu: None,
         })
+    }
+
+    /// Offers `mtu` (VIRTIO_NET_F_MTU, section 5.1.4; at most [`MAX_MTU`]): the driver sizes
+    /// its interface and, above 1500, posts receive chains for 64 KiB frames. For a backend
+    /// whose peer takes frames that large (passt with `--mtu`).
+    pub fn with_mtu(mut self, mtu: u16) -> Self {
+        self.mtu = Some(mtu.clamp(68, MAX_MTU));
+        self
     }
 
     /// The drop and frame counters.
@@ -186,10 +212,23 @@ impl Net {
         self.active
     }
 
-    fn config_space(&self) -> [u8; config::LEN] {
-        let mut c = [0u8; config::LEN];
+    /// The configuration space: up to `status`, or up to `mtu` when one is offered.
+    fn config_space(&self) -> Vec<u8> {
+        let mut c = vec![0u8; config::LEN];
+        if let Some(mtu) = self.mtu {
+            c.resize(config::LEN_WITH_MTU, 0);
+            // One queue pair (section 5.1.4: valid with MQ or RSS, neither offered; 1 anyway).
+            c[config::MAX_VIRTQUEUE_PAIRS..config::MAX_VIRTQUEUE_PAIRS + 2]
+                .copy_from_slice(&1u16.to_le_bytes());
+            c[config::MTU..config::MTU + 2].copy_from_slice(&mtu.to_le_bytes());
+        }
         c[config::MAC..config::MAC + 6].copy_from_slice(&self.mac);
-        c[config::STATUS..config::STATUS + 2].copy_from_slice(&VIRTIO_NET_S_LINK_UP.to_le_bytes());
+        let status = if self.backend.link_up() {
+            VIRTIO_NET_S_LINK_UP
+        } else {
+            0
+        };
+        c[config::STATUS..config::STATUS + 2].copy_from_slice(&status.to_le_bytes());
         c
     }
 
@@ -211,12 +250,23 @@ impl VirtioDevice for Net {
     }
 
     fn features(&self) -> u64 {
-        VIRTIO_NET_F_CSUM
-            | VIRTIO_NET_F_GUEST_CSUM
-            | VIRTIO_NET_F_GUEST_TSO4
-            | VIRTIO_NET_F_GUEST_TSO6
-            | VIRTIO_NET_F_HOST_TSO4
-            | VIRTIO_NET_F_HOST_TSO6
+        let offloads = if self.backend.has_vnet_hdr() {
+            VIRTIO_NET_F_CSUM
+                | VIRTIO_NET_F_GUEST_CSUM
+                | VIRTIO_NET_F_GUEST_TSO4
+                | VIRTIO_NET_F_GUEST_TSO6
+                | VIRTIO_NET_F_HOST_TSO4
+                | VIRTIO_NET_F_HOST_TSO6
+        } else {
+            0
+        };
+        let mtu = if self.mtu.is_some() {
+            VIRTIO_NET_F_MTU
+        } else {
+            0
+        };
+        offloads
+            | mtu
             | VIRTIO_NET_F_MAC
             | VIRTIO_NET_F_STATUS
             | VIRTIO_RING_F_EVENT_IDX

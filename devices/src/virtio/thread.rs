@@ -22,6 +22,12 @@ pub trait WorkerJob: Send + 'static {
     fn start(&mut self) {}
     /// `fds()[i]` is readable.
     fn ready(&mut self, i: usize);
+    /// Descriptors to wait on until they are writable (a socket with output waiting).
+    fn write_fds(&self) -> Vec<RawFd> {
+        Vec::new()
+    }
+    /// `write_fds()[i]` is writable (or hung up).
+    fn writable(&mut self, _i: usize) {}
 }
 
 enum Command<J> {
@@ -93,14 +99,23 @@ impl<J: WorkerJob> Drop for WorkerThread<J> {
 fn run<J: WorkerJob>(name: &str, wake: &EventFd, commands: &Receiver<Command<J>>) {
     let mut job: Option<J> = None;
     loop {
+        let pollfd = |events| {
+            move |fd| libc::pollfd {
+                fd,
+                events,
+                revents: 0,
+            }
+        };
         let mut fds: Vec<libc::pollfd> = std::iter::once(wake.as_raw_fd())
             .chain(job.iter().flat_map(|j| j.fds()))
-            .map(|fd| libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            })
+            .map(pollfd(libc::POLLIN))
             .collect();
+        let readers = fds.len();
+        fds.extend(
+            job.iter()
+                .flat_map(|j| j.write_fds())
+                .map(pollfd(libc::POLLOUT)),
+        );
         // SAFETY: `fds` is a live, initialised array of `fds.len()` pollfd structs.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
         if n < 0 {
@@ -133,9 +148,14 @@ fn run<J: WorkerJob>(name: &str, wake: &EventFd, commands: &Receiver<Command<J>>
         if let Some(j) = job.as_mut() {
             // Queue processing is guest-visible progress: not while the VM is paused.
             let _busy = crate::quiesce::vm_gate().enter();
-            for (i, p) in fds[1..].iter().enumerate() {
+            for (i, p) in fds[1..readers].iter().enumerate() {
                 if p.revents != 0 {
                     j.ready(i);
+                }
+            }
+            for (i, p) in fds[readers..].iter().enumerate() {
+                if p.revents != 0 {
+                    j.writable(i);
                 }
             }
         }

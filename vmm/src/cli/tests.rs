@@ -283,7 +283,13 @@ fn cli_nets_repeat_in_order_with_distinct_default_macs() {
     ])
     .unwrap();
     let n = nets(&c);
-    let taps: Vec<_> = n.iter().map(|n| n.tap.as_str()).collect();
+    let taps: Vec<_> = n
+        .iter()
+        .map(|n| match &n.backend {
+            crate::config::NetBackendConfig::Tap(t) => t.as_str(),
+            other => panic!("not a tap: {other:?}"),
+        })
+        .collect();
     assert_eq!(taps, ["tap0", "tap1", "tap2"]);
     assert_eq!(n[0].mac, [0x52, 0x54, 0, 0x12, 0x34, 0x56]);
     assert_eq!(n[1].mac, [0x52, 0x54, 0, 0x12, 0x34, 0x57]);

@@ -347,7 +347,7 @@ fn net_without_tap_or_with_a_long_name_is_refused() {
         net_from_options("mac=52:54:00:12:34:56", 0)
             .unwrap_err()
             .to_string(),
-        "invalid value '' for '--net tap': tap=NAME is required"
+        "invalid value '' for '--net tap': tap=NAME, user or socket=PATH is required"
     );
     assert!(net_from_options("tap=", 0).is_err());
     assert!(net_from_options("tap=0123456789abcdef", 0).is_err());
@@ -366,7 +366,7 @@ fn net_default_mac_is_locally_administered_and_per_index() {
 #[test]
 fn net_build_with_an_unusable_tap_name_names_the_flag() {
     let n = NetConfig {
-        tap: "bad/name".into(),
+        backend: NetBackendConfig::Tap("bad/name".into()),
         mac: default_mac(0),
         iommu_platform: true,
     };
@@ -443,4 +443,114 @@ fn validate_firmware_boot_needs_low_ram_below_ovmf_ecam() {
     // 512 MiB ends far below it whatever low-ram-end says.
     c.memory = memory_from_options("512M").unwrap();
     assert_eq!(c.validate(), Ok(()));
+}
+
+#[test]
+fn net_user_takes_repeated_hostfwd_and_passt() {
+    use crate::passt::{HostFwd, Proto};
+    let n = net_from_options(
+        "user,hostfwd=tcp::10022-:22,hostfwd=udp:127.0.0.1:5353-:53,passt=/opt/passt,mac=02:00:00:00:00:01",
+        0,
+    )
+    .unwrap();
+    assert_eq!(n.mac, [2, 0, 0, 0, 0, 1]);
+    assert_eq!(
+        n.backend,
+        NetBackendConfig::User {
+            hostfwd: vec![
+                HostFwd {
+                    proto: Proto::Tcp,
+                    host_addr: None,
+                    host_port: 10022,
+                    guest_port: 22
+                },
+                HostFwd {
+                    proto: Proto::Udp,
+                    host_addr: Some("127.0.0.1".parse().unwrap()),
+                    host_port: 5353,
+                    guest_port: 53
+                },
+            ],
+            passt: Some("/opt/passt".into()),
+            mtu: None,
+        }
+    );
+    assert!(matches!(
+        net_from_options("user", 0).unwrap().backend,
+        NetBackendConfig::User { ref hostfwd, passt: None, mtu: None } if hostfwd.is_empty()
+    ));
+}
+
+#[test]
+fn net_socket_takes_a_path() {
+    assert_eq!(
+        net_from_options("socket=/run/passt.sock", 0)
+            .unwrap()
+            .backend,
+        NetBackendConfig::Socket("/run/passt.sock".into())
+    );
+    assert!(net_from_options("socket=", 0).is_err());
+}
+
+#[test]
+fn net_hostfwd_without_user_or_with_two_backends_is_refused() {
+    let e = net_from_options("tap=t,hostfwd=tcp::1-:2", 0).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "invalid value '' for '--net hostfwd': only with --net user"
+    );
+    assert!(net_from_options("user,tap=t", 0).is_err());
+    assert!(net_from_options("tap=t,socket=/s", 0).is_err());
+    assert!(net_from_options("bridge", 0).is_err());
+    assert!(net_from_options("socket=/s,passt=/p", 0).is_err());
+}
+
+#[test]
+fn net_hostfwd_bad_forms_name_the_option() {
+    for bad in [
+        "tcp::10022",
+        "tcp::0-:22",
+        "tcp::70000-:22",
+        "sctp::1-:2",
+        "tcp:nohost:1-:2",
+        "tcp::1-:x",
+    ] {
+        let e = net_from_options(&format!("user,hostfwd={bad}"), 0).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with(&format!("invalid value '{bad}' for '--net hostfwd'")),
+            "{e}"
+        );
+    }
+    // passt has one guest: a guest address is refused, saying why.
+    let e = net_from_options("user,hostfwd=tcp::1-10.0.2.15:2", 0).unwrap_err();
+    assert!(e.to_string().contains("guest address"), "{e}");
+}
+
+#[test]
+fn net_socket_build_to_a_missing_path_names_the_flag() {
+    let n = NetConfig {
+        backend: NetBackendConfig::Socket("/nonexistent/passt.sock".into()),
+        mac: default_mac(0),
+        iommu_platform: true,
+    };
+    let e = n.build().err().unwrap().to_string();
+    assert!(
+        e.starts_with("--net socket: Cannot connect to /nonexistent/passt.sock: "),
+        "{e}"
+    );
+}
+
+#[test]
+fn net_user_mtu_is_bounded_and_user_only() {
+    assert!(matches!(
+        net_from_options("user,mtu=65520", 0).unwrap().backend,
+        NetBackendConfig::User {
+            mtu: Some(65520),
+            ..
+        }
+    ));
+    assert!(net_from_options("user,mtu=65521", 0).is_err());
+    assert!(net_from_options("user,mtu=67", 0).is_err());
+    assert!(net_from_options("tap=t,mtu=9000", 0).is_err());
 }

@@ -241,6 +241,11 @@ pub const VIRTIO: &[Rule] = &[
     any("fdatasync", libc::SYS_fdatasync),
     any("fallocate", libc::SYS_fallocate),
     any("pwrite64", libc::SYS_pwrite64),
+    // virtio-net over a stream socket (passt, `--net user|socket=`): frames go out with
+    // sendmsg (MSG_NOSIGNAL: a peer gone is an error, not SIGPIPE), and a peer that breaks
+    // the protocol has its connection shut down.
+    any("sendmsg", libc::SYS_sendmsg),
+    any("shutdown", libc::SYS_shutdown),
 ];
 
 /// The background identity map of guest RAM for a passed-through function.

@@ -67,6 +67,15 @@ fn probe() {
                 )
             };
             assert_eq!(ret, 0);
+            // A stream backend (passt's protocol) over a socketpair, made during setup.
+            let (ours, mut peer) = std::os::unix::net::UnixStream::pair().unwrap();
+            let stream = devices::virtio::net::Stream::new(ours, "probe peer").unwrap();
+            // The peer's frames wait in the socket: a 2-byte frame, then a bad length.
+            {
+                use std::io::Write;
+                peer.write_all(&[0, 0, 0, 2, 0xaa, 0xbb]).unwrap();
+                peer.write_all(&u32::MAX.to_be_bytes()).unwrap();
+            }
             sandbox(class).unwrap();
             // SAFETY: plain system calls on values that need no memory of ours to stay valid
             // (the winsize, pollfd and byte buffers are locals of the sizes given).
@@ -132,6 +141,24 @@ fn probe() {
                         // The offloads, set at activation (ENOTTY on a socket; not trapped).
                         let req = devices::virtio::net::tap::TUNSETOFFLOAD;
                         libc::ioctl(pair[0], req as _, 0 as libc::c_ulong);
+                    }
+                    "stream" => {
+                        // What virtio-net's worker does on a stream socket to passt: sendmsg
+                        // a frame, poll and read one, shut down a peer breaking the protocol.
+                        use devices::virtio::net::NetBackend;
+                        let mut f = [0u8; 72];
+                        let slice = vm_memory::VolatileSlice::from(&mut f[..]);
+                        assert_eq!(stream.write_frame(&[slice]).unwrap(), 72);
+                        let mut p = libc::pollfd {
+                            fd: stream.rx_fd(),
+                            events: libc::POLLIN | libc::POLLOUT,
+                            revents: 0,
+                        };
+                        assert_eq!(libc::poll(&mut p, 1, 1000), 1);
+                        let mut buf = vec![0u8; 128];
+                        assert_eq!(stream.read_frame(&mut buf).unwrap(), 14);
+                        assert!(stream.read_frame(&mut buf).is_err());
+                        assert!(!stream.link_up());
                     }
                     "tunsetiff" => {
                         // Attaching a tap is setup's, never a worker's.
@@ -209,6 +236,13 @@ fn seccomp_virtio_blk_io_thread_reads_writes_syncs_and_allocates() {
 #[test]
 fn seccomp_virtio_net_worker_polls_reads_writes_and_sets_offloads_on_its_tap() {
     let (code, stdout, stderr) = run_probe("on", "net@virtio");
+    assert_eq!(code, Some(0), "stdout {stdout} stderr {stderr}");
+    assert!(stdout.contains("PROBE-SURVIVED"));
+}
+
+#[test]
+fn seccomp_virtio_net_worker_sends_reads_and_shuts_down_a_stream_socket() {
+    let (code, stdout, stderr) = run_probe("on", "stream@virtio");
     assert_eq!(code, Some(0), "stdout {stdout} stderr {stderr}");
     assert!(stdout.contains("PROBE-SURVIVED"));
 }

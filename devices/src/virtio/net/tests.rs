@@ -733,3 +733,5 @@ fn reset_stops_the_worker_and_frames_stay_in_the_backend() {
 }
 
 mod tap;
+
+mod stream;

@@ -12,6 +12,12 @@
 //! write to the backend (`writev` on the tap) and the chain returned with used length 0. A
 //! fault sends nothing.
 //!
+//! A stream backend may accept a frame it could send only part of: the worker then takes no
+//! transmit chain until the rest went out (it polls the socket for POLLOUT), so the guest's
+//! ring holds the backlog. A backend whose peer went away takes the link down: a
+//! configuration change interrupt tells the driver, receive chains stay posted and
+//! transmitted frames are dropped (counted), as on a NIC with no carrier.
+//!
 //! A ring the device cannot use (a bad avail index, a ring the IOMMU refuses) sets
 //! DEVICE_NEEDS_RESET (virtio 1.2 section 2.1.2) and stops that queue's work until a reset.
 
@@ -50,6 +56,8 @@ pub(crate) struct NetJob {
     frame: Vec<u8>,
     /// The driver's features.
     features: u64,
+    /// The link state the driver was last told of.
+    link_up: bool,
 }
 
 /// A chain's non-empty buffers: (address, length).
@@ -89,6 +97,7 @@ impl NetJob {
             tx_broken: false,
             frame: vec![0u8; MAX_FRAME + 1],
             features,
+            link_up: true,
         }
     }
 
@@ -102,10 +111,22 @@ impl NetJob {
 impl WorkerJob for NetJob {
     fn fds(&self) -> Vec<RawFd> {
         let mut fds = vec![self.rx_notify.as_raw_fd(), self.tx_notify.as_raw_fd()];
-        if self.rx_ready {
+        if self.rx_ready && self.backend.link_up() {
             fds.push(self.backend.rx_fd());
         }
         fds
+    }
+
+    fn write_fds(&self) -> Vec<RawFd> {
+        if self.backend.tx_pending() {
+            vec![self.backend.rx_fd()]
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn writable(&mut self, _i: usize) {
+        self.process_tx();
     }
 
     fn start(&mut self) {
@@ -118,6 +139,8 @@ impl WorkerJob for NetJob {
                 "{THREAD_NAME}: cannot set the tap's offloads to {offloads:#x}: {e}"
             );
         }
+        // A link that went down before this activation: the driver reads it in the config.
+        self.link_up = self.backend.link_up();
         // Anything already on the rings (a notification before DRIVER_OK took effect).
         self.process_tx();
         self.process_rx();
@@ -138,10 +161,21 @@ impl WorkerJob for NetJob {
             FD_BACKEND => self.process_rx(),
             _ => {}
         }
+        self.check_link();
     }
 }
 
 impl NetJob {
+    /// Tells the driver (configuration change, virtio 1.2 section 5.1.4) when the backend's
+    /// link went down.
+    fn check_link(&mut self) {
+        let up = self.backend.link_up();
+        if up != self.link_up {
+            self.link_up = up;
+            self.interrupt.signal_config();
+        }
+    }
+
     /// Moves frames from the backend into receive chains until either runs out.
     pub(crate) fn process_rx(&mut self) {
         if self.rx_broken {
@@ -169,6 +203,11 @@ impl NetJob {
 
     /// One frame into one chain, or why not.
     fn receive_one(&mut self) -> Result<Outcome, virtio_queue::Error> {
+        if !self.backend.link_up() {
+            // No carrier: the chains stay posted for a link that will not come back.
+            self.rx_ready = false;
+            return Ok(Outcome::Idle);
+        }
         let chain = self.rx.iter(&self.mem)?.next();
         let Some(chain) = chain else {
             // Out of chains: ask for a notification when more come, and stop polling the
@@ -250,6 +289,10 @@ impl NetJob {
                 // `iter` rather than `pop_descriptor_chain`, whose error log is not
                 // rate-limited: a driver can make the avail index bad on every notification.
                 loop {
+                    if !self.backend_can_send() {
+                        // Polled for POLLOUT (`write_fds`); the chains wait in the ring.
+                        return Ok(());
+                    }
                     let chain = self.tx.iter(&self.mem)?.next();
                     let Some(chain) = chain else { break };
                     let head = chain.head_index();
@@ -269,6 +312,22 @@ impl NetJob {
         }
         if used_any {
             self.signal(TX_QUEUE);
+        }
+        self.check_link();
+    }
+
+    /// Whether the backend takes a frame now: a frame it holds from a short write goes
+    /// first. A backend whose link is down takes (and drops) every frame.
+    fn backend_can_send(&self) -> bool {
+        if !self.backend.tx_pending() {
+            return true;
+        }
+        match self.backend.flush() {
+            Ok(done) => done,
+            Err(e) => {
+                iommu::warn_limited!("{THREAD_NAME}: backend write: {e}");
+                !self.backend.tx_pending()
+            }
         }
     }
 
