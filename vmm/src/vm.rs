@@ -328,7 +328,7 @@ impl Vm {
             std::thread::sleep(Duration::from_millis(1));
         }
         while let Ok(r) = self.stopped.try_recv() {
-            if r != StopReason::Reset {
+            if !matches!(r, StopReason::Reset | StopReason::HostReset) {
                 // Anything else asked meanwhile still stops the VM.
                 self.control.stop(r);
                 break;
@@ -406,8 +406,15 @@ impl Vm {
                 // A reset request with a VM reset to do: do it and go on.
                 let Some(sync) = &reset else { break };
                 match self.stopped.try_recv() {
-                    Ok(StopReason::Reset) => {
+                    Ok(r @ (StopReason::Reset | StopReason::HostReset)) => {
                         self.reset_vm(sync, &threads, &stop)?;
+                        // The monitor sent its own RESET when it asked (host-qmp-system-reset).
+                        if r == StopReason::Reset {
+                            self.emit_event(
+                                "RESET",
+                                serde_json::json!({ "guest": true, "reason": "guest-reset" }),
+                            );
+                        }
                         stopping.store(false, Ordering::Release);
                         continue;
                     }
@@ -495,6 +502,13 @@ fn read_firmware(path: &std::path::Path) -> Result<Vec<u8>, VmError> {
 }
 
 impl Vm {
+    /// Sends a QMP event to the connected clients, if there is a monitor.
+    fn emit_event(&self, name: &'static str, data: serde_json::Value) {
+        if let Some((server, _)) = &self.server {
+            server.events.emit(name, Some(data));
+        }
+    }
+
     /// Answers the monitor's requests that came in since the last loop turn.
     fn serve_control(&mut self, vcpus: &[JoinHandle<()>]) {
         let Some((server, _)) = &self.server else {
