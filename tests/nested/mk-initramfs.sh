@@ -3,7 +3,7 @@
 # modules from the unpacked Debian kernel (loaded by init in the order given, from /modules,
 # listed in /modules/order), and extra files.
 # Usage: mk-initramfs.sh OUT INIT [--module NAME]... [--file SRC:DST]...
-# Works on the host and inside L0's chroot (needs only busybox, cpio, gzip, find).
+# Works on the host and inside L0 (needs only busybox, cpio, gzip, find).
 set -euo pipefail
 # shellcheck source=tests/nested/common.sh
 . "$(dirname "$0")/common.sh"

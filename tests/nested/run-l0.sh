@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Boots the simulated host L0 (QEMU TCG, -cpu max with nested SVM, intel-iommu, edu) and runs
-# SCRIPT inside it, in a chroot of this machine's root, with the work dir mounted read-write at
+# SCRIPT inside it, with this machine's root as its root, with the work dir mounted read-write at
 # the same path. Streams all output; exits with SCRIPT's status. SCRIPT is copied into the
-# work dir first (the chroot's /tmp is private), so it may live anywhere.
+# work dir first (L0's /tmp is private), so it may live anywhere.
 # Usage: run-l0.sh [--timeout SECS] SCRIPT [ARGS...]
 # L0's QEMU is the lab's own build (build-l0-qemu.sh: Debian's 10.0.2 with the CR8 lock fix that
 # UEFI in L1 needs), or $L0_QEMU when set (L0_QEMU=qemu-system-x86_64: Debian's package).
