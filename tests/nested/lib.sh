@@ -155,3 +155,13 @@ l1_variant() {
     echo "$name: $out$RETRY_NOTE"
     return 1
 }
+
+# set_boot_options IMAGE OPTIONS: the kernel command line of the loader entry in a disk image
+# made by mk-disk-image.sh (its ESP starts at sector 2048).
+set_boot_options() {
+    local entry
+    entry=$(mktemp "${TMPDIR:-/tmp}/entry.XXXXXX")
+    printf 'title minivmm lab\nlinux /vmlinuz\ninitrd /initrd.img\noptions %s\n' "$2" > "$entry"
+    MTOOLS_SKIP_CHECK=1 mcopy -o -i "$1@@$((2048 * 512))" "$entry" ::/loader/entries/minivmm.conf
+    rm -f "$entry"
+}

@@ -4,6 +4,8 @@
 # the same path. Streams all output; exits with SCRIPT's status. SCRIPT is copied into the
 # work dir first (the chroot's /tmp is private), so it may live anywhere.
 # Usage: run-l0.sh [--timeout SECS] SCRIPT [ARGS...]
+# L0's QEMU is the lab's own build (build-l0-qemu.sh: Debian's 10.0.2 with the CR8 lock fix that
+# UEFI in L1 needs), or $L0_QEMU when set (L0_QEMU=qemu-system-x86_64: Debian's package).
 # Inside, SCRIPT sees: EDU_BDF (the edu device) and NVME_BDF (an NVMe controller with a 1 MiB
 # disk, MSI-X), both bound to vfio-pci, NESTED_WORKDIR, and the
 # variables of $NESTED_WORKDIR/env.sh (KVER, BZIMAGE, VMLINUX, MODDIR), plus MINIVMM,
@@ -19,6 +21,7 @@ if [ "${1:-}" = --timeout ]; then timeout="$2"; shift 2; fi
 script="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"; shift
 "$here/setup.sh" >&2
 lab_env
+l0_qemu="${L0_QEMU:-$("$here/build-l0-qemu.sh")}"
 
 mkdir -p "$work/job"
 cp "$script" "$work/job/script.sh"
@@ -42,7 +45,7 @@ rm -f "$work/status"
 # rare failure of its own (L0's kernel dies on an int3 left by cross-CPU code patching), so an
 # L0 that ends without a status is booted once more.
 boot_l0() {
-timeout -k 10 "$((timeout + 60))" qemu-system-x86_64 \
+timeout -k 10 "$((timeout + 60))" "$l0_qemu" \
     -machine q35,accel=tcg -cpu max -m 3072 -smp 2 \
     -display none -nodefaults -serial stdio -no-reboot \
     -kernel "$VMLINUX" -initrd "$work/l0-initrd.img" \
