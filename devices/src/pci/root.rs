@@ -132,8 +132,11 @@ fn probe_bars(dev: &mut dyn PciDevice) -> [Option<(u64, BarKind)>; NUM_BARS] {
     out
 }
 
-/// Where each BAR of `dev` should decode, from its BAR and command registers.
+/// Where each BAR of `dev` (`function`) should decode, from its BAR and command registers.
+/// An enabled BAR outside the windows does not decode (the host bridge does not forward
+/// it), with a warning.
 fn decoding(
+    function: Bdf,
     dev: &mut dyn PciDevice,
     bar_sizes: &[Option<(u64, BarKind)>; NUM_BARS],
     windows: &Windows,
@@ -152,6 +155,14 @@ fn decoding(
             }
         };
         out[bar] = Decode::new(kind, base, size, enabled, windows);
+        // A BAR being sized (all-ones) is not a placement.
+        let sizing = base | (size - 1) == u64::MAX || base | (size - 1) == u64::from(u32::MAX);
+        if out[bar].is_none() && enabled && base != 0 && !sizing {
+            iommu::warn_limited!(
+                "PCI {function} BAR {bar} at {base:#x} ({size:#x} bytes) is outside the host \
+                 bridge's windows: not decoded"
+            );
+        }
     }
     out
 }
@@ -317,7 +328,7 @@ impl PciRoot {
             .mapped
             .each_ref()
             .map(|m| m.as_ref().map(|m| m.at.base));
-        let wanted = decoding(&mut *dev, &slot.bar_sizes, &buses.windows);
+        let wanted = decoding(function, &mut *dev, &slot.bar_sizes, &buses.windows);
         let mut freed = false;
         // Everything that moved leaves first, so BARs of this device may trade places.
         for (mapped, want) in slot.mapped.iter_mut().zip(wanted) {

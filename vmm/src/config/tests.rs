@@ -404,6 +404,7 @@ fn validate_firmware_boot_needs_low_ram_below_ovmf_ecam() {
     let mut c = config();
     c.boot = BootSource::Firmware(FirmwareBoot {
         image: "OVMF.fd".into(),
+        phys_bits: None,
     });
     c.memory = memory_from_options("4G").unwrap();
     assert_eq!(
@@ -415,4 +416,26 @@ fn validate_firmware_boot_needs_low_ram_below_ovmf_ecam() {
     // 512 MiB ends far below it whatever low-ram-end says.
     c.memory = memory_from_options("512M").unwrap();
     assert_eq!(c.validate(), Ok(()));
+}
+
+#[test]
+fn address_map_firmware_mmio64_window_follows_guest_phys_bits() {
+    let mut c = config();
+    c.memory = memory_from_options("1G").unwrap();
+    let end = |c: &VmConfig| {
+        let m = c.address_map();
+        m.mmio64.0 + m.mmio64.1
+    };
+    c.boot = BootSource::Firmware(FirmwareBoot {
+        image: "OVMF.fd".into(),
+        phys_bits: Some(40),
+    });
+    // OVMF's window for a 40-bit guest is 896 GiB..1 TiB: it must decode.
+    assert_eq!(end(&c), 1 << 40);
+    assert_eq!(c.address_map().mmio64.0, 4 << 30);
+    c.boot = BootSource::Firmware(FirmwareBoot {
+        image: "OVMF.fd".into(),
+        phys_bits: None,
+    });
+    assert_eq!(end(&c), 64 << 30, "36 bits when unknown");
 }
