@@ -197,9 +197,10 @@ impl AddressMap {
     /// is either just above RAM (MemDetect.c PlatformGetFirstNonAddress: 32 GiB for 32 GiB)
     /// or, when it trusts CPUID's address width (edk2-stable202211 on: AMD with 40 bits,
     /// Intel with 36 or 39, any vendor with 41 or more), the top eighth of the address space
-    /// (PlatformDynamicMmioWindow: 896 GiB..1 TiB for 40 bits), where PciBusDxe assigns BARs
-    /// top-down. The window here covers both: from the first 1 GiB boundary above RAM (and
-    /// 4 GiB) to the end of the guest's address space.
+    /// (PlatformDynamicMmioWindow: 896 GiB..1 TiB for 40 bits), where PciBusDxe assigns the
+    /// 64-bit BARs (the lab saw virtio BAR 0 at 0xe0_0000_0000). The window here covers both:
+    /// from the first 1 GiB boundary above RAM (and 4 GiB) to the end of the guest's address
+    /// space.
     pub fn firmware(ram_end: u64, phys_bits: u8) -> Self {
         let mmio64_start = ram_end.max(RAM_HIGH_START).next_multiple_of(1 << 30);
         let mmio64_end = 1u64 << phys_bits.clamp(FW_PHYS_BITS_MIN, FW_PHYS_BITS_MAX);
@@ -246,10 +247,11 @@ mod tests {
 
     #[test]
     fn layout_firmware_mmio64_window_reaches_ovmf_dynamic_window() {
-        // OVMF 2022.11 with an AMD CPU of 40 address bits: 128 GiB at 896 GiB, BARs
-        // assigned top-down (a 32 KiB virtio BAR at 1 TiB - 32 KiB).
+        // OVMF 2022.11 with an AMD CPU of 40 address bits: 128 GiB at 896 GiB (the lab saw
+        // virtio BAR 0 at 0xe0_0000_0000); a BAR anywhere in it decodes.
         let m = AddressMap::firmware(1 << 30, 40);
         assert!(inside(&m, (896 << 30, 128 << 30)));
+        assert!(inside(&m, (0xe0_0000_0000, 0x8000)));
         assert!(inside(&m, ((1 << 40) - 0x8000, 0x8000)));
         assert_eq!(
             m.mmio64.0 + m.mmio64.1,
