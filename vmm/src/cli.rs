@@ -149,7 +149,10 @@ impl Cli {
             (_, Some(image)) => {
                 // OVMF's ECAM is at 0xb0000000: RAM below 4 GiB stops there.
                 memory.low_ram_end = memory.low_ram_end.min(crate::layout::FW_LOW_RAM_END_MAX);
-                config::BootSource::Firmware(config::FirmwareBoot { image })
+                config::BootSource::Firmware(config::FirmwareBoot {
+                    image,
+                    phys_bits: None,
+                })
             }
             (kernel, None) => config::BootSource::Kernel(config::KernelBoot {
                 // clap requires one of --kernel and --bios.

@@ -59,6 +59,9 @@ pub struct KernelBoot {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FirmwareBoot {
     pub image: PathBuf,
+    /// The guest's physical address width as its CPUID reports it (leaf 0x8000_0008), which
+    /// OVMF places its 64-bit PCI window by: filled in from KVM by `Vm::build` (None: 36).
+    pub phys_bits: Option<u8>,
 }
 
 /// `--debugcon file=PATH|stdio[,iobase=PORT]`.
@@ -295,17 +298,19 @@ impl VmConfig {
 
     /// The address map this VM's boot calls for.
     pub fn address_map(&self) -> layout::AddressMap {
-        if self.firmware() {
-            let ram_end = self
-                .memory
-                .ram_ranges()
-                .iter()
-                .map(|(s, l)| s + l)
-                .max()
-                .unwrap_or(0);
-            layout::AddressMap::firmware(ram_end)
-        } else {
-            layout::AddressMap::direct()
+        match &self.boot {
+            BootSource::Firmware(f) => {
+                let ram_end = self
+                    .memory
+                    .ram_ranges()
+                    .iter()
+                    .map(|(s, l)| s + l)
+                    .max()
+                    .unwrap_or(0);
+                let bits = f.phys_bits.unwrap_or(layout::FW_PHYS_BITS_MIN);
+                layout::AddressMap::firmware(ram_end, bits)
+            }
+            BootSource::Kernel(_) => layout::AddressMap::direct(),
         }
     }
 

@@ -68,6 +68,24 @@ fn topology_entries(function: u32, apic_id: u32, cpus: u32) -> [kvm_cpuid_entry2
     ]
 }
 
+/// Leaf 0x8000_0008 EAX bits 7:0: physical address bits (AMD APM vol. 3, CPUID Fn8000_0008).
+const EAX_PHYS_BITS_MASK: u32 = 0xff;
+/// The width without that leaf (Intel SDM vol. 3A 4.1.4: 36 bits with PAE).
+pub const DEFAULT_PHYS_BITS: u8 = 36;
+
+/// The physical address width the guest reads from CPUID (leaf 0x8000_0008, which [`patch`]
+/// leaves as KVM supports it): where OVMF puts its 64-bit PCI window.
+pub fn phys_bits(entries: &[kvm_cpuid_entry2]) -> u8 {
+    let max_ext = entries
+        .iter()
+        .find(|e| e.function == 0x8000_0000)
+        .map_or(0, |e| e.eax);
+    entries
+        .iter()
+        .find(|e| e.function == LEAF_AMD_SIZE && max_ext >= LEAF_AMD_SIZE)
+        .map_or(DEFAULT_PHYS_BITS, |e| (e.eax & EAX_PHYS_BITS_MASK) as u8)
+}
+
 /// Patches `entries` (KVM_GET_SUPPORTED_CPUID output) for vCPU `apic_id` of `cpus`.
 pub fn patch(entries: &mut Vec<kvm_cpuid_entry2>, apic_id: u32, cpus: u32) {
     let max_basic = entries
@@ -139,6 +157,24 @@ mod tests {
 
     fn find(v: &[kvm_cpuid_entry2], f: u32, i: u32) -> kvm_cpuid_entry2 {
         *v.iter().find(|e| e.function == f && e.index == i).unwrap()
+    }
+
+    #[test]
+    fn cpuid_phys_bits_reads_leaf_8000_0008_or_defaults_to_36() {
+        let mut v = base();
+        assert_eq!(
+            phys_bits(&v),
+            36,
+            "no leaf 0x8000_0000: the leaf is not there"
+        );
+        v.push(entry(0x8000_0000, 0, [LEAF_AMD_EXT_APIC, 0, 0, 0]));
+        assert_eq!(phys_bits(&v), 0x30);
+        v.iter_mut()
+            .filter(|e| e.function == LEAF_AMD_SIZE)
+            .for_each(|e| e.eax = 0x3028);
+        assert_eq!(phys_bits(&v), 40, "bits 15:8 are the linear width");
+        v.retain(|e| e.function != LEAF_AMD_SIZE);
+        assert_eq!(phys_bits(&v), 36);
     }
 
     #[test]

@@ -25,7 +25,7 @@
 //! 0xc000_0000 .. 0xfc00_0000  PCI 32-bit MMIO window (OVMF's Q35 aperture)
 //! 0xfec0_0000 ..              IOAPIC, VT-d, LAPIC, KVM pages as above
 //! 4 GiB - image .. 4 GiB      the firmware image, read-only (at most 16 MiB)
-//! above RAM .. MMIO64 end     PCI 64-bit window (wherever OVMF puts it above RAM)
+//! above RAM .. 2^phys_bits    PCI 64-bit window (wherever OVMF puts it above RAM)
 //! ports 0x6000 .. 0x10000     PCI I/O window (OVMF's); the ICH9 PM block at PMBASE
 //! ```
 
@@ -165,6 +165,12 @@ pub const FW_PMBASE: u16 = 0x600;
 const _: () = assert!(FW_ACPI_PM_PORT as u64 >= FW_PMBASE as u64 + devices::lpc::pmio::PMIO_SIZE);
 const _: () = assert!(FW_MMIO32_START + FW_MMIO32_SIZE <= IOAPIC_START);
 
+/// The physical address width a guest without CPUID leaf 0x8000_0008 has (Intel SDM vol. 3A
+/// 4.1.4: 36 bits), which is OVMF's minimum too (MemDetect.c); and the most 4-level paging
+/// reaches (52 is the architectural limit; OVMF stops at 47).
+pub const FW_PHYS_BITS_MIN: u8 = 36;
+pub const FW_PHYS_BITS_MAX: u8 = 48;
+
 /// The parts of the address map that differ between direct kernel boot and firmware boot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AddressMap {
@@ -195,13 +201,18 @@ impl AddressMap {
         }
     }
 
-    /// Firmware boot with RAM ending at `ram_end`: OVMF's
-    /// ECAM and apertures. OVMF puts its 64-bit window above RAM (MemDetect.c
-    /// PlatformGetFirstNonAddress, 32 GiB by default): the window here runs from the first
-    /// 1 GiB boundary above RAM (and 4 GiB) to the end of the direct-boot window.
-    pub fn firmware(ram_end: u64) -> Self {
+    /// Firmware boot with RAM ending at `ram_end`, for a guest whose CPUID gives
+    /// `phys_bits` physical address bits: OVMF's ECAM and apertures. OVMF's 64-bit window
+    /// is either just above RAM (MemDetect.c PlatformGetFirstNonAddress: 32 GiB for 32 GiB)
+    /// or, when it trusts CPUID's address width (edk2-stable202211 on: AMD with 40 bits,
+    /// Intel with 36 or 39, any vendor with 41 or more), the top eighth of the address space
+    /// (PlatformDynamicMmioWindow: 896 GiB..1 TiB for 40 bits), where PciBusDxe assigns the
+    /// 64-bit BARs (the lab saw virtio BAR 0 at 0xe0_0000_0000). The window here covers both:
+    /// from the first 1 GiB boundary above RAM (and 4 GiB) to the end of the guest's address
+    /// space.
+    pub fn firmware(ram_end: u64, phys_bits: u8) -> Self {
         let mmio64_start = ram_end.max(RAM_HIGH_START).next_multiple_of(1 << 30);
-        let mmio64_end = MMIO64_START + MMIO64_SIZE;
+        let mmio64_end = 1u64 << phys_bits.clamp(FW_PHYS_BITS_MIN, FW_PHYS_BITS_MAX);
         AddressMap {
             ecam: (FW_ECAM_START, FW_ECAM_SIZE),
             mmio32: (FW_MMIO32_START, FW_MMIO32_SIZE),
@@ -227,16 +238,42 @@ impl AddressMap {
 mod tests {
     use super::*;
 
+    fn inside(m: &AddressMap, (base, size): (u64, u64)) -> bool {
+        m.mmio64.0 <= base && base + size <= m.mmio64.0 + m.mmio64.1
+    }
+
     #[test]
     fn layout_firmware_map_is_ovmf_q35() {
-        let m = AddressMap::firmware(1 << 30);
+        let m = AddressMap::firmware(1 << 30, 40);
         assert_eq!(m.ecam, (0xb000_0000, 0x1000_0000));
         assert_eq!(m.mmio32, (0xc000_0000, 0x3c00_0000));
         assert_eq!(m.pci_io, (0x6000, 0xa000));
         assert_eq!(m.firmware_area, (0xff00_0000, 0x100_0000));
-        // OVMF's default 64-bit window for 1 GiB of RAM (32..64 GiB) is inside.
-        assert!(m.mmio64.0 <= 32 << 30 && m.mmio64.0 + m.mmio64.1 >= 64 << 30);
-        let big = AddressMap::firmware((4 << 30) + (9 << 30) + 5);
+        // OVMF's classic 64-bit window for 1 GiB of RAM (32..64 GiB) is inside.
+        assert!(inside(&m, (32 << 30, 32 << 30)));
+        let big = AddressMap::firmware((4 << 30) + (9 << 30) + 5, 40);
         assert_eq!(big.mmio64.0, 14 << 30, "above RAM");
+    }
+
+    #[test]
+    fn layout_firmware_mmio64_window_reaches_ovmf_dynamic_window() {
+        // OVMF 2022.11 with an AMD CPU of 40 address bits: 128 GiB at 896 GiB (the lab saw
+        // virtio BAR 0 at 0xe0_0000_0000); a BAR anywhere in it decodes.
+        let m = AddressMap::firmware(1 << 30, 40);
+        assert!(inside(&m, (896 << 30, 128 << 30)));
+        assert!(inside(&m, (0xe0_0000_0000, 0x8000)));
+        assert!(inside(&m, ((1 << 40) - 0x8000, 0x8000)));
+        assert_eq!(
+            m.mmio64.0 + m.mmio64.1,
+            1 << 40,
+            "nothing past the address space"
+        );
+        // 47 bits (OVMF's cap for 48-bit CPUs): 16 TiB at 112 TiB.
+        let m = AddressMap::firmware(1 << 30, 48);
+        assert!(inside(&m, (112 << 40, 16 << 40)));
+        // Without leaf 0x8000_0008 (36 bits) the classic window 32..64 GiB still fits.
+        let m = AddressMap::firmware(1 << 30, 0);
+        assert!(inside(&m, (32 << 30, 32 << 30)));
+        assert_eq!(m.mmio64.0 + m.mmio64.1, 64 << 30);
     }
 }

@@ -11,7 +11,7 @@ use devices::bus::lock;
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use firmware::BootConfig;
 use kvm_bindings::{
-    kvm_enable_cap, KVM_CAP_SPLIT_IRQCHIP, KVM_CAP_X2APIC_API, KVM_MAX_CPUID_ENTRIES,
+    kvm_enable_cap, CpuId, KVM_CAP_SPLIT_IRQCHIP, KVM_CAP_X2APIC_API, KVM_MAX_CPUID_ENTRIES,
 };
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
@@ -130,14 +130,11 @@ fn create_vm() -> Result<(Kvm, Arc<VmFd>), VmError> {
 /// Creates the vCPUs, the first one set up to enter the kernel as `boot` says (None: at the
 /// firmware's reset vector).
 fn create_vcpus(
-    kvm: &Kvm,
+    supported: &CpuId,
     vm: &VmFd,
     cpus: u32,
     boot: Option<&firmware::BootCpuState>,
 ) -> Result<Vec<kvm_ioctls::VcpuFd>, VmError> {
-    let supported = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(|e| VmError::Kvm("KVM_GET_SUPPORTED_CPUID", e))?;
     let mut vcpus = Vec::new();
     for id in 0..cpus {
         let fd = vm
@@ -148,7 +145,7 @@ fn create_vcpus(
             (0, None) => vcpu::Start::ResetVector,
             _ => vcpu::Start::WaitForSipi,
         };
-        vcpu::configure(&fd, id, cpus, &supported, start)?;
+        vcpu::configure(&fd, id, cpus, supported, start)?;
         vcpus.push(fd);
     }
     Ok(vcpus)
@@ -164,6 +161,15 @@ impl Vm {
             .map(|s| devices::vfio::check(s))
             .collect::<Result<Vec<_>, _>>()?;
         let (kvm, vm) = create_vm()?;
+        let supported = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(|e| VmError::Kvm("KVM_GET_SUPPORTED_CPUID", e))?;
+        // The firmware's 64-bit PCI window follows the guest's address width.
+        let mut cfg = cfg.clone();
+        if let crate::config::BootSource::Firmware(f) = &mut cfg.boot {
+            f.phys_bits = Some(crate::cpuid::phys_bits(supported.as_slice()));
+        }
+        let cfg = &cfg;
         let slots = Arc::new(MemSlots::new(kvm.get_nr_memslots())?);
         let mem = memory::create(&cfg.memory)?;
         memory::register(&vm, &mem, &slots)?;
@@ -228,7 +234,7 @@ impl Vm {
             }
         };
         crate::device_manager::stop_point()?;
-        let vcpus = create_vcpus(&kvm, &vm, cfg.cpus, boot.as_ref())?;
+        let vcpus = create_vcpus(&supported, &vm, cfg.cpus, boot.as_ref())?;
         let snapshots = if cfg.firmware() && !cfg.no_reboot {
             vcpus
                 .iter()

@@ -132,11 +132,15 @@ fn probe_bars(dev: &mut dyn PciDevice) -> [Option<(u64, BarKind)>; NUM_BARS] {
     out
 }
 
-/// Where each BAR of `dev` should decode, from its BAR and command registers.
+/// Where each BAR of `dev` (`function`) should decode, from its BAR and command registers.
+/// An enabled BAR outside the windows does not decode (the host bridge does not forward
+/// it), with a warning when `warn`.
 fn decoding(
+    function: Bdf,
     dev: &mut dyn PciDevice,
     bar_sizes: &[Option<(u64, BarKind)>; NUM_BARS],
     windows: &Windows,
+    warn: bool,
 ) -> [Option<Decode>; NUM_BARS] {
     let command = dev.read_config_register(REG_COMMAND_STATUS) as u16;
     let mut out = [None; NUM_BARS];
@@ -152,6 +156,14 @@ fn decoding(
             }
         };
         out[bar] = Decode::new(kind, base, size, enabled, windows);
+        // A BAR being sized (all-ones) is not a placement.
+        let sizing = base | (size - 1) == u64::MAX || base | (size - 1) == u64::from(u32::MAX);
+        if warn && out[bar].is_none() && enabled && base != 0 && !sizing {
+            iommu::warn_limited!(
+                "PCI {function} BAR {bar} at {base:#x} ({size:#x} bytes) is outside the host \
+                 bridge's windows: not decoded"
+            );
+        }
     }
     out
 }
@@ -202,7 +214,7 @@ impl PciRoot {
             mapped: Default::default(),
         });
         // A device whose BARs were set up before it arrived decodes at once.
-        self.refresh(n);
+        self.refresh(n, false);
         Ok(Bdf::new(0, n as u8, 0))
     }
 
@@ -299,14 +311,16 @@ impl PciRoot {
         };
         lock(&s.dev).write_config_register(reg, offset, data);
         if reg == REG_COMMAND_STATUS || (REG_BAR0..REG_BAR0 + NUM_BARS).contains(&reg) {
-            self.refresh(device as usize);
+            self.refresh(device as usize, true);
         }
     }
 
     /// Recomputes where the BARs of device `n` decode from its registers, and moves their
     /// bus ranges (and ioeventfds) to match. A BAR whose range would overlap another stays
     /// off the bus until the guest moves it or the other range goes away.
-    fn refresh(&mut self, n: usize) {
+    /// `guest`: the guest wrote a BAR or the command register (a BAR it enabled outside the
+    /// windows is worth a warning; the state a device arrives in is not).
+    fn refresh(&mut self, n: usize, guest: bool) {
         let buses = &self.buses;
         let Some(Some(slot)) = self.slots.get_mut(n) else {
             return;
@@ -317,7 +331,7 @@ impl PciRoot {
             .mapped
             .each_ref()
             .map(|m| m.as_ref().map(|m| m.at.base));
-        let wanted = decoding(&mut *dev, &slot.bar_sizes, &buses.windows);
+        let wanted = decoding(function, &mut *dev, &slot.bar_sizes, &buses.windows, guest);
         let mut freed = false;
         // Everything that moved leaves first, so BARs of this device may trade places.
         for (mapped, want) in slot.mapped.iter_mut().zip(wanted) {
@@ -434,7 +448,7 @@ impl PciRoot {
                 dev.write_config_register(REG_INTERRUPT, 0, &[intx_gsi(n as u8, pin) as u8]);
             }
             drop(dev);
-            self.refresh(n);
+            self.refresh(n, false);
         }
         Ok(())
     }

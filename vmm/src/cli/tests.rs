@@ -310,7 +310,8 @@ fn cli_bios_boots_firmware_and_caps_low_ram() {
     assert_eq!(
         c.boot,
         crate::config::BootSource::Firmware(crate::config::FirmwareBoot {
-            image: PathBuf::from("OVMF.fd")
+            image: PathBuf::from("OVMF.fd"),
+            phys_bits: None,
         })
     );
     assert!(c.firmware());

@@ -432,6 +432,7 @@ fn validate_firmware_boot_needs_low_ram_below_ovmf_ecam() {
     let mut c = config();
     c.boot = BootSource::Firmware(FirmwareBoot {
         image: "OVMF.fd".into(),
+        phys_bits: None,
     });
     c.memory = memory_from_options("4G").unwrap();
     assert_eq!(
@@ -553,4 +554,26 @@ fn net_user_mtu_is_bounded_and_user_only() {
     assert!(net_from_options("user,mtu=65521", 0).is_err());
     assert!(net_from_options("user,mtu=67", 0).is_err());
     assert!(net_from_options("tap=t,mtu=9000", 0).is_err());
+}
+
+#[test]
+fn address_map_firmware_mmio64_window_follows_guest_phys_bits() {
+    let mut c = config();
+    c.memory = memory_from_options("1G").unwrap();
+    let end = |c: &VmConfig| {
+        let m = c.address_map();
+        m.mmio64.0 + m.mmio64.1
+    };
+    c.boot = BootSource::Firmware(FirmwareBoot {
+        image: "OVMF.fd".into(),
+        phys_bits: Some(40),
+    });
+    // OVMF's window for a 40-bit guest is 896 GiB..1 TiB: it must decode.
+    assert_eq!(end(&c), 1 << 40);
+    assert_eq!(c.address_map().mmio64.0, 4 << 30);
+    c.boot = BootSource::Firmware(FirmwareBoot {
+        image: "OVMF.fd".into(),
+        phys_bits: None,
+    });
+    assert_eq!(end(&c), 64 << 30, "36 bits when unknown");
 }

@@ -86,7 +86,8 @@ impl Space {
 
 /// The resources of one machine.
 pub struct Resources {
-    /// Guest-physical addresses (below the 64-bit PCI window's end).
+    /// Guest-physical addresses, up to the widest address space a firmware-boot 64-bit
+    /// window may reach ([`layout::FW_PHYS_BITS_MAX`]).
     mmio: Space,
     /// The 64 KiB of port I/O.
     pio: Space,
@@ -99,7 +100,7 @@ pub struct Resources {
 impl Resources {
     pub fn new() -> Result<Self, ResourceError> {
         Ok(Resources {
-            mmio: Space::new(0, layout::MMIO64_START + layout::MMIO64_SIZE)?,
+            mmio: Space::new(0, 1 << layout::FW_PHYS_BITS_MAX)?,
             pio: Space::new(0, 0x1_0000)?,
             irqs: Space::new(0, layout::IOAPIC_NUM_PINS as u64)?,
             pci_slots: IdAllocator::new(1, (devices::pci::root::NUM_DEVICES - 1) as u32)
@@ -216,14 +217,14 @@ mod tests {
             (layout::RAM_HIGH_START, 8 << 30),
         ];
         let mut r = Resources::new().unwrap();
-        r.reserve_address_map(&ram, &layout::AddressMap::firmware((12 << 30) + 1))
+        r.reserve_address_map(&ram, &layout::AddressMap::firmware((12 << 30) + 1, 40))
             .unwrap();
         // RAM up to 0xc0000000 would run into OVMF's ECAM.
         let mut r = Resources::new().unwrap();
         assert!(matches!(
             r.reserve_address_map(
                 &[(0, layout::LOW_RAM_END_MAX)],
-                &layout::AddressMap::firmware(layout::LOW_RAM_END_MAX)
+                &layout::AddressMap::firmware(layout::LOW_RAM_END_MAX, 40)
             ),
             Err(ResourceError::Overlap {
                 what: "PCIe ECAM",

@@ -185,6 +185,7 @@ fn device_manager_firmware_boot_has_the_q35_look_alike() {
     let mut cfg = config();
     cfg.boot = crate::config::BootSource::Firmware(crate::config::FirmwareBoot {
         image: "OVMF.fd".into(),
+        phys_bits: None,
     });
     let (dm, _) = build(&cfg).unwrap();
     assert_eq!(vendor_device(&dm, 0), 0x29c0_8086, "Q35 MCH at 00:00.0");
@@ -230,6 +231,7 @@ fn device_manager_vm_reset_turns_vtd_translation_off_and_the_pm_block_off() {
     let mut cfg = config();
     cfg.boot = crate::config::BootSource::Firmware(crate::config::FirmwareBoot {
         image: "OVMF.fd".into(),
+        phys_bits: None,
     });
     cfg.iommu = Some(iommu::IommuConfig::default());
     let (dm, _) = build(&cfg).unwrap();

@@ -476,3 +476,19 @@ fn cf9_byte_accesses_reach_the_reset_register_and_leave_config_address() {
     plain.read(1, &mut b);
     assert_eq!(b[0], 0xff);
 }
+
+#[test]
+fn bar64_outside_the_windows_does_not_decode_until_moved_inside() {
+    let (rig, fake) = rig();
+    // BAR 2 (64-bit, 2 MiB) at 0xe0_0000_0000, past the 64-bit window (as OVMF's dynamic
+    // window is past a window that ends too low), memory decoding on.
+    rig.config(1, 0x18, &0u32.to_le_bytes());
+    rig.config(1, 0x1c, &0xe0u32.to_le_bytes());
+    rig.config(1, 0x4, &[0x2, 0]);
+    assert_eq!(rig.mmio_read(0xe0_0000_0010), [0xff; 4], "not forwarded");
+    assert!(fake.lock().unwrap().moves.is_empty());
+    // Inside the window it decodes.
+    rig.config(1, 0x1c, &0x10u32.to_le_bytes());
+    assert_eq!(rig.mmio_read(0x10_0000_0010), [2; 4]);
+    assert_eq!(fake.lock().unwrap().moves, vec![(2, Some(0x10_0000_0000))]);
+}
