@@ -12,4 +12,6 @@ tests/nested/setup.sh
 cargo build --release
 export MINIVMM="$PWD/target/release/minivmm"
 tests/nested/build-idle.sh
+LAB_PASST="$(tests/nested/build-passt.sh)"
+export LAB_PASST
 exec tests/nested/run-l0.sh --timeout "${BENCH_TIMEOUT:-3000}" tests/nested/bench-net-inner.sh

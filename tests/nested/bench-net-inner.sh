@@ -17,6 +17,8 @@ tmp="${TMPDIR:-/tmp}/bench-net"; mkdir -p "$tmp"
 img="$tmp/l1.img"
 "$NESTED_DIR/mk-initramfs.sh" "$img" "$NESTED_DIR/guest/init-bench-net" \
     --module failover --module net_failover --module virtio_net 2>/dev/null
+# The lab's passt (tests/nested/build-passt.sh) first on PATH, for minivmm and for QEMU's.
+[ -n "${LAB_PASST:-}" ] && PATH="$(dirname "$LAB_PASST"):$PATH"
 command -v passt > /dev/null || { echo "bench-net: passt is not installed in L0" >&2; exit 1; }
 
 # A namespace with a routable template interface for passt (nothing is sent on it).

@@ -15,5 +15,8 @@ if [ -z "${EDU_VFIO_TEST:-}" ] || [ -z "${MINIVMM_STATIC:-}" ]; then
     MINIVMM_STATIC="$(static_bin minivmm)"
 fi
 export EDU_VFIO_TEST MINIVMM_STATIC
+# The passt the user-networking scenario runs (build-passt.sh says why not Debian 12's).
+LAB_PASST="${LAB_PASST:-$("$NESTED_DIR/build-passt.sh")}"
+export LAB_PASST
 "$NESTED_DIR/build-idle.sh"
 exec "$NESTED_DIR/run-l0.sh" --timeout "${NESTED_TIMEOUT:-2400}" "$NESTED_DIR/inner-all.sh"

@@ -9,7 +9,7 @@
 # Inside, SCRIPT sees: EDU_BDF (the edu device) and NVME_BDF (an NVMe controller with a 1 MiB
 # disk, MSI-X), both bound to vfio-pci, NESTED_WORKDIR, and the
 # variables of $NESTED_WORKDIR/env.sh (KVER, BZIMAGE, VMLINUX, MODDIR), plus MINIVMM,
-# EDU_VFIO_TEST, SCENARIOS and RUST_LOG when set.
+# EDU_VFIO_TEST, LAB_PASST, SCENARIOS and RUST_LOG when set.
 set -euo pipefail
 # shellcheck source=tests/nested/common.sh
 . "$(dirname "$0")/common.sh"
@@ -29,7 +29,7 @@ cp "$script" "$work/job/script.sh"
     echo "set -e"
     echo ". '$work/env.sh'"
     echo "export KVER BZIMAGE VMLINUX MODDIR NESTED_WORKDIR='$work' NESTED_DIR='$here'"
-    for v in MINIVMM MINIVMM_STATIC EDU_VFIO_TEST SCENARIOS RUST_LOG BENCH_RUNS BENCH_MB BENCH_MINIVMM_ARGS L2_TIMEOUT L2_DEVICE BLK_BENCH BENCH_SECONDS BENCH_CONFIGS RELIABILITY_RUNS RELIABILITY_UNTIL; do
+    for v in MINIVMM MINIVMM_STATIC EDU_VFIO_TEST LAB_PASST SCENARIOS RUST_LOG BENCH_RUNS BENCH_MB BENCH_MINIVMM_ARGS L2_TIMEOUT L2_DEVICE BLK_BENCH BENCH_SECONDS BENCH_CONFIGS RELIABILITY_RUNS RELIABILITY_UNTIL; do
         [ -n "${!v:-}" ] && printf 'export %s=%q\n' "$v" "${!v}"
     done
     printf 'cd %q\n' "$PWD"

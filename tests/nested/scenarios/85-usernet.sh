@@ -15,6 +15,8 @@
 img="$NESTED_WORKDIR/l1-user-net.img"
 l1_initramfs "$img" "$NESTED_DIR/guest/init-user-net" \
     --module failover --module net_failover --module virtio_net
+# The lab's passt (tests/nested/build-passt.sh) first on PATH, where minivmm looks for it.
+[ -n "${LAB_PASST:-}" ] && PATH="$(dirname "$LAB_PASST"):$PATH"
 command -v passt > /dev/null || { echo "passt is not installed in L0 (scripts/install-deps.sh)"; exit 1; }
 ns="minivmm-usernet-$$"
 tpl=mvtpl0
