@@ -13,7 +13,8 @@ runs="${BENCH_RUNS:-5}"
 size=$(( ${BENCH_MB:-32} * 1024 * 1024 ))
 py=/usr/bin/python3
 client="$NESTED_DIR/user-net-client.py"
-tmp="${TMPDIR:-/tmp}/bench-net"; mkdir -p "$tmp"
+# In the work dir, so the logs outlive L0.
+tmp="$NESTED_WORKDIR/logs/bench-net"; mkdir -p "$tmp"
 img="$tmp/l1.img"
 "$NESTED_DIR/mk-initramfs.sh" "$img" "$NESTED_DIR/guest/init-bench-net" \
     --module failover --module net_failover --module virtio_net 2>/dev/null
@@ -52,7 +53,9 @@ measure() {
     local name="$1" port="$2" log="$tmp/$1.log" before after r i
     shift 2
     : > "$tmp/$name.txt"
-    in_ns "$@" > "$log" 2>&1 < /dev/null &
+    # ip netns exec directly (it execs the VMM), so $! is the VMM: a function run in the
+    # background would be a subshell, and killing it would leave the VM running.
+    ip netns exec "$ns" "$@" > "$log" 2>&1 < /dev/null &
     vm=$!
     for _ in $(seq 1 400); do
         grep -q "MINIVMM-BENCH-READY" "$log" && break
@@ -79,6 +82,11 @@ measure() {
     kill "$vm" 2>/dev/null || true
     wait "$vm" 2>/dev/null || true
     vm=""
+    port_free "$port"
+}
+# port_free PORT: until nothing listens on PORT (minivmm's passt goes when its socket closes).
+port_free() {
+    for _ in $(seq 1 50); do in_ns ss -ltn | grep -q ":$1 " || return 0; sleep 0.2; done
 }
 median() { sort -n | awk '{a[NR]=$1} END {if (NR==0) print 0; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 
@@ -97,7 +105,7 @@ measure qemu-slirp 15002 "${q[@]}" -netdev user,id=n0,hostfwd=tcp::15002-:5001 \
 # socket, so the directory is nobody's.
 sockdir=$(mktemp -d)
 chown nobody "$sockdir"
-in_ns passt --foreground --quiet --socket "$sockdir/passt.sock" --tcp-ports 15003:5001 \
+ip netns exec "$ns" passt --foreground --quiet --socket "$sockdir/passt.sock" --tcp-ports 15003:5001 \
     --udp-ports none > "$tmp/passt.log" 2>&1 &
 passt_pid=$!
 for _ in $(seq 1 50); do [ -S "$sockdir/passt.sock" ] && break; sleep 0.2; done
@@ -106,10 +114,11 @@ measure qemu-passt 15003 "${q[@]}" \
     -netdev "stream,id=n0,server=off,addr.type=unix,addr.path=$sockdir/passt.sock" \
     -device virtio-net-pci,netdev=n0,disable-legacy=on
 kill "$passt_pid" 2>/dev/null || true
+wait "$passt_pid" 2>/dev/null || true
 # QEMU over a passt with the same 65520-byte MTU as minivmm's 64k row (host_mtu= is
 # VIRTIO_NET_F_MTU): tells whether a loss at that MTU is minivmm's or passt's.
 rm -f "$sockdir/passt.sock"
-in_ns passt --foreground --quiet --socket "$sockdir/passt.sock" --tcp-ports 15005:5001 \
+ip netns exec "$ns" passt --foreground --quiet --socket "$sockdir/passt.sock" --tcp-ports 15005:5001 \
     --udp-ports none --mtu 65520 > "$tmp/passt-64k.log" 2>&1 &
 passt_pid=$!
 for _ in $(seq 1 50); do [ -S "$sockdir/passt.sock" ] && break; sleep 0.2; done
