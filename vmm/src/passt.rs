@@ -2,8 +2,9 @@
 //! hands the virtio-net device one end of a socketpair whose other end passt gets as `-F FD`.
 //!
 //! Why `-F` rather than `-s PATH` in a private directory: no path exists that another user
-//! could reach or that could go stale, and passt, started as root, drops to `nobody` before it
-//! binds `-s` (so it could not bind in a 0700 directory of root's). `-F` implies passt's
+//! could reach or that could go stale, and who binds `-s` depends on passt's version (Debian
+//! 12's, started as root, drops to `nobody` first; 2025's binds as root without capabilities),
+//! so no one private directory suits both. `-F` implies passt's
 //! one-off mode: when the VM stops and the socket closes, or minivmm dies and the kernel
 //! closes it, passt exits. `PR_SET_PDEATHSIG` is set in the child as well (it holds for an
 //! unprivileged user; passt's own drop to `nobody` as root clears it, the socket rule stays).
