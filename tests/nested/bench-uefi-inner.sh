@@ -11,10 +11,12 @@ set -euo pipefail
 : "${MINIVMM:?}"
 runs="${BENCH_RUNS:-5}"
 ovmf=/usr/share/ovmf/OVMF.fd
-tmp="${TMPDIR:-/tmp}/bench-uefi"; mkdir -p "$tmp"
+# In the work dir, so the logs outlive L0.
+tmp="$NESTED_WORKDIR/logs/bench-uefi"; mkdir -p "$tmp"
 disk="$NESTED_WORKDIR/uefi-disk.img"
 "$NESTED_DIR/mk-disk-image.sh" "$disk" "$NESTED_DIR/guest/init-uefi"
-copy="$tmp/run.img"
+# The disk copy stays in L0's RAM (tmpfs), not on the 9p-shared work dir.
+copy="${TMPDIR:-/tmp}/bench-uefi-run.img"
 # QEMU's option syntax has commas (SC2054); the *_cmd arrays are used through `declare -n`
 # (SC2034).
 # shellcheck disable=SC2034
