@@ -55,16 +55,25 @@ measure() {
     : > "$tmp/$name.txt"
     # ip netns exec directly (it execs the VMM), so $! is the VMM: a function run in the
     # background would be a subshell, and killing it would leave the VM running.
-    ip netns exec "$ns" "$@" > "$log" 2>&1 < /dev/null &
-    vm=$!
-    for _ in $(seq 1 400); do
+    # A boot the lab fails (TCG's nested SVM: a triple fault under either VMM) is tried once
+    # more, its log kept as NAME-failed.log.
+    for attempt in 1 2; do
+        ip netns exec "$ns" "$@" > "$log" 2>&1 < /dev/null &
+        vm=$!
+        for _ in $(seq 1 400); do
+            grep -q "MINIVMM-BENCH-READY" "$log" && break
+            kill -0 "$vm" 2>/dev/null || break
+            sleep 1
+        done
         grep -q "MINIVMM-BENCH-READY" "$log" && break
-        kill -0 "$vm" 2>/dev/null || break
-        sleep 1
+        echo "bench-net: $name: L1 never got ready (attempt $attempt, log $tmp/$name-failed.log)"
+        kill "$vm" 2>/dev/null || true
+        wait "$vm" 2>/dev/null || true
+        vm=""
+        mv "$log" "$tmp/$name-failed.log"
+        port_free "$port"
     done
-    if ! grep -q "MINIVMM-BENCH-READY" "$log"; then
-        echo "bench-net: $name: L1 never got ready (log $log)"; kill "$vm" 2>/dev/null || true; vm=""; return 0
-    fi
+    [ -n "$vm" ] || return 0
     echo "bench-net: $name: $(grep -m1 "MINIVMM-DHCP" "$log" | tr -d '\r'), $(grep -m1 -o "mtu=[0-9]*" "$log")"
     for i in $(seq 1 $((runs * 2))); do
         [ "$(wc -l < "$tmp/$name.txt")" -ge "$runs" ] && break
